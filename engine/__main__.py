@@ -1,0 +1,94 @@
+"""`python -m engine`: generate, perplexity, download, models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = load_model(args)
+    print_stream(model.generate(args.prompt, **sampling_kwargs(args)), stats=args.stats)
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .perplexity import perplexity
+
+    try:
+        text = open(args.file, encoding="utf-8").read()
+    except UnicodeDecodeError:
+        raise ValueError(f"{args.file}: not UTF-8 text") from None
+    model = load_model(args)
+    ids = model.tokenizer.encode(text, add_special=False)
+    bos = model.tokenizer.bos_id if model.tokenizer.add_bos else None
+    bar = tqdm(total=max(len(ids) // min(args.ctx, len(ids) or 1), 1), unit="chunk", file=sys.stderr, desc="perplexity")
+    result = perplexity(model.logits, ids, ctx=args.ctx, bos_id=bos, on_chunk=lambda done, total: bar.update(1))
+    bar.close()
+    print(
+        f"perplexity {result.perplexity:.4f} over {result.scored_tokens} scored tokens "
+        f"({result.chunks} chunks of {result.ctx}; mean NLL {result.mean_nll:.5f})"
+    )
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .registry import load_registry, local_file
+
+    spec = load_registry().get(args.name)
+    print(local_file(spec, download=True))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .errors import ModelNotFoundError
+    from .registry import load_registry, local_file
+
+    registry = load_registry()
+    for name, spec in registry.models.items():
+        try:
+            local_file(spec, download=False)
+            where = "available"
+        except ModelNotFoundError:
+            where = "not downloaded"
+        mark = "*" if name == registry.default else " "
+        print(f"{mark} {name:<16} {where:<15} {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Run LLaMA-style models with our engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="raw text completion, streamed")
+    p.add_argument("prompt")
+    add_model_args(p)
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("perplexity", help="perplexity over a text file (like llama.cpp's perplexity tool)")
+    p.add_argument("file")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk; the second half of each is scored (default: 512)")
+    add_model_args(p)
+    p.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("download", help="fetch a models.toml entry into the Hugging Face cache")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("models", help="list models.toml entries and whether they are available locally")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("python -m engine", lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

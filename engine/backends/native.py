@@ -1,0 +1,119 @@
+"""The native backend: our PyTorch Transformer on CUDA, MPS or CPU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from ..cache import KVCache
+from ..config import ModelArgs
+from ..device import pick_device, pick_dtype
+from ..formats.gguf import read_gguf
+from ..generate import stream_text
+from ..loader import load_gguf_model
+from ..model import Transformer
+from ..results import Event
+from ..sampling import make_logits_processors, make_sampler
+from ..template import ChatTemplate
+from ..tokenizer import load_tokenizer
+from .base import Model
+
+PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
+
+
+class NativeModel(Model):
+    backend = "native"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        with read_gguf(self.path) as gguf:
+            self.metadata = gguf.metadata
+            self.args = ModelArgs.from_gguf(gguf.metadata, frozenset(gguf.tensors))
+            self.tokenizer = load_tokenizer(gguf.metadata)
+            self.model: Transformer = load_gguf_model(gguf, self.args, dtype=self.dtype, device=self.device)
+        self.template = ChatTemplate.from_gguf_metadata(
+            self.metadata,
+            bos_token=self._token_text(self.tokenizer.bos_id),
+            eos_token=self._token_text(self.tokenizer.eos_id),
+        )
+        self.context_length = min(context_length or self.args.context_length, self.args.context_length)
+
+    def _token_text(self, token: int | None) -> str:
+        return "" if token is None else self.tokenizer.token_bytes(token).decode("utf-8", "replace")
+
+    def new_cache(self, max_seq_len: int) -> KVCache:
+        return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+        ids = self.encode_prompt(ids) if len(ids) else []
+        if not ids:
+            return torch.empty(0, self.args.vocab_size)
+        cache = self.new_cache(len(ids))
+        out = [self._forward(ids[i : i + PREFILL_CHUNK], cache, last_only=False) for i in range(0, len(ids), PREFILL_CHUNK)]
+        return torch.cat(out).float().cpu()
+
+    def _forward(self, ids: Sequence[int], cache: KVCache, *, last_only: bool) -> torch.Tensor:
+        tokens = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        return self.model(tokens, cache, last_only=last_only)[0]  # (T or 1, vocab)
+
+    @torch.inference_mode()
+    def _steps(self, prompt_ids: list[int], cache: KVCache, sampler, processors) -> Iterator[int]:
+        """Prefill in chunks, then yield one sampled token per forward pass."""
+        for i in range(0, len(prompt_ids), PREFILL_CHUNK):
+            logits = self._forward(prompt_ids[i : i + PREFILL_CHUNK], cache, last_only=True)
+        history = list(prompt_ids)
+        while True:
+            next_logits = logits[-1].float()
+            for process in processors:
+                next_logits = process(history, next_logits)
+            token = sampler(next_logits)
+            yield token
+            history.append(token)
+            if cache.offset >= cache.max_seq_len:
+                return  # the context window is full
+            logits = self._forward([token], cache, last_only=True)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Event]:
+        start = time.perf_counter()
+        ids = self.encode_prompt(prompt)
+        sampler = make_sampler(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+        processors = make_logits_processors(repetition_penalty=repetition_penalty)
+        # The cache holds the prompt and every generated token but the last (never fed back).
+        cache = self.new_cache(len(ids) + max(max_tokens - 1, 1))
+        return stream_text(
+            self._steps(ids, cache, sampler, processors),
+            self.tokenizer,
+            prompt_tokens=len(ids),
+            max_tokens=max_tokens,
+            stop=stop,
+            should_stop=should_stop,
+            start_time=start,
+        )

@@ -1,0 +1,63 @@
+"""A preallocated KV cache, passed into the model explicitly (the model holds no generation state)."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelArgs
+from .errors import ContextOverflowError
+
+
+class KVCache:
+    """Keys and values for every layer, written in place at positions [offset, offset + T).
+
+    Storage: (n_layers, batch, n_kv_heads, max_seq_len, head_dim) for keys and for values.
+    `offset` is the number of positions already filled; the model advances it after each
+    forward pass, and `trim` moves it back to reuse a shared prefix.
+    """
+
+    def __init__(
+        self,
+        args: ModelArgs,
+        max_seq_len: int,
+        *,
+        batch_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not 0 < max_seq_len <= args.context_length:
+            raise ContextOverflowError(
+                f"a KV cache of {max_seq_len} positions does not fit the model's context of {args.context_length}"
+            )
+        shape = (args.n_layers, batch_size, args.n_kv_heads, max_seq_len, args.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_seq_len = max_seq_len
+        self.offset = 0
+
+    def reserve(self, n_tokens: int) -> int:
+        """Check that `n_tokens` more positions fit; returns the start position for them."""
+        if self.offset + n_tokens > self.max_seq_len:
+            raise ContextOverflowError(
+                f"{self.offset} cached + {n_tokens} new tokens exceed the cache of {self.max_seq_len} positions"
+            )
+        return self.offset
+
+    def update_and_fetch(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v of shape (B, n_kv_heads, T, head_dim) at the current offset; return all filled positions."""
+        start, end = self.offset, self.offset + k.shape[2]
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, n_tokens: int) -> None:
+        self.offset += n_tokens
+
+    def trim(self, n_tokens: int) -> int:
+        """Forget the last `n_tokens` positions (for regenerate/edit); returns how many were trimmed."""
+        n = min(max(n_tokens, 0), self.offset)
+        self.offset -= n
+        return n
+
+    def reset(self) -> None:
+        self.offset = 0

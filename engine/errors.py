@@ -1,0 +1,33 @@
+"""Typed errors a user can cause. The CLIs print these as one line, without a traceback."""
+
+
+class EngineError(Exception):
+    """Base class for every error the engine raises on purpose."""
+
+
+class ModelNotFoundError(EngineError):
+    """A model name or path that resolves to nothing on this machine."""
+
+
+class RegistryError(EngineError):
+    """A malformed models.toml: bad TOML, unknown keys, missing or mistyped fields."""
+
+
+class ModelFormatError(EngineError):
+    """A model file that is corrupt, truncated or of an unsupported kind."""
+
+
+class GGUFError(ModelFormatError):
+    """A GGUF file that fails validation (bad magic, version, sizes, offsets, types)."""
+
+
+class TemplateError(EngineError):
+    """A chat template that fails to compile or render in the sandbox."""
+
+
+class ContextOverflowError(EngineError):
+    """A prompt (plus the tokens to generate) that does not fit the context window."""
+
+
+class NumericalError(EngineError):
+    """Non-finite logits (NaN/Inf), typically float16 overflow: never sampled from."""

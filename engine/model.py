@@ -1,0 +1,174 @@
+"""A LLaMA-style decoder in one file: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Weights use Hugging Face's rotary layout (each head's dimensions split into two halves that
+rotate together). GGUF files store Q/K rows permuted for llama.cpp's adjacent-pair rotation;
+`engine.loader` undoes that permutation at load.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import KVCache
+from .config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise and scale in float32 as llama.cpp does (the weight stays float32), then
+        # return to the run dtype.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight).to(x.dtype)
+
+
+def rope_frequencies(args: ModelArgs, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse frequencies, shape (rope_dim // 2,), float32, with any scaling applied."""
+    inv_freq = 1.0 / (args.rope_base ** (torch.arange(0, args.rope_dim, 2, dtype=torch.float64) / args.rope_dim))
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.to(torch.float64)
+    scaling = args.rope_scaling
+    if scaling is not None and scaling.kind == "linear":
+        inv_freq = inv_freq / scaling.factor
+    elif scaling is not None and scaling.kind == "llama3":
+        wavelen = 2 * math.pi / inv_freq
+        low_wavelen = scaling.original_context / scaling.low_freq_factor
+        high_wavelen = scaling.original_context / scaling.high_freq_factor
+        smooth = (scaling.original_context / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+        inv_freq = torch.where(
+            wavelen > low_wavelen, inv_freq / scaling.factor, torch.where(wavelen < high_wavelen, inv_freq, blended)
+        )
+    return inv_freq.float()
+
+
+def rope_tables(inv_freq: torch.Tensor, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of shape (max_seq_len, rope_dim), halves repeated for rotate_half."""
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (S, rope_dim/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (S, rope_dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, head_dim); cos/sin: (T, rope_dim). Rotates the first rope_dim dims of each head."""
+    rope_dim = cos.shape[-1]
+    rot, rest = x[..., :rope_dim], x[..., rope_dim:]
+    half = rope_dim // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    out = rot * cos + rotated * sin
+    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        # One fused projection for Q, K and V: one matmul per layer instead of three.
+        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split((q_size, kv_size, kv_size), dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update_and_fetch(self.layer, k, v)  # (B, n_kv_heads, S, head_dim)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=self.n_heads != self.n_kv_heads
+        )  # (B, n_heads, T, head_dim)
+        return self.wo(y.transpose(1, 2).reshape(B, T, q_size))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.ffn_dim = args.ffn_dim
+        self.w13 = nn.Linear(args.dim, 2 * args.ffn_dim, bias=False)  # gate and up, fused
+        self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).split(self.ffn_dim, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args, layer)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x, cos, sin, mask, cache):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs, freq_factors: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = None if args.tied_output else nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_frequencies(args, freq_factors), persistent=False)
+        self._rope_len = 0
+
+    def _rope(self, start: int, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # Tables grow on demand (doubling), so a short chat never pays for the full context.
+        if end > self._rope_len:
+            self._rope_len = min(max(end, 2 * self._rope_len, 256), max(end, self.args.context_length))
+            cos, sin = rope_tables(self.inv_freq.float().cpu(), self._rope_len)
+            device = self.inv_freq.device
+            self._cos, self._sin = cos.to(device), sin.to(device)
+            self._cos_cast = self._sin_cast = None
+        if self._cos_cast is None or self._cos_cast.dtype != dtype:
+            self._cos_cast, self._sin_cast = self._cos.to(dtype), self._sin.to(dtype)
+        return self._cos_cast[start:end], self._sin_cast[start:end]
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
+        """tokens: (B, T) int64 -> logits (B, T, vocab), or (B, 1, vocab) with last_only.
+
+        With a cache, the tokens continue from `cache.offset` and the cache advances by T.
+        """
+        B, T = tokens.shape
+        start = cache.reserve(T) if cache is not None else 0
+        x = self.tok_embeddings(tokens)  # (B, T, dim)
+        cos, sin = self._rope(start, start + T, x.dtype)
+        mask = None
+        if start > 0 and T > 1:
+            # Query i (absolute position start + i) sees keys 0 .. start + i.
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
+        return F.linear(x, weight)

