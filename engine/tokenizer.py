@@ -1,0 +1,469 @@
+"""Byte-level BPE tokenizer for GGUF `gpt2` vocabularies, token-for-token equal to llama.cpp.
+
+The merge loop runs in Hugging Face `tokenizers` (Rust). Everything around it follows
+llama.cpp's `llama-vocab.cpp`, which is the reference we test against:
+
+- pre-tokenization: the regex list llama.cpp uses for each `tokenizer.ggml.pre` value, applied
+  one after another (each regex splits the pieces the previous one produced, keeping both the
+  matches and the text between them), then GPT-2's byte-to-unicode mapping;
+- special tokens: control and unknown tokens are matched in the text only when asked
+  (`parse_special`), user-defined tokens always, longest token text first;
+- token attributes and the end-of-generation set, including llama.cpp's detection of EOG and
+  FIM tokens by their text;
+- BOS/EOS: added only where the metadata (or llama.cpp's default for the pre-tokenizer) says.
+
+Decoding concatenates each token's bytes (llama.cpp's `token_to_piece`) and is lossless: unlike
+`llama_detokenize` it never applies the "clean up tokenization spaces" pass that llama.cpp runs
+for some pre-tokenizers (not for `smollm` or `qwen2`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any
+
+from .errors import ModelFormatError
+
+log = logging.getLogger(__name__)
+
+# GGUF token types (tokenizer.ggml.token_type) and llama.cpp's matching attribute bits.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 4, 8, 16, 32
+_TYPE_TO_ATTR = {1: NORMAL, 2: UNKNOWN, 3: CONTROL, 4: USER_DEFINED, 5: UNUSED, 6: BYTE}
+_SKIPPABLE = UNKNOWN | CONTROL  # what decode(skip_special=True) drops; llama.cpp's special=False
+
+# --- pre-tokenizer regexes, verbatim from llama.cpp's llm_tokenizer_bpe ---------------------
+
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+# llama.cpp spells the case-insensitive contractions out as [sS]..., as do we.
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3 = (
+    _CONTRACTIONS
+    + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    _CONTRACTIONS
+    + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@dataclass(frozen=True)
+class _PreTokenizer:
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False  # a whole piece that is already a token is not merged further
+    add_bos: bool = False  # llama.cpp's default when tokenizer.ggml.add_bos_token is absent
+
+
+_DEFAULT = _PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"))
+_LLAMA3_PRE = _PreTokenizer((_LLAMA3,), ignore_merges=True, add_bos=True)
+_LLAMA3_PLAIN = _PreTokenizer((_LLAMA3,))
+_GPT2_PRE = _PreTokenizer((_GPT2,))
+_STARCODER = _PreTokenizer((r"\p{N}", _GPT2))  # digits one by one, then GPT-2
+_QWEN2_PRE = _PreTokenizer((_QWEN2,))
+
+
+def _names(spec: _PreTokenizer, *names: str) -> dict[str, _PreTokenizer]:
+    return dict.fromkeys(names, spec)
+
+
+# tokenizer.ggml.pre -> rules; the groupings mirror llama.cpp's llama_vocab::impl::load.
+PRE_TOKENIZERS: dict[str, _PreTokenizer] = {
+    "default": _DEFAULT,
+    **_names(_LLAMA3_PRE, "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+             "midm-2.0", "lfm2", "jina-v5-nano"),
+    **_names(_LLAMA3_PLAIN, "dbrx", "smaug-bpe"),
+    **_names(_GPT2_PRE, "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es",
+             "jina-v2-de", "a.x-4.0", "mellum", "modern-bert", "exaone4", "mpt", "olmo", "jais",
+             "trillion", "granite-docling"),
+    **_names(_STARCODER, "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone",
+             "minerva-7b", "mellum2"),
+    **_names(_QWEN2_PRE, "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2",
+             "hunyuan", "solar-open"),
+}
+
+# --- llama.cpp's text-based special-token rules ---------------------------------------------
+
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+              "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>",
+              "<end_of_utterance>")
+_EOM_TEXTS = ("<|eom_id|>",)
+# FIM token kinds llama.cpp detects by text when the metadata does not name them:
+# metadata key -> (candidate texts, whether the token ends generation).
+_FIM_KINDS = {
+    "tokenizer.ggml.fim_pre_token_id": (
+        ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+         "<|code_prefix|>", "<|prefix|>"), False),
+    "tokenizer.ggml.fim_suf_token_id": (
+        ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+         "<|code_suffix|>", "<|suffix|>"), False),
+    "tokenizer.ggml.fim_mid_token_id": (
+        ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+         "<|code_middle|>", "<|middle|>"), False),
+    "tokenizer.ggml.fim_pad_token_id": (
+        ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"), True),
+    "tokenizer.ggml.fim_rep_token_id": (
+        ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"), True),
+    "tokenizer.ggml.fim_sep_token_id": (("<|file_sep|>",), True),
+}
+_EOG_TEXTS = frozenset(_EOT_TEXTS + _EOM_TEXTS + (
+    "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "</s>", "[EOS]", "<eos>", "<turn|>",
+    "<|tool_response>", "[e~[",
+))
+_ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+# Placeholder text for a byte the vocabulary has no token for; no GGUF token looks like it.
+_MISSING_BYTE = "\x00missing-byte\x00"
+
+# Translates byte-level token text to latin-1 code points, one per byte. Characters below 256
+# that are not in GPT-2's alphabet become U+FFFF, so that encoding to latin-1 fails for them too.
+_BYTE_LEVEL_TO_LATIN1 = {**dict.fromkeys(range(256), 0xFFFF),
+                         **{ord(c): b for b, c in _bytes_to_unicode().items()}}
+
+
+class BPETokenizer:
+    """A GGUF `gpt2` (byte-level BPE) vocabulary. Build it with `from_gguf_metadata`."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    eos_ids: frozenset[int]  # every end-of-generation id, as llama.cpp's llama_vocab_is_eog
+    add_bos: bool
+    add_eos: bool
+    pre_tokenizer: str
+
+    def __init__(self, *, tokens: list[str], attrs: list[int], merges: list[tuple[str, str]],
+                 pre: str, bos_id: int | None, eos_id: int | None, eos_ids: frozenset[int],
+                 add_bos: bool, add_eos: bool) -> None:
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+        spec = PRE_TOKENIZERS[pre]
+        self.vocab_size = len(tokens)
+        self.bos_id, self.eos_id, self.eos_ids = bos_id, eos_id, eos_ids
+        self.add_bos, self.add_eos = add_bos, add_eos
+        self.pre_tokenizer = pre
+        self._attrs = attrs
+        self._text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins, as llama.cpp
+        self._pieces = [_piece(text, attr) for text, attr in zip(tokens, attrs)]
+        # llama.cpp's cache_special_tokens: longest text (in bytes) first.
+        specials = [i for i, a in enumerate(attrs) if a & (CONTROL | USER_DEFINED | UNKNOWN)]
+        specials.sort(key=lambda i: (-len(tokens[i].encode()), i))
+        self._specials_all = [(tokens[i], i) for i in specials]
+        self._specials_user = [(tokens[i], i) for i in specials if not attrs[i] & _SKIPPABLE]
+
+        # A byte with no token of its own must still keep its neighbours from merging, as in
+        # llama.cpp (which then drops it); Hugging Face's BPE would skip it before merging. So
+        # such bytes become an out-of-vocabulary placeholder id that encode() filters out.
+        vocab = {**self._text_to_id, _MISSING_BYTE: self.vocab_size}
+        model = models.BPE(vocab=vocab, merges=merges, unk_token=_MISSING_BYTE,
+                           ignore_merges=spec.ignore_merges)
+        self._hf = Tokenizer(model)
+        self._hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in spec.regexes]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+
+    # --- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: dict[str, Any]) -> BPETokenizer:
+        """Build from GGUF metadata (key -> value, arrays as lists), validating what it reads."""
+        model = metadata.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ModelFormatError(
+                f"tokenizer.ggml.model is {model!r}; BPETokenizer reads only 'gpt2' vocabularies")
+        pre = metadata.get("tokenizer.ggml.pre")
+        if pre is None or pre == "":
+            log.warning("GGUF has no tokenizer.ggml.pre; using llama.cpp's 'default' pre-tokenizer")
+            pre = "default"
+        if pre not in PRE_TOKENIZERS:
+            raise ModelFormatError(
+                f"unsupported BPE pre-tokenizer tokenizer.ggml.pre={pre!r}; supported: "
+                + ", ".join(sorted(PRE_TOKENIZERS)))
+
+        tokens = _string_list(metadata, "tokenizer.ggml.tokens")
+        if not tokens:
+            raise ModelFormatError("tokenizer.ggml.tokens is missing or empty")
+        n = len(tokens)
+        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
+
+        types = metadata.get("tokenizer.ggml.token_type")
+        if types is None:
+            attrs = [NORMAL] * n
+        else:
+            if not isinstance(types, list) or len(types) < n or not all(
+                    isinstance(t, Integral) for t in types[:n]):
+                raise ModelFormatError(
+                    "tokenizer.ggml.token_type must be a list of integers, one per token")
+            attrs = [_TYPE_TO_ATTR.get(int(t), 0) for t in types[:n]]
+
+        merges = _parse_merges(_string_list(metadata, "tokenizer.ggml.merges"), tokens)
+
+        # gpt2 vocabularies in llama.cpp default BOS and EOS to 11 (Falcon's <|endoftext|>).
+        bos_id = _special_id(metadata, "tokenizer.ggml.bos_token_id", 11, n)
+        eos_id = _special_id(metadata, "tokenizer.ggml.eos_token_id", 11, n)
+        eot_id = _special_id(metadata, "tokenizer.ggml.eot_token_id", None, n)
+        eom_id = _special_id(metadata, "tokenizer.ggml.eom_token_id", None, n)
+        add_bos = _flag(metadata, "tokenizer.ggml.add_bos_token", PRE_TOKENIZERS[pre].add_bos)
+        add_eos = _flag(metadata, "tokenizer.ggml.add_eos_token", False)
+        if add_bos and bos_id is None or add_eos and eos_id is None:
+            raise ModelFormatError("the GGUF asks to add a BOS/EOS token but does not name one")
+
+        eos_ids = _end_of_generation(metadata, tokens, attrs, eos_id, eot_id, eom_id)
+        return cls(tokens=tokens, attrs=attrs, merges=merges, pre=pre, bos_id=bos_id,
+                   eos_id=eos_id, eos_ids=eos_ids, add_bos=add_bos, add_eos=add_eos)
+
+    # --- encoding ------------------------------------------------------------------------
+
+    def encode(self, text: str, *, add_special: bool = True,
+               parse_special: bool = False) -> list[int]:
+        """Token ids of `text`, as llama.cpp's llama_tokenize(add_special, parse_special).
+
+        add_special adds BOS/EOS only where the vocabulary asks for them (`add_bos`/`add_eos`).
+        parse_special turns control-token texts such as "<|im_start|>" into their single ids;
+        user-defined tokens are matched either way (as llama.cpp and Hugging Face do).
+        """
+        ids: list[int] = []
+        if add_special and self.add_bos:
+            ids.append(self.bos_id)
+        for fragment in self._split_special(text, parse_special):
+            if isinstance(fragment, int):
+                ids.append(fragment)
+            else:
+                piece_ids = self._hf.encode(fragment, add_special_tokens=False).ids
+                if self.vocab_size in piece_ids:
+                    piece_ids = [i for i in piece_ids if i != self.vocab_size]
+                ids.extend(piece_ids)
+        if add_special and self.add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def _split_special(self, text: str, parse_special: bool) -> list[str | int]:
+        """llama.cpp's tokenizer_st_partition: each special token, longest first, splits the
+        raw-text fragments left by the ones before it."""
+        fragments: list[str | int] = [text] if text else []
+        for special, token_id in (self._specials_all if parse_special else self._specials_user):
+            if special not in text:
+                continue
+            split: list[str | int] = []
+            for fragment in fragments:
+                if isinstance(fragment, int) or special not in fragment:
+                    split.append(fragment)
+                    continue
+                for k, part in enumerate(fragment.split(special)):
+                    if k:
+                        split.append(token_id)
+                    if part:
+                        split.append(part)
+            fragments = split
+        return fragments
+
+    # --- decoding ------------------------------------------------------------------------
+
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes llama.cpp's token_to_piece(special=True) gives for one token: byte-level
+        text mapped back to bytes; control, unknown and user-defined tokens as their UTF-8 text;
+        unused and undefined tokens as nothing."""
+        if not 0 <= id < self.vocab_size:
+            raise ValueError(f"token id {id} is outside the vocabulary (size {self.vocab_size})")
+        return self._pieces[id]
+
+    def is_special(self, id: int) -> bool:
+        """True for control and unknown tokens: the ones decode(skip_special=True) drops."""
+        return 0 <= id < self.vocab_size and bool(self._attrs[id] & _SKIPPABLE)
+
+    def token_to_id(self, text: str) -> int | None:
+        """The id of the token whose text is exactly `text` (e.g. "<|im_end|>"), if any."""
+        return self._text_to_id.get(text)
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
+        """Text of `ids`; invalid UTF-8 becomes U+FFFD."""
+        return self._bytes(ids, skip_special).decode("utf-8", errors="replace")
+
+    def _bytes(self, ids: Sequence[int], skip_special: bool) -> bytes:
+        pieces, attrs, n = self._pieces, self._attrs, self.vocab_size
+        for i in ids:
+            if not 0 <= i < n:
+                raise ValueError(f"token id {i} is outside the vocabulary (size {n})")
+        if skip_special:
+            return b"".join(pieces[i] for i in ids if not attrs[i] & _SKIPPABLE)
+        return b"".join(pieces[i] for i in ids)
+
+
+class StreamingDetokenizer:
+    """Turns ids into text deltas one token at a time, holding back incomplete UTF-8."""
+
+    def __init__(self, tokenizer: BPETokenizer, *, skip_special: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+
+    def add(self, token_id: int) -> str:
+        """The text completed by this token ("" while a character is still partial)."""
+        tok = self._tokenizer
+        if self._skip_special and tok.is_special(token_id):
+            return ""
+        delta = self._decoder.decode(tok.token_bytes(token_id), final=False)
+        self.text += delta
+        return delta
+
+    def flush(self) -> str:
+        """Whatever is held back; an incomplete character comes out as U+FFFD."""
+        delta = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        self.text += delta
+        return delta
+
+
+def load_tokenizer(metadata: dict[str, Any]) -> BPETokenizer:
+    """The tokenizer for a GGUF file's metadata, chosen by tokenizer.ggml.model."""
+    model = metadata.get("tokenizer.ggml.model")
+    if model == "gpt2":
+        return BPETokenizer.from_gguf_metadata(metadata)
+    if model == "llama":
+        raise ModelFormatError(
+            "SentencePiece tokenizers (tokenizer.ggml.model='llama') are not supported yet; "
+            "use a model with a 'gpt2' (byte-level BPE) tokenizer or the llama.cpp backend")
+    if model is None:
+        raise ModelFormatError("the GGUF file has no tokenizer (tokenizer.ggml.model is missing)")
+    raise ModelFormatError(f"unsupported tokenizer model tokenizer.ggml.model={model!r}")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _piece(text: str, attr: int) -> bytes:
+    """One token's bytes, following llama.cpp's token_to_piece for BPE vocabularies."""
+    if attr & (CONTROL | UNKNOWN | USER_DEFINED):
+        return text.encode("utf-8")
+    if attr & NORMAL:
+        try:
+            return text.translate(_BYTE_LEVEL_TO_LATIN1).encode("latin-1")
+        except UnicodeEncodeError:
+            # A character outside GPT-2's byte alphabet: llama.cpp emits an "[UNK_BYTE_...]"
+            # marker here; like Hugging Face's ByteLevel decoder we keep the text as UTF-8.
+            return text.encode("utf-8")
+    if attr & BYTE:  # "<0xAB>"
+        try:
+            return bytes([int(text[3:5], 16)])
+        except ValueError:
+            return b""
+    return b""  # unused or undefined: llama.cpp renders nothing
+
+
+def _string_list(metadata: dict[str, Any], key: str) -> list[str]:
+    value = metadata.get(key)
+    if value is None:
+        raise ModelFormatError(f"the GGUF tokenizer lacks {key}")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ModelFormatError(f"{key} must be a list of strings")
+    return value
+
+
+def _parse_merges(raw: list[str], tokens: list[str]) -> list[tuple[str, str]]:
+    """"a b" strings -> pairs, split at the first space after the first character (as
+    llama.cpp). A pair whose parts or result are not tokens cannot yield a token and is
+    dropped; a repeated pair keeps its first (highest-priority) rank, as in llama.cpp."""
+    vocab = set(tokens)
+    seen: set[tuple[str, str]] = set()
+    merges: list[tuple[str, str]] = []
+    for line in raw:
+        cut = line.find(" ", 1)
+        if cut < 0:
+            continue
+        pair = (line[:cut], line[cut + 1:])
+        if pair not in seen and pair[0] in vocab and pair[1] in vocab \
+                and pair[0] + pair[1] in vocab:
+            seen.add(pair)
+            merges.append(pair)
+    if len(merges) < len(raw):
+        log.warning("ignored %d unusable or repeated entries of tokenizer.ggml.merges",
+                    len(raw) - len(merges))
+    return merges
+
+
+def _special_id(metadata: dict[str, Any], key: str, default: int | None, n: int) -> int | None:
+    if default is not None and default >= n:
+        default = None
+    value = metadata.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ModelFormatError(f"{key} must be an integer token id, not {value!r}")
+    value = int(value)
+    if not 0 <= value < n:
+        log.warning("%s = %d is outside the vocabulary (%d tokens); using %s",
+                    key, value, n, default)
+        return default
+    return value
+
+
+def _flag(metadata: dict[str, Any], key: str, default: bool) -> bool:
+    value = metadata.get(key, default)
+    if not isinstance(value, bool):
+        raise ModelFormatError(f"{key} must be a boolean, not {value!r}")
+    return value
+
+
+def _end_of_generation(metadata: dict[str, Any], tokens: list[str], attrs: list[int],
+                       eos_id: int | None, eot_id: int | None,
+                       eom_id: int | None) -> frozenset[int]:
+    """llama.cpp's special_eog_ids. Like llama.cpp, marks the tokens it detects by text as
+    control tokens (in `attrs`). Where several texts could be one kind of token (EOT, FIM pad,
+    ...), llama.cpp takes whichever its hash map yields first; we take the lowest id."""
+    text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins, as llama.cpp
+
+    def detect(texts: Sequence[str]) -> int | None:
+        found = [text_to_id[t] for t in texts if t in text_to_id]
+        if not found:
+            return None
+        attrs[min(found)] |= CONTROL
+        return min(found)
+
+    eog: set[int] = set()
+    if eot_id is None:
+        eot_id = detect(_EOT_TEXTS)
+    if eom_id is None:
+        eom_id = detect(_EOM_TEXTS)
+    for key, (texts, ends_generation) in _FIM_KINDS.items():
+        fim_id = _special_id(metadata, key, None, len(tokens))
+        if fim_id is None:
+            fim_id = detect(texts)
+        if fim_id is not None and ends_generation:
+            eog.add(fim_id)
+    for text in _EOG_TEXTS:
+        if text in text_to_id:
+            eog.add(text_to_id[text])
+            attrs[text_to_id[text]] |= CONTROL
+    for text in _ALWAYS_RENDERED:
+        if text in text_to_id:
+            attrs[text_to_id[text]] = USER_DEFINED
+    eog.update(i for i in (eos_id, eot_id, eom_id) if i is not None)
+
+    texts = {tokens[i]: i for i in eog}
+    if "<|end|>" in texts and (("<|return|>" in texts and "<|call|>" in texts)
+                               or ("<|calls|>" in texts and "<|flush|>" in texts)):
+        eog.discard(texts["<|end|>"])  # o200k_harmony / solar-open: <|end|> ends a message only
+        attrs[texts["<|end|>"]] = USER_DEFINED
+    if "</s>" in texts and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
+        eog.discard(texts["</s>"])  # gemma4 / plamo: </s> is an ordinary token
+        attrs[texts["</s>"]] = NORMAL
+    return frozenset(eog)
