@@ -96,9 +96,17 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update_and_fetch(self.layer, k, v)  # (B, n_kv_heads, S, head_dim)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, enable_gqa=self.n_heads != self.n_kv_heads
-        )  # (B, n_heads, T, head_dim)
+        if T == 1:
+            # Decode: fold each KV head's query heads into the query-length axis, (B, n_kv_heads,
+            # group, head_dim). The one new token sees every cached key, so no mask is needed,
+            # and CPU kernels run this shape ~5x faster in bfloat16 than enable_gqa.
+            group = self.n_heads // self.n_kv_heads
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, group, self.head_dim), k, v)
+            y = y.reshape(B, self.n_heads, 1, self.head_dim)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_heads != self.n_kv_heads
+            )  # (B, n_heads, T, head_dim)
         return self.wo(y.transpose(1, 2).reshape(B, T, q_size))
 
 
