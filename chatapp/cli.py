@@ -18,8 +18,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": question})
+    sampling = sampling_kwargs(args)
     model = load_model(args)
-    print_stream(model.chat(messages, **sampling_kwargs(args)), stats=args.stats)
+    print_stream(model.chat(messages, **sampling), stats=args.stats)
     return 0
 
 

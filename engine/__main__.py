@@ -9,8 +9,9 @@ from .cli import add_model_args, add_sampling_args, load_model, print_stream, ru
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    sampling = sampling_kwargs(args)
     model = load_model(args)
-    print_stream(model.generate(args.prompt, **sampling_kwargs(args)), stats=args.stats)
+    print_stream(model.generate(args.prompt, **sampling), stats=args.stats)
     return 0
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 
 from .errors import EngineError
 from .results import Event, GenerationResult, TextDelta
+from .sampling import SamplingParams
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, model_flag: bool = True) -> None:
@@ -18,21 +20,23 @@ def add_model_args(parser: argparse.ArgumentParser, *, model_flag: bool = True) 
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
 
 
-def add_sampling_args(parser: argparse.ArgumentParser, *, temperature: float = 0.7) -> None:
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    d = SamplingParams()
     g = parser.add_argument_group("sampling")
-    g.add_argument("-n", "--max-tokens", type=int, default=512, help="most tokens to generate (default: 512)")
-    g.add_argument("-t", "--temperature", type=float, default=temperature, help=f"0 for greedy (default: {temperature})")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
-    g.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens, 0 for all (default: 40)")
-    g.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p times the top probability (default: 0.05)")
-    g.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty, 1.0 for none (default: 1.0)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    g.add_argument("-n", "--max-tokens", type=int, default=d.max_tokens, help=f"most tokens to generate (default: {d.max_tokens})")
+    g.add_argument("-t", "--temperature", type=float, default=d.temperature, help=f"0 for greedy (default: {d.temperature})")
+    g.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling mass (default: {d.top_p})")
+    g.add_argument("--top-k", type=int, default=d.top_k, help=f"keep the k most likely tokens, 0 for all (default: {d.top_k})")
+    g.add_argument("--min-p", type=float, default=d.min_p, help=f"drop tokens below min-p times the top probability (default: {d.min_p})")
+    g.add_argument("--repeat-penalty", type=float, default=d.repetition_penalty, help="repetition penalty, 1.0 for none (default: 1.0)")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed for reproducible sampling")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--stats", action="store_true", help="print token counts and speed to stderr at the end")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    return dict(
+    """Validated sampling settings (ValueError on a bad one), checked before any model loads."""
+    params = SamplingParams(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -42,6 +46,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         seed=args.seed,
         stop=tuple(args.stop),
     )
+    return dataclasses.asdict(params)
 
 
 def load_model(args: argparse.Namespace):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ContextOverflowError
+from ..generate import stream_text
 from ..results import Event
+from ..sampling import SamplingParams
 from ..template import ChatTemplate
 from ..tokenizer import BPETokenizer
+
+_DEFAULTS = SamplingParams()
 
 
 class Model(ABC):
@@ -27,21 +32,49 @@ class Model(ABC):
         """Next-token logits at every position: float32 tensor of shape [len(ids), vocab]."""
 
     @abstractmethod
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+        """The backend's step generator: prefill `prompt_ids`, then yield one sampled id at a time."""
+
     def generate(
         self,
         prompt: str | Sequence[int],
         *,
-        max_tokens: int = 512,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        top_k: int = 40,
-        min_p: float = 0.05,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
+        max_tokens: int = _DEFAULTS.max_tokens,
+        temperature: float = _DEFAULTS.temperature,
+        top_p: float = _DEFAULTS.top_p,
+        top_k: int = _DEFAULTS.top_k,
+        min_p: float = _DEFAULTS.min_p,
+        repetition_penalty: float = _DEFAULTS.repetition_penalty,
+        seed: int | None = _DEFAULTS.seed,
         stop: Sequence[str] = (),
         should_stop: Callable[[], bool] | None = None,
     ) -> Iterator[Event]:
-        """Raw completion of `prompt` (text is tokenized with special tokens parsed)."""
+        """Raw completion of `prompt` (text is tokenized with special tokens parsed).
+
+        Yields TextDelta events, then one GenerationResult. `should_stop` is polled between
+        tokens; when it returns True generation ends with finish_reason "cancelled".
+        """
+        start = time.perf_counter()
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=tuple(stop),
+        )
+        ids = self.encode_prompt(prompt)
+        return stream_text(
+            self._token_ids(ids, params),
+            self.tokenizer,
+            prompt_tokens=len(ids),
+            max_tokens=params.max_tokens,
+            stop=params.stop,
+            should_stop=should_stop,
+            start_time=start,
+        )
 
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
         return self.template.render(messages, add_generation_prompt=True, tools=tools)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -12,11 +11,9 @@ from ..cache import KVCache
 from ..config import ModelArgs
 from ..device import pick_device, pick_dtype
 from ..formats.gguf import read_gguf
-from ..generate import stream_text
 from ..loader import load_gguf_model
 from ..model import Transformer
-from ..results import Event
-from ..sampling import make_logits_processors, make_sampler
+from ..sampling import SamplingParams
 from ..template import ChatTemplate
 from ..tokenizer import load_tokenizer
 from .base import Model
@@ -72,8 +69,10 @@ class NativeModel(Model):
         return self.model(tokens, cache, last_only=last_only)[0]  # (T or 1, vocab)
 
     @torch.inference_mode()
-    def _steps(self, prompt_ids: list[int], cache: KVCache, sampler, processors) -> Iterator[int]:
-        """Prefill in chunks, then yield one sampled token per forward pass."""
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+        sampler, processors = params.sampler(), params.processors()
+        # The cache holds the prompt and every generated token but the last (never fed back).
+        cache = self.new_cache(len(prompt_ids) + max(params.max_tokens - 1, 1))
         for i in range(0, len(prompt_ids), PREFILL_CHUNK):
             logits = self._forward(prompt_ids[i : i + PREFILL_CHUNK], cache, last_only=True)
         history = list(prompt_ids)
@@ -87,33 +86,3 @@ class NativeModel(Model):
             if cache.offset >= cache.max_seq_len:
                 return  # the context window is full
             logits = self._forward([token], cache, last_only=True)
-
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_tokens: int = 512,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        top_k: int = 40,
-        min_p: float = 0.05,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        should_stop: Callable[[], bool] | None = None,
-    ) -> Iterator[Event]:
-        start = time.perf_counter()
-        ids = self.encode_prompt(prompt)
-        sampler = make_sampler(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
-        processors = make_logits_processors(repetition_penalty=repetition_penalty)
-        # The cache holds the prompt and every generated token but the last (never fed back).
-        cache = self.new_cache(len(ids) + max(max_tokens - 1, 1))
-        return stream_text(
-            self._steps(ids, cache, sampler, processors),
-            self.tokenizer,
-            prompt_tokens=len(ids),
-            max_tokens=max_tokens,
-            stop=stop,
-            should_stop=should_stop,
-            start_time=start,
-        )
