@@ -32,3 +32,12 @@ def default_llama(default_gguf):
     from llamacpp_ref import open_llama
 
     return open_llama(default_gguf, n_ctx=1024)
+
+
+@pytest.fixture(scope="session")
+def default_metadata(default_gguf) -> dict:
+    """The bundled GGUF's metadata, key -> python value (arrays as lists); do not modify it."""
+    from engine.formats.gguf import read_gguf
+
+    with read_gguf(default_gguf) as model_file:
+        return model_file.metadata

@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 
 import engine.template as template_module
+import engine.template_sandbox as sandbox_module
 from engine.errors import TemplateError
 from engine.template import CHATML_TEMPLATE, ChatTemplate
 
@@ -119,14 +120,12 @@ FEATURE_RICH_CONVERSATION = [
 
 
 @pytest.fixture(scope="module")
-def smollm(default_gguf):
-    """(chat template source, BOS text, EOS text) read from the bundled GGUF with `gguf`."""
-    gguf = pytest.importorskip("gguf")
-    fields = gguf.GGUFReader(default_gguf).fields
-    tokens = fields["tokenizer.ggml.tokens"]
-    bos = tokens.contents(fields["tokenizer.ggml.bos_token_id"].contents())
-    eos = tokens.contents(fields["tokenizer.ggml.eos_token_id"].contents())
-    return fields["tokenizer.chat_template"].contents(), bos, eos
+def smollm(default_metadata):
+    """(chat template source, BOS text, EOS text) of the bundled GGUF."""
+    tokens = default_metadata["tokenizer.ggml.tokens"]
+    bos = tokens[default_metadata["tokenizer.ggml.bos_token_id"]]
+    eos = tokens[default_metadata["tokenizer.ggml.eos_token_id"]]
+    return default_metadata["tokenizer.chat_template"], bos, eos
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +381,7 @@ def test_raise_exception_becomes_template_error_with_the_message():
     ],
 )
 def test_hostile_templates_raise_template_error(source, message, monkeypatch):
-    monkeypatch.setattr(template_module, "MAX_STEPS", 20_000)  # keeps the budget tests short
+    monkeypatch.setattr(sandbox_module, "MAX_STEPS", 20_000)  # keeps the budget tests short
     with pytest.raises(TemplateError, match=message) as caught:
         ChatTemplate(source, name="hostile template").render([{"role": "user", "content": "hi"}])
     assert "hostile template" in str(caught.value)
@@ -390,7 +389,7 @@ def test_hostile_templates_raise_template_error(source, message, monkeypatch):
 
 
 def test_slow_templates_hit_the_time_limit(monkeypatch):
-    monkeypatch.setattr(template_module, "MAX_SECONDS", 0.2)
+    monkeypatch.setattr(sandbox_module, "MAX_SECONDS", 0.2)
     source = "{% for i in range(100000) %}{% set x = range(100000) | list | length %}{% endfor %}"
     with pytest.raises(TemplateError, match="longer than 0.2 s"):
         ChatTemplate(source).render([{"role": "user", "content": "hi"}])

@@ -10,17 +10,16 @@ from __future__ import annotations
 import ctypes
 import json
 import time
-import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from engine.errors import ModelFormatError
+from engine.formats.gguf import read_gguf
 from engine.tokenizer import BPETokenizer, StreamingDetokenizer, load_tokenizer
 
 llama_cpp = pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
+gguf = pytest.importorskip("gguf")  # GGUFWriter, for the vocab-only files trained here
 
 # --- the texts every vocabulary is checked on -----------------------------------------------
 
@@ -62,23 +61,7 @@ EMOJI_AND_CJK = ["emoji", "cjk", "mixed", "arabic", "accents"]
 CHATML = "<|im_start|>user\nHi<|im_end|>\n"
 
 
-# --- reading GGUF metadata and asking llama.cpp ---------------------------------------------
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    """GGUF metadata as key -> python value. Uses engine.formats.gguf once it exists."""
-    try:
-        from engine.formats.gguf import read_gguf
-    except ImportError:
-        read_gguf = None
-    if read_gguf is not None:
-        try:
-            return dict(read_gguf(path).metadata)
-        except Exception as exc:  # someone else's module: fall back, but say so
-            warnings.warn(f"engine.formats.gguf.read_gguf failed ({exc!r}); using GGUFReader")
-    reader = gguf.GGUFReader(path)
-    return {key: field.contents() for key, field in reader.fields.items()
-            if not key.startswith("GGUF.")}
+# --- asking llama.cpp -----------------------------------------------------------------------
 
 
 def load_llama(path: Path):
@@ -124,11 +107,6 @@ def llama_eog(llm) -> set[int]:
 
 
 # --- the bundled default model --------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def default_metadata(default_gguf: Path) -> dict[str, Any]:
-    return read_metadata(default_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -331,7 +309,9 @@ def tiny(request, tiny_vocab, tmp_path_factory):
     pre = request.param
     path = write_vocab_gguf(tmp_path_factory.mktemp("vocab") / f"tiny-{pre}.gguf",
                             *tiny_vocab, pre=pre)
-    return pre, load_tokenizer(read_metadata(path)), load_llama(path)
+    with read_gguf(path) as vocab:
+        metadata = vocab.metadata
+    return pre, load_tokenizer(metadata), load_llama(path)
 
 
 def test_other_pretokenizers_match_llama_cpp(tiny):
