@@ -72,7 +72,10 @@ def load(
         backend = spec.backend if spec is not None and spec.backend != "auto" else "native"
     name = spec.name if spec is not None else path.name
     if backend == "gguf":
-        raise ModelFormatError("the GGUF fast path (backend='gguf') is not available yet; use backend='native'")
+        raise ModelFormatError(
+            f"{name}: the llama.cpp fast path (backend='gguf') is not available yet; use backend='native' "
+            "(it runs llama-architecture GGUF files)"
+        )
     from .backends.native import NativeModel
 
     return NativeModel(path, name=name, device=device, dtype=dtype, context_length=context_length)

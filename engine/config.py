@@ -58,8 +58,7 @@ class ModelArgs:
         arch = metadata.get("general.architecture")
         if arch != "llama":
             raise ModelFormatError(
-                f"architecture {arch!r} is not supported by the native engine (it runs 'llama'); "
-                "try backend='gguf'"
+                f"architecture {arch!r} is not supported by the native engine yet (it runs 'llama' models)"
             )
 
         def get(key: str, default: Any = None, kind: type = int) -> Any:
@@ -102,6 +101,6 @@ def _gguf_rope_scaling(metadata: dict[str, Any], arch: str) -> RopeScaling | Non
     if kind in ("none", None) or factor in (0, 1, 1.0):
         return None
     if kind != "linear":
-        raise ModelFormatError(f"RoPE scaling {kind!r} is not supported by the native engine; try backend='gguf'")
+        raise ModelFormatError(f"RoPE scaling {kind!r} is not supported by the native engine yet (it supports linear and llama3)")
     original = metadata.get(f"{arch}.rope.scaling.original_context_length", 0)
     return RopeScaling(kind="linear", factor=float(factor), original_context=int(original))

@@ -65,3 +65,30 @@ def test_malformed_models_toml_is_one_line(tmp_path):
     out = run("chatapp", "ask", "hi", env={"CHATAPP_MODELS_TOML": str(bad)})
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert str(bad) in out.stderr and "line 1" in out.stderr
+
+
+def test_help_does_not_pay_for_torch():
+    code = "import sys, chatapp.cli, engine; assert not {'torch', 'llama_cpp', 'jinja2'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = run("chatapp", "ask", "--help")
+    assert out.returncode == 0 and "--temperature" in out.stdout and "--system" in out.stdout
+
+
+def test_ctrl_c_mid_generation_exits_cleanly():
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        ["chatapp", "ask", "Write a long story about a dragon.", "-n", "2000", "-t", "0.8", "--seed", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = proc.stdout.read(20)  # generation has started once text streams
+    assert first
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "interrupted" in err
+    assert len(first + rest) > 20
