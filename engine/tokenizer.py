@@ -115,7 +115,7 @@ _EOG_TEXTS = frozenset(_EOT_TEXTS + _EOM_TEXTS + (
 _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 byte values to printable characters."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
                  *range(ord("®"), ord("ÿ") + 1)]
@@ -135,7 +135,7 @@ _MISSING_BYTE = "\x00missing-byte\x00"
 # Translates byte-level token text to latin-1 code points, one per byte. Characters below 256
 # that are not in GPT-2's alphabet become U+FFFF, so that encoding to latin-1 fails for them too.
 _BYTE_LEVEL_TO_LATIN1 = {**dict.fromkeys(range(256), 0xFFFF),
-                         **{ord(c): b for b, c in _bytes_to_unicode().items()}}
+                         **{ord(c): b for b, c in bytes_to_unicode().items()}}
 
 
 class BPETokenizer:

@@ -8,18 +8,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-
-def byte_level_alphabet() -> list[str]:
-    """GPT-2's byte -> printable-character table, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
+from engine.tokenizer import bytes_to_unicode
 
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -43,7 +32,7 @@ class TinyConfig:
 
 
 def vocabulary() -> tuple[list[str], list[int], list[str]]:
-    tokens = byte_level_alphabet() + [m.replace(" ", "") for m in MERGES]
+    tokens = list(bytes_to_unicode().values()) + [m.replace(" ", "") for m in MERGES]
     types = [gguf.TokenType.NORMAL] * len(tokens) + [gguf.TokenType.CONTROL] * len(SPECIALS)
     return tokens + SPECIALS, [int(t) for t in types], MERGES
 
