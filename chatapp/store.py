@@ -1,0 +1,566 @@
+"""Durable chat history: conversations and their messages in one SQLite file.
+
+The file (default `<user data dir>/chatapp/history.db`) runs in WAL mode with a busy timeout, so two
+app instances wait for each other instead of failing, and a killed process loses at most its last
+uncommitted write. Every write is its own short IMMEDIATE transaction; nothing stays open between
+calls. The schema changes only through MIGRATIONS, an ordered list that is only ever appended to.
+
+Pure stdlib + platformdirs. The app calls it from the UI thread and from generation workers, so the
+one connection is shared (`check_same_thread=False`) under a lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+STATUSES = frozenset({"complete", "streaming", "stopped", "error"})
+DEFAULT_TITLE = "New conversation"
+TITLE_CHARS = 60
+BUSY_TIMEOUT_S = 5.0
+
+
+class StoreError(Exception):
+    """The history database cannot be used: corrupt, not ours, from a newer chatapp, or locked."""
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir("chatapp")) / "history.db"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str  # the custom title, else derived from the first user message, else DEFAULT_TITLE
+    custom_title: bool
+    created_at: float  # unix seconds
+    updated_at: float  # unix seconds of the last message write: the sidebar's order
+    system_prompt: str | None
+    model: str | None  # a models.toml name or a path
+    settings: dict = field(default_factory=dict)  # sampling settings
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: int
+    seq: int  # 0, 1, 2, ... within the conversation
+    role: str
+    content: str
+    status: str
+    tool_calls: list[dict] | None  # OpenAI form: [{"id", "type": "function", "function": {"name", "arguments"}}]
+    tool_call_id: str | None
+    name: str | None  # the tool's name, for role "tool"
+    meta: dict
+    created_at: float
+
+    def to_openai(self) -> dict:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = copy.deepcopy(self.tool_calls)
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+
+# --- migrations: append new ones at the end; never edit or reorder one that has shipped ----------
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+def _migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    MIGRATIONS.append(fn)  # its schema version is its 1-based position in the list
+    return fn
+
+
+@_migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    # Roles and statuses are checked in Python, not by CHECK constraints, which SQLite can only
+    # change by rebuilding the table. AUTOINCREMENT: a deleted id is never handed out again.
+    db.execute("""
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            title TEXT,                          -- custom title; NULL: derived from the messages
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            system_prompt TEXT,
+            model TEXT,
+            settings TEXT NOT NULL DEFAULT '{}'  -- JSON object
+        )""")
+    db.execute("CREATE INDEX conversations_by_activity ON conversations (updated_at DESC, id DESC)")
+    db.execute("""
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            content TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'complete',
+            tool_calls TEXT,                     -- JSON list, or NULL
+            tool_call_id TEXT,
+            name TEXT,
+            meta TEXT NOT NULL DEFAULT '{}',     -- JSON object
+            created_at REAL NOT NULL,
+            UNIQUE (conversation_id, seq)
+        )""")
+    db.execute("CREATE INDEX messages_streaming ON messages (status) WHERE status = 'streaming'")
+
+
+@_migration
+def m002_messages_fts(db: sqlite3.Connection) -> None:
+    # Trigram tokens make MATCH a case-insensitive substring search: the same meaning as the LIKE
+    # fallback, which covers SQLite builds without FTS5 or trigram (< 3.34) and queries < 3 chars.
+    try:
+        db.execute("CREATE VIRTUAL TABLE temp.fts5_probe USING fts5(x, tokenize = 'trigram')")
+    except sqlite3.OperationalError:
+        return
+    db.execute("DROP TABLE temp.fts5_probe")
+    db.execute("""
+        CREATE VIRTUAL TABLE messages_fts USING fts5(
+            content, content = 'messages', content_rowid = 'id', tokenize = 'trigram')""")
+    db.execute("""
+        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        END""")
+    db.execute("""
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        END""")
+    db.execute("""
+        CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        END""")
+    db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> set[str]:
+    """Apply pending migrations in one IMMEDIATE transaction (two instances starting at once
+    serialise here); return the names of the tables that exist afterwards."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "_migrations" not in tables:
+            raise StoreError(f"{path} is an SQLite database but not a chatapp history; move it aside")
+        db.execute("""
+            CREATE TABLE IF NOT EXISTS _migrations (
+                version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)""")
+        applied = {r[0] for r in db.execute("SELECT version FROM _migrations")}
+        newest = max(applied, default=0)
+        if newest > len(MIGRATIONS):
+            raise StoreError(
+                f"{path} has schema version {newest}, newer than this chatapp knows "
+                f"({len(MIGRATIONS)}); upgrade chatapp to open it")
+        for version, fn in enumerate(MIGRATIONS, start=1):
+            if version not in applied:
+                fn(db)
+                db.execute("INSERT INTO _migrations VALUES (?, ?, ?)", (version, fn.__name__, time.time()))
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return tables
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+_UNSET: Any = object()  # "argument not given", where None is a value
+
+_CONVERSATION_SQL = """
+    SELECT c.*, (SELECT m.content FROM messages m WHERE m.conversation_id = c.id AND m.role = 'user'
+                 ORDER BY m.seq LIMIT 1) AS first_user
+    FROM conversations c
+"""
+
+
+def derive_title(first_user_message: str | None) -> str:
+    """The first non-blank line, whitespace collapsed, cut to TITLE_CHARS."""
+    for line in (first_user_message or "").splitlines():
+        line = " ".join(line.split())
+        if line:
+            return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+    return DEFAULT_TITLE
+
+
+def _check_choice(value: object, allowed: frozenset[str], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(sorted(allowed))}, not {value!r}")
+
+
+def _check_optional_str(value: object, what: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{what} must be a string or None, not {type(value).__name__}")
+
+
+def _check_tool_calls(tool_calls: Any) -> None:
+    if not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
+        raise ValueError("tool_calls must be a list of dicts (OpenAI form) or None")
+
+
+def _check_dict(value: object, what: str) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{what} must be a dict or None, not {type(value).__name__}")
+
+
+def _to_json(value: object, what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-serialisable: {e}") from None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _fence(text: str, info: str = "") -> str:
+    """`text` in a Markdown code fence longer than any backtick run inside it."""
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text}\n{ticks}"
+
+
+class Store:
+    """Chat history in one SQLite file. Missing ids raise KeyError, bad arguments ValueError,
+    an unusable database StoreError."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: no implicit transactions; timeout is SQLite's busy timeout.
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                 check_same_thread=False)
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA journal_mode = WAL")
+            # FULL: each commit is fsynced to the WAL, so even a power cut keeps the last write.
+            db.execute("PRAGMA synchronous = FULL")
+            tables = _migrate(db, self.path)
+            self._fts = "messages_fts" in tables
+            if self._fts:
+                db.execute("SELECT 1 FROM messages_fts LIMIT 0")  # fails if this SQLite lacks FTS5
+        except sqlite3.Error as e:
+            db.close()
+            raise self._error(e) from e
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _error(self, e: sqlite3.Error) -> StoreError:
+        code = getattr(e, "sqlite_errorname", "") or ""
+        if code.startswith("SQLITE_BUSY"):
+            return StoreError(f"chat history {self.path} stayed locked by another process for "
+                              f"{BUSY_TIMEOUT_S:g} s; try again")
+        if code.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return StoreError(f"chat history {self.path} is corrupt or not an SQLite database ({e}); "
+                              "move it aside and chatapp will start a new one")
+        return StoreError(f"chat history {self.path}: {e}")
+
+    @contextmanager
+    def _read(self, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; snapshot=True: several SELECTs see one state."""
+        with self._lock:
+            try:
+                if snapshot:
+                    self._db.execute("BEGIN")
+                try:
+                    yield self._db
+                finally:
+                    if self._db.in_transaction:
+                        self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise self._error(e) from e
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction. IMMEDIATE takes the write lock up front, where the busy
+        timeout applies, instead of failing to upgrade a read lock half-way."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise self._error(e) from e
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- rows from disk are validated before they become objects ---
+
+    def _json(self, text: str | None, kind: type, what: str) -> Any:
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, kind):
+            raise StoreError(f"chat history {self.path}: {what} is not a JSON {kind.__name__}: {text[:80]!r}")
+        return value
+
+    def _conversation(self, row: sqlite3.Row) -> Conversation:
+        custom = row["title"] is not None
+        return Conversation(
+            id=row["id"], title=row["title"] if custom else derive_title(row["first_user"]),
+            custom_title=custom, created_at=row["created_at"], updated_at=row["updated_at"],
+            system_prompt=row["system_prompt"], model=row["model"],
+            settings=self._json(row["settings"], dict, "conversation settings"))
+
+    def _message(self, row: sqlite3.Row) -> Message:
+        return Message(
+            id=row["id"], conversation_id=row["conversation_id"], seq=row["seq"], role=row["role"],
+            content=row["content"], status=row["status"],
+            tool_calls=self._json(row["tool_calls"], list, "message tool_calls"),
+            tool_call_id=row["tool_call_id"], name=row["name"],
+            meta=self._json(row["meta"], dict, "message meta"), created_at=row["created_at"])
+
+    def _get(self, db: sqlite3.Connection, id: int) -> Conversation:
+        row = db.execute(_CONVERSATION_SQL + " WHERE c.id = ?", (id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no conversation {id}")
+        return self._conversation(row)
+
+    @staticmethod
+    def _touch(db: sqlite3.Connection, conversation_id: int) -> None:
+        # Strictly increasing across the file, so the sidebar order is the order of activity even
+        # with a coarse or stepped-back clock.
+        cur = db.execute(
+            "UPDATE conversations SET updated_at = max(?, (SELECT max(updated_at) FROM conversations) + 1e-6)"
+            " WHERE id = ?", (time.time(), conversation_id))
+        if cur.rowcount == 0:
+            raise KeyError(f"no conversation {conversation_id}")
+
+    # --- conversations ---
+
+    def create_conversation(self, *, system_prompt: str | None = None, model: str | None = None,
+                            settings: dict | None = None) -> Conversation:
+        _check_optional_str(system_prompt, "system_prompt")
+        _check_optional_str(model, "model")
+        _check_dict(settings, "settings")
+        settings_json = _to_json(settings or {}, "settings")
+        with self._write() as db:
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO conversations (created_at, updated_at, system_prompt, model, settings)"
+                " VALUES (?, max(?, coalesce((SELECT max(updated_at) FROM conversations) + 1e-6, 0)), ?, ?, ?)",
+                (now, now, system_prompt, model, settings_json))
+            return self._get(db, cur.lastrowid)
+
+    def get_conversation(self, id: int) -> Conversation:
+        with self._read() as db:
+            return self._get(db, id)
+
+    def list_conversations(self, search: str | None = None, limit: int = 500) -> list[Conversation]:
+        """Newest activity first; `search` matches custom titles and any message's text, as a
+        case-insensitive substring (% and _ are literal)."""
+        query = (search or "").strip()
+        params: dict[str, Any] = {"limit": int(limit)}
+        where = ""
+        if query:
+            params["like"] = f"%{_escape_like(query)}%"
+            if self._fts and len(query) >= 3:  # a trigram index cannot match fewer than 3 chars
+                params["phrase"] = '"' + query.replace('"', '""') + '"'
+                in_content = ("SELECT conversation_id FROM messages WHERE id IN"
+                              " (SELECT rowid FROM messages_fts WHERE messages_fts MATCH :phrase)")
+            else:
+                in_content = r"SELECT conversation_id FROM messages WHERE content LIKE :like ESCAPE '\'"
+            where = rf" WHERE c.title LIKE :like ESCAPE '\' OR c.id IN ({in_content})"
+        with self._read() as db:
+            rows = db.execute(_CONVERSATION_SQL + where + " ORDER BY c.updated_at DESC, c.id DESC LIMIT :limit",
+                              params).fetchall()
+            return [self._conversation(r) for r in rows]
+
+    def most_recent(self) -> Conversation | None:
+        found = self.list_conversations(limit=1)
+        return found[0] if found else None
+
+    def rename(self, id: int, title: str) -> None:
+        """A blank title goes back to the derived one."""
+        _check_optional_str(title, "title")
+        title = " ".join((title or "").split())  # a title is one line
+        with self._write() as db:
+            if db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title or None, id)).rowcount == 0:
+                raise KeyError(f"no conversation {id}")
+
+    def delete_conversation(self, id: int) -> None:
+        with self._write() as db:  # its messages go by ON DELETE CASCADE
+            if db.execute("DELETE FROM conversations WHERE id = ?", (id,)).rowcount == 0:
+                raise KeyError(f"no conversation {id}")
+
+    def update_conversation(self, id: int, *, system_prompt: str | None = _UNSET, model: str | None = _UNSET,
+                            settings: dict | None = _UNSET) -> Conversation:
+        """Change only the fields given (None clears one; settings=None means {})."""
+        changes: dict[str, Any] = {}
+        if system_prompt is not _UNSET:
+            _check_optional_str(system_prompt, "system_prompt")
+            changes["system_prompt"] = system_prompt
+        if model is not _UNSET:
+            _check_optional_str(model, "model")
+            changes["model"] = model
+        if settings is not _UNSET:
+            _check_dict(settings, "settings")
+            changes["settings"] = _to_json(settings or {}, "settings")
+        with self._write() as db:
+            if changes:  # the column names come from the fixed set above, never from the caller
+                assignments = ", ".join(f"{column} = :{column}" for column in changes)
+                db.execute(f"UPDATE conversations SET {assignments} WHERE id = :id", {**changes, "id": id})
+            return self._get(db, id)
+
+    # --- messages ---
+
+    def add_message(self, conversation_id: int, role: str, content: str = "", *, status: str = "complete",
+                    tool_calls: list[dict] | None = None, tool_call_id: str | None = None,
+                    name: str | None = None, meta: dict | None = None) -> Message:
+        _check_choice(role, ROLES, "role")
+        _check_choice(status, STATUSES, "status")
+        if not isinstance(content, str):
+            raise ValueError(f"content must be a string, not {type(content).__name__}")
+        if tool_calls is not None:
+            _check_tool_calls(tool_calls)
+        _check_optional_str(tool_call_id, "tool_call_id")
+        _check_optional_str(name, "name")
+        _check_dict(meta, "meta")
+        meta = dict(meta or {})
+        calls_json = None if tool_calls is None else _to_json(tool_calls, "tool_calls")
+        meta_json = _to_json(meta, "meta")
+        with self._write() as db:
+            self._touch(db, conversation_id)
+            seq = db.execute("SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE conversation_id = ?",
+                             (conversation_id,)).fetchone()[0]
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO messages (conversation_id, seq, role, content, status, tool_calls, tool_call_id,"
+                " name, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, seq, role, content, status, calls_json, tool_call_id, name, meta_json, now))
+        return Message(id=cur.lastrowid, conversation_id=conversation_id, seq=seq, role=role, content=content,
+                       status=status, tool_calls=json.loads(calls_json) if calls_json else tool_calls,
+                       tool_call_id=tool_call_id, name=name, meta=meta, created_at=now)
+
+    def update_message(self, message_id: int, *, content: str | None = None, status: str | None = None,
+                       meta: dict | None = None, tool_calls: list[dict] | None = None) -> None:
+        """Replace content, status and/or tool calls; `meta` is merged into the stored meta (top level)."""
+        changes: dict[str, Any] = {}
+        if tool_calls is not None:
+            _check_tool_calls(tool_calls)
+            changes["tool_calls"] = _to_json(tool_calls, "tool_calls")
+        if content is not None:
+            if not isinstance(content, str):
+                raise ValueError(f"content must be a string, not {type(content).__name__}")
+            changes["content"] = content  # only then does the search-index trigger fire
+        if status is not None:
+            _check_choice(status, STATUSES, "status")
+            changes["status"] = status
+        _check_dict(meta, "meta")
+        with self._write() as db:
+            row = db.execute("SELECT conversation_id, meta FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no message {message_id}")
+            if meta:
+                changes["meta"] = _to_json({**self._json(row["meta"], dict, "message meta"), **meta}, "meta")
+            if changes:
+                assignments = ", ".join(f"{column} = :{column}" for column in changes)
+                db.execute(f"UPDATE messages SET {assignments} WHERE id = :id", {**changes, "id": message_id})
+                self._touch(db, row["conversation_id"])
+
+    def messages(self, conversation_id: int) -> list[Message]:
+        """In seq order; KeyError for a missing conversation."""
+        return self._snapshot(conversation_id)[1]
+
+    def delete_messages_from(self, conversation_id: int, seq: int) -> None:
+        """Delete the messages at `seq` and after (regenerate, edit-and-resend)."""
+        with self._write() as db:
+            self._touch(db, conversation_id)
+            db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq >= ?", (conversation_id, int(seq)))
+
+    def recover_interrupted(self) -> int:
+        """Mark replies left "streaming" by an app that died as "stopped"; return how many. Call it
+        at start-up: it cannot tell a dead writer from another instance still streaming."""
+        with self._write() as db:
+            return db.execute("UPDATE messages SET status = 'stopped' WHERE status = 'streaming'").rowcount
+
+    # --- export ---
+
+    def _snapshot(self, conversation_id: int) -> tuple[Conversation, list[Message]]:
+        with self._read(snapshot=True) as db:
+            conversation = self._get(db, conversation_id)
+            rows = db.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY seq",
+                              (conversation_id,)).fetchall()
+            return conversation, [self._message(r) for r in rows]
+
+    def export_json(self, conversation_id: int) -> dict:
+        conversation, messages = self._snapshot(conversation_id)
+        return {
+            "conversation": dataclasses.asdict(conversation),
+            "messages": [{**m.to_openai(), "status": m.status, "meta": copy.deepcopy(m.meta),
+                          "created_at": m.created_at} for m in messages],
+        }
+
+    def export_markdown(self, conversation_id: int) -> str:
+        """Roles as `##` headings; message text verbatim; tool calls and results in code fences."""
+        conversation, messages = self._snapshot(conversation_id)
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(conversation.created_at))
+        parts = [f"# {conversation.title}", f"- Created: {created}"]
+        if conversation.model:
+            parts[-1] += f"\n- Model: {conversation.model}"
+        if conversation.system_prompt:
+            parts += ["## System", conversation.system_prompt]
+        for m in messages:
+            if m.role == "tool":
+                parts.append(f"## Tool result{f': `{m.name}`' if m.name else ''}")
+                parts.append(_fence(m.content))
+                continue
+            parts.append(f"## {m.role.capitalize()}")
+            if m.content:
+                parts.append(m.content)
+            for call in m.tool_calls or []:
+                function = call.get("function") or {}
+                arguments = function.get("arguments", "")
+                try:
+                    arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
+                except (TypeError, ValueError):
+                    arguments = str(arguments)
+                parts += [f"**Tool call:** `{function.get('name', '?')}`", _fence(arguments, "json")]
+            if m.status != "complete":
+                parts.append(f"_({'still being written' if m.status == 'streaming' else m.status})_")
+        return "\n\n".join(parts) + "\n"
