@@ -7,6 +7,14 @@ from engine.bundled import distribution_file
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Keep tests away from the user's real config and data: history, approvals, tools.py."""
+    home = tmp_path_factory.mktemp("xdg")
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(var, str(home / var.lower()))
+
+
 @pytest.fixture(scope="session")
 def default_gguf() -> Path:
     """The bundled SmolLM2-135M-Instruct Q4_1 GGUF file."""

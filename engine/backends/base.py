@@ -79,6 +79,16 @@ class Model(ABC):
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
         return self.template.render(messages, add_generation_prompt=True, tools=tools)
 
+    def count_prompt_tokens(self, messages: list[dict], *, tools: list[dict] | None = None) -> int:
+        """Tokens the rendered chat prompt takes (what chat() would prefill)."""
+        prompt = self.render_chat(messages, tools=tools)
+        return len(self.tokenizer.encode(prompt, add_special=True, parse_special=True))
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders a `tools` list (else tool schemas would be dropped)."""
+        return "tools" in self.template.source
+
     def chat(self, messages: list[dict], *, tools: list[dict] | None = None, **sampling) -> Iterator[Event]:
         """OpenAI-style messages in; TextDelta events out, then one GenerationResult."""
         return self.generate(self.render_chat(messages, tools=tools), **sampling)

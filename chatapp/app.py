@@ -1,0 +1,466 @@
+"""The chat app: sidebar of conversations, streamed Markdown replies, tools behind approval."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Input, Static
+
+from engine.errors import EngineError
+from engine.sampling import SamplingParams
+
+from .screens.approval import ApprovalScreen
+from .screens.dialogs import ConfirmScreen, TextPromptScreen
+from .screens.help import HelpScreen
+from .screens.models import ModelPickerScreen
+from .screens.settings import SettingsScreen
+from .store import Store
+from .tools.approval import ApprovalPolicy
+from .tools.builtin import FileAccess
+from .tools.registry import ToolRegistry
+from .tools.runner import ToolRunner
+from .widgets.inert import inert
+from .widgets.message import MessageView
+from .widgets.sidebar import Sidebar
+from .widgets.status import StatusBar
+from .worker import (
+    ContextFitted,
+    HistoryChanged,
+    Job,
+    JobDone,
+    Notice,
+    ReplyDelta,
+    ReplyFinished,
+    ReplyStarted,
+    run_job,
+)
+
+_DEFAULTS = SamplingParams()
+DEFAULT_SAMPLING = {"temperature": _DEFAULTS.temperature, "top_p": _DEFAULTS.top_p, "max_tokens": _DEFAULTS.max_tokens}
+
+
+class ChatApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "chatapp"
+    BINDINGS = [
+        Binding("ctrl+n", "new_conversation", "New"),
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+r,f5", "regenerate", "Regenerate"),
+        Binding("f3", "edit_message", "Edit"),
+        Binding("ctrl+o", "pick_model", "Model"),
+        Binding("ctrl+s,f7", "settings", "Settings"),
+        Binding("ctrl+b", "toggle_sidebar", "Sidebar", show=False),
+        Binding("f2", "rename", "Rename", show=False),
+        Binding("f6", "search", "Search", show=False),
+        Binding("f8", "delete_conversation", "Delete", show=False),
+        Binding("f1", "help", "Help"),
+        Binding("ctrl+q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        model: str | None = None,
+        load_model: Callable[[str | None], object] | None = None,
+        allowed_dirs: Iterable[Path] = (),
+        tool_registry: ToolRegistry | None = None,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.model_name = model
+        self._load_model = load_model or _load_with_engine
+        self.model = None
+        self.model_ready = threading.Event()
+        self.model_error: str | None = None
+        self.conversation_id: int | None = None
+        self.job: Job | None = None
+        self.views: dict[int, MessageView] = {}
+        self.tool_registry = tool_registry or ToolRegistry(FileAccess([Path(d) for d in allowed_dirs]))
+        self.tool_runner = ToolRunner(self.tool_registry)
+        self.tool_registry.register_plugin(ApprovalPolicy(self._ask_approval))
+
+    # ---- layout -------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield Sidebar(id="sidebar")
+            with Vertical(id="main"):
+                yield VerticalScroll(id="chat")
+                with Horizontal(id="composer"):
+                    yield Input(placeholder="Message (Enter to send, F1 for help)", id="prompt")
+                    yield Button("Send", variant="primary", id="send")
+                    yield Button("Stop", variant="error", id="stop", disabled=True)
+                yield StatusBar(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        interrupted = self.store.recover_interrupted()
+        if interrupted:
+            self.notify(f"{interrupted} reply(s) cut off last time are kept, marked as stopped.")
+        recent = self.store.most_recent()
+        if recent is not None:
+            self.model_name = self.model_name or recent.model
+            self.open_conversation(recent.id)
+        else:
+            self.refresh_sidebar()
+        self.query_one("#prompt", Input).focus()
+        # Load after the first paint: torch is imported in the worker, never before the UI shows.
+        self.call_after_refresh(self.start_loading, self.model_name)
+
+    # ---- model loading ------------------------------------------------------------------
+
+    def start_loading(self, name: str | None) -> None:
+        self.model, self.model_error = None, None
+        self.model_ready.clear()
+        status = self.query_one(StatusBar)
+        status.model_name = name or "default model"
+        status.state = "loading…"
+        self._load_worker(name)
+
+    @work(thread=True, exclusive=True, group="load")
+    def _load_worker(self, name: str | None) -> None:
+        try:
+            model = self._load_model(name)
+        except (EngineError, ValueError, OSError) as e:
+            self.model_error = str(e)
+            self.call_from_thread(self._model_failed, str(e))
+        else:
+            self.model = model
+            self.call_from_thread(self._model_loaded, model)
+        finally:
+            self.model_ready.set()
+
+    def _model_loaded(self, model) -> None:
+        status = self.query_one(StatusBar)
+        status.model_name, status.state = model.name, "ready"
+        status.context_size = model.context_length
+
+    def _model_failed(self, error: str) -> None:
+        self.query_one(StatusBar).state = "no model"
+        self.notify(error, title="Model failed to load", severity="error", timeout=15)
+
+    # ---- conversations ------------------------------------------------------------------
+
+    def refresh_sidebar(self, search: str | None = None) -> None:
+        self.query_one(Sidebar).show(self.store.list_conversations(search or None), self.conversation_id)
+
+    def open_conversation(self, conversation_id: int | None) -> None:
+        self.conversation_id = conversation_id
+        chat = self.query_one("#chat", VerticalScroll)
+        chat.remove_children()
+        self.views = {}
+        if conversation_id is not None:
+            chat.mount_all([self._view(m) for m in self.store.messages(conversation_id)])
+            chat.scroll_end(animate=False)
+        self.refresh_sidebar()
+
+    def _view(self, message) -> MessageView:
+        view = MessageView(message)
+        self.views[message.id] = view
+        return view
+
+    def _conversation_settings(self) -> tuple[str | None, dict]:
+        if self.conversation_id is None:
+            return None, dict(DEFAULT_SAMPLING)
+        conv = self.store.get_conversation(self.conversation_id)
+        return conv.system_prompt, {**DEFAULT_SAMPLING, **(conv.settings or {})}
+
+    # ---- sending and generation ---------------------------------------------------------
+
+    @on(Input.Submitted, "#prompt")
+    @on(Button.Pressed, "#send")
+    def action_send(self) -> None:
+        prompt = self.query_one("#prompt", Input)
+        text = prompt.value.strip()
+        if not text:
+            return
+        if self.job is not None:
+            self.notify("Wait for the reply to finish, or press Esc to stop it.", severity="warning")
+            return
+        if self.conversation_id is None:
+            conv = self.store.create_conversation(model=self.model_name, settings=dict(DEFAULT_SAMPLING))
+            self.conversation_id = conv.id
+        # Stored before generation starts: a crash from here on never loses the message.
+        message = self.store.add_message(self.conversation_id, "user", text)
+        prompt.value = ""
+        chat = self.query_one("#chat", VerticalScroll)
+        chat.mount(self._view(message))
+        chat.scroll_end(animate=False)
+        self.refresh_sidebar()
+        self.start_generation()
+
+    def start_generation(self) -> None:
+        _, sampling = self._conversation_settings()
+        self.job = Job(conversation_id=self.conversation_id, model=None, sampling=sampling, tools=self.tool_runner)
+        self.query_one("#stop", Button).disabled = False
+        self.query_one("#send", Button).disabled = True
+        self.query_one(StatusBar).state = "thinking…" if self.model_ready.is_set() else "waiting for the model…"
+        self._generate(self.job)
+
+    @work(thread=True, group="generate")
+    def _generate(self, job: Job) -> None:
+        self.model_ready.wait()
+        if self.model is None:
+            self.post_message(Notice(f"No model to answer with: {self.model_error}", "error"))
+            self.post_message(JobDone())
+            return
+        job.model = self.model
+        run_job(job, self.store, self.post_message)
+
+    def action_stop(self) -> None:
+        if self.job is not None:
+            self.job.cancel.set()
+            self.query_one(StatusBar).state = "stopping…"
+
+    async def on_reply_started(self, event: ReplyStarted) -> None:
+        chat = self.query_one("#chat", VerticalScroll)
+        await chat.mount(self._view(event.message))  # mounted before the first delta is handled
+        chat.scroll_end(animate=False)
+        self.query_one(StatusBar).state = "generating…"
+
+    async def on_reply_delta(self, event: ReplyDelta) -> None:
+        view = self.views.get(event.message_id)
+        if view is None:
+            return
+        chat = self.query_one("#chat", VerticalScroll)
+        follow = chat.scroll_offset.y >= chat.max_scroll_y - 2
+        await view.append(event.text)
+        if follow:
+            chat.scroll_end(animate=False)
+
+    async def on_reply_finished(self, event: ReplyFinished) -> None:
+        view = self.views.get(event.message_id)
+        stored = next((m for m in self.store.messages(self.conversation_id) if m.id == event.message_id), None)
+        if view is not None and stored is not None:
+            await view.finish(stored)
+        if event.result is not None and event.result.tokens_per_second:
+            self.query_one(StatusBar).tokens_per_second = event.result.tokens_per_second
+
+    def on_context_fitted(self, event: ContextFitted) -> None:
+        status = self.query_one(StatusBar)
+        status.context_used, status.context_size = event.prompt_tokens, event.context_length
+
+    def on_history_changed(self, _event: HistoryChanged) -> None:
+        self.open_conversation(self.conversation_id)
+
+    def on_notice(self, event: Notice) -> None:
+        self.notify(inert(event.text), severity=event.severity, timeout=10, markup=False)
+        chat = self.query_one("#chat", VerticalScroll)
+        chat.mount(Static(inert(event.text), classes=f"notice {event.severity}", markup=False))
+        chat.scroll_end(animate=False)
+
+    def on_job_done(self, _event: JobDone) -> None:
+        self.job = None
+        self.query_one("#stop", Button).disabled = True
+        self.query_one("#send", Button).disabled = False
+        self.query_one(StatusBar).state = "ready" if self.model is not None else "no model"
+        self.refresh_sidebar()
+
+    @on(Button.Pressed, "#stop")
+    def _stop_pressed(self) -> None:
+        self.action_stop()
+
+    # ---- tool approval (called on the generation worker's thread) -----------------------
+
+    def _ask_approval(self, call, tool) -> str:
+        answer: concurrent.futures.Future[str] = concurrent.futures.Future()
+        description = tool.description if tool is not None else ""
+        self.call_from_thread(self.push_screen, ApprovalScreen(call.name, call.arguments, description), answer.set_result)
+        job = self.job
+        while True:
+            try:
+                return answer.result(timeout=0.1)
+            except concurrent.futures.TimeoutError:
+                if job is None or job.cancel.is_set():
+                    self.call_from_thread(self._dismiss_approval)
+                    return "deny"
+
+    def _dismiss_approval(self) -> None:
+        if isinstance(self.screen, ApprovalScreen):
+            self.screen.dismiss("deny")
+
+    # ---- actions ------------------------------------------------------------------------
+
+    def action_new_conversation(self) -> None:
+        if self.job is not None:
+            self.action_stop()
+        self.open_conversation(None)
+        self.query_one("#prompt", Input).focus()
+
+    def action_regenerate(self) -> None:
+        if self.job is not None or self.conversation_id is None:
+            return
+        messages = self.store.messages(self.conversation_id)
+        users = [m for m in messages if m.role == "user"]
+        if not users:
+            return
+        self.store.delete_messages_from(self.conversation_id, users[-1].seq + 1)
+        self.open_conversation(self.conversation_id)
+        self.start_generation()
+
+    def action_edit_message(self) -> None:
+        """Edit the focused user message (else the last one) and resend from there."""
+        if self.job is not None or self.conversation_id is None:
+            return
+        focused = self.focused
+        while focused is not None and not isinstance(focused, MessageView):
+            focused = focused.parent
+        if isinstance(focused, MessageView) and focused.message.role == "user":
+            target = focused.message
+        else:
+            users = [m for m in self.store.messages(self.conversation_id) if m.role == "user"]
+            if not users:
+                return
+            target = users[-1]
+
+        def resend(text: str | None) -> None:
+            if text is None or not text.strip():
+                return
+            self.store.delete_messages_from(self.conversation_id, target.seq)
+            self.store.add_message(self.conversation_id, "user", text.strip())
+            self.open_conversation(self.conversation_id)
+            self.start_generation()
+
+        self.push_screen(TextPromptScreen("Edit the message and resend from there", target.content, multiline=True), resend)
+
+    def action_pick_model(self) -> None:
+        from engine.registry import load_registry
+
+        try:
+            registry = load_registry()
+        except EngineError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+
+        def chosen(name: str | None) -> None:
+            if name is None or (self.model is not None and name == self.model.name):
+                return
+            self.model_name = name
+            if self.conversation_id is not None:
+                self.store.update_conversation(self.conversation_id, model=name)
+            self.start_loading(name)
+
+        self.push_screen(ModelPickerScreen(registry, self.model.name if self.model else self.model_name), chosen)
+
+    def action_settings(self) -> None:
+        system, sampling = self._conversation_settings()
+
+        def saved(result) -> None:
+            if result is None:
+                return
+            if self.conversation_id is None:
+                self.conversation_id = self.store.create_conversation(model=self.model_name).id
+            self.store.update_conversation(self.conversation_id, system_prompt=result[0], settings=result[1])
+            self.refresh_sidebar()
+            self.notify("Settings saved for this conversation.")
+
+        self.push_screen(SettingsScreen(system, sampling), saved)
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one(Sidebar)
+        sidebar.display = not sidebar.display
+
+    def action_search(self) -> None:
+        self.query_one(Sidebar).display = True
+        self.query_one("#search", Input).focus()
+
+    def action_rename(self) -> None:
+        if self.conversation_id is None:
+            return
+        conv = self.store.get_conversation(self.conversation_id)
+
+        def renamed(title: str | None) -> None:
+            if title is not None:
+                self.store.rename(conv.id, title)
+                self.refresh_sidebar()
+
+        self.push_screen(TextPromptScreen("Rename conversation (empty: title from the first message)", conv.title), renamed)
+
+    def action_delete_conversation(self) -> None:
+        target = self.query_one(Sidebar).highlighted_id() if self.focused and self.query_one(Sidebar) in self.focused.ancestors else None
+        target = target or self.conversation_id
+        if target is None:
+            return
+        title = self.store.get_conversation(target).title
+
+        def confirmed(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.job is not None and target == self.conversation_id:
+                self.action_stop()
+            self.store.delete_conversation(target)
+            if target == self.conversation_id:
+                recent = self.store.most_recent()
+                self.open_conversation(recent.id if recent else None)
+            else:
+                self.refresh_sidebar()
+
+        self.push_screen(ConfirmScreen(f"Delete “{inert(title)}” and all its messages?", yes="Delete"), confirmed)
+
+    def action_export(self, fmt: str) -> None:
+        if self.conversation_id is None:
+            self.notify("Nothing to export yet.", severity="warning")
+            return
+        conv = self.store.get_conversation(self.conversation_id)
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", conv.title).strip("-").lower()[:40] or "conversation"
+        path = Path.cwd() / f"chat-{conv.id}-{slug}.{'md' if fmt == 'markdown' else 'json'}"
+        if fmt == "markdown":
+            path.write_text(self.store.export_markdown(conv.id), encoding="utf-8")
+        else:
+            path.write_text(json.dumps(self.store.export_json(conv.id), indent=2, ensure_ascii=False), encoding="utf-8")
+        self.notify(f"Exported to {path}", markup=False)
+
+    def action_help(self) -> None:
+        rows = [(b.key.replace(",", " / "), b.description) for b in self.BINDINGS]
+        rows += [("ctrl+p", "Command palette (every action, themes)"), ("enter", "Send the message")]
+        self.push_screen(HelpScreen(rows))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        commands = [
+            ("New conversation", "Start a new conversation (ctrl+n)", self.action_new_conversation),
+            ("Stop generation", "Stop the reply being generated (Esc)", self.action_stop),
+            ("Regenerate reply", "Generate the last reply again (ctrl+r)", self.action_regenerate),
+            ("Edit message and resend", "Edit a user message and resend from there (F3)", self.action_edit_message),
+            ("Choose model", "Pick a model from models.toml (ctrl+o)", self.action_pick_model),
+            ("Conversation settings", "System prompt and sampling (ctrl+s)", self.action_settings),
+            ("Rename conversation", "Rename the current conversation (F2)", self.action_rename),
+            ("Delete conversation", "Delete the current conversation (F8)", self.action_delete_conversation),
+            ("Search conversations", "Search titles and messages (F6)", self.action_search),
+            ("Toggle sidebar", "Show or hide the conversation list (ctrl+b)", self.action_toggle_sidebar),
+            ("Export as Markdown", "Write the conversation to a .md file", lambda: self.action_export("markdown")),
+            ("Export as JSON", "Write the conversation to a .json file", lambda: self.action_export("json")),
+            ("Keys", "Show every key binding (F1)", self.action_help),
+        ]
+        for title, help_text, callback in commands:
+            yield SystemCommand(title, help_text, callback)
+
+    @on(Sidebar.Selected)
+    def _conversation_selected(self, event: Sidebar.Selected) -> None:
+        if event.conversation_id == self.conversation_id:
+            return
+        if self.job is not None:
+            self.notify("Stop the current reply (Esc) before switching conversations.", severity="warning")
+            return
+        self.open_conversation(event.conversation_id)
+
+    @on(Sidebar.SearchChanged)
+    def _search_changed(self, event: Sidebar.SearchChanged) -> None:
+        self.refresh_sidebar(event.query)
+
+
+def _load_with_engine(name: str | None):
+    import engine
+
+    return engine.load(name)

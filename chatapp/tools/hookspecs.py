@@ -1,0 +1,40 @@
+"""The hooks a chatapp plugin can implement. Decorate implementations with `hookimpl`.
+
+A plugin is a module or an object (an installed package's `chatapp.tools` entry point, or the
+user's `tools.py` in the config folder); the built-in tools use the same hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from engine.toolcalls import ToolCall
+
+    from .runner import Decision, ToolResult
+    from .tool import Tool
+
+hookspec = pluggy.HookspecMarker("chatapp")
+hookimpl = pluggy.HookimplMarker("chatapp")
+
+
+@hookspec
+def register_tools(register):
+    """Call `register(fn_or_tool, safe=False)` for each tool: a typed, docstringed function or a
+    `Tool`. safe=True lets it run without asking the user."""
+
+
+@hookspec
+def before_tool_call(call: ToolCall, tool: Tool | None) -> Decision | None:
+    """Before a call of a registered tool runs: return None to let it run, `Decision.deny(reason)`
+    to stop it, or `Decision(arguments={...})` to run it with other arguments. The runner calls
+    the implementations one by one: a denial stops the call, changed arguments are what later
+    hooks see. The runner answers calls of unknown tools itself, so `tool` is a Tool here."""
+
+
+@hookspec
+def after_tool_call(call: ToolCall, result: ToolResult) -> ToolResult | None:
+    """After every call, denied and failed ones included: return a ToolResult to replace the
+    result the model will see, or None to keep it."""

@@ -1,0 +1,136 @@
+"""Run one tool call: look the tool up, let the hooks approve or change it, invoke, report.
+
+Every outcome is a `ToolResult` the model can read, errors included, so that it can recover
+(fix its arguments, pick another tool, or answer without one). `run` never raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.toolcalls import ToolCall
+
+from .tool import ToolArgumentError, ToolExecutionError
+
+if TYPE_CHECKING:
+    from .registry import ToolRegistry
+
+__all__ = ["Decision", "ToolResult", "ToolRunner", "MAX_CHAINED_CALLS"]
+
+# How many rounds of tool calls the app lets the model chain before it must answer in text.
+MAX_CHAINED_CALLS = 5
+# Results longer than this are cut: a whole file or listing would crowd out the conversation.
+MAX_RESULT_CHARS = 50_000
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a `before_tool_call` hook wants: deny the call, or run it with other arguments."""
+
+    denied: bool = False
+    reason: str = ""
+    arguments: dict | None = None  # replaces the call's arguments when not None
+
+    @classmethod
+    def deny(cls, reason: str = "") -> Decision:
+        return cls(denied=True, reason=reason)
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+    denied: bool = False
+
+    def to_message(self) -> dict:
+        """The OpenAI-style chat message that carries the result back to the model."""
+        return {"role": "tool", "tool_call_id": self.call_id, "name": self.name, "content": self.content}
+
+
+class ToolRunner:
+    def __init__(self, registry: ToolRegistry, *, max_result_chars: int = MAX_RESULT_CHARS):
+        self.registry = registry
+        self.max_result_chars = max_result_chars
+
+    def run(self, call: ToolCall) -> ToolResult:
+        """Run `call` through the hooks and the tool; never raises."""
+        try:
+            call, result = self._run(call)
+        except Exception as exc:  # a bug in a hook or here must not end the conversation
+            result = _error(call, f"{call.name} failed: {type(exc).__name__}: {exc}")
+        return self._after(call, result)
+
+    def _run(self, call: ToolCall) -> tuple[ToolCall, ToolResult]:
+        """The call as the before hooks leave it (what the after hooks see) and its result."""
+        tool = self.registry.get(call.name)
+        if tool is None:
+            available = ", ".join(sorted(self.registry.tools())) or "none"
+            return call, _error(call, f"unknown tool {call.name!r}; available: {available}")
+
+        for impl in _in_call_order(self.registry.plugin_manager.hook.before_tool_call):
+            try:
+                decision = _call_impl(impl, call=call, tool=tool)
+            except Exception as exc:  # fail closed: a broken approval hook must not approve
+                return call, _error(call, f"the {impl.plugin_name!r} plugin failed before the call: "
+                                          f"{type(exc).__name__}: {exc}")
+            if decision is None:
+                continue
+            if not isinstance(decision, Decision):
+                return call, _error(call, f"the {impl.plugin_name!r} plugin returned "
+                                          f"{type(decision).__name__}, not a Decision")
+            if decision.denied:
+                reason = f": {decision.reason}" if decision.reason else ""
+                return call, ToolResult(call.id, call.name, f"Error: the user denied this call{reason}",
+                                        is_error=True, denied=True)
+            if decision.arguments is not None:
+                if not isinstance(decision.arguments, dict):
+                    return call, _error(call, f"the {impl.plugin_name!r} plugin gave arguments "
+                                              "that are not a dict")
+                call = dataclasses.replace(call, arguments=decision.arguments)
+
+        try:
+            content = tool.invoke(call.arguments)
+        except ToolArgumentError as exc:
+            return call, _error(call, f"invalid arguments for {call.name}: {exc}")
+        except ToolExecutionError as exc:
+            return call, _error(call, f"{call.name} failed: {exc}")
+        if len(content) > self.max_result_chars:
+            content = (content[: self.max_result_chars]
+                       + f"\n[truncated: the result had {len(content)} characters; showed the first "
+                         f"{self.max_result_chars}]")
+        return call, ToolResult(call.id, call.name, content)
+
+    def _after(self, call: ToolCall, result: ToolResult) -> ToolResult:
+        for impl in _in_call_order(self.registry.plugin_manager.hook.after_tool_call):
+            try:
+                replaced = _call_impl(impl, call=call, result=result)
+            except Exception as exc:  # fail closed: the hook may have been redacting the result
+                return _error(call, f"the {impl.plugin_name!r} plugin failed after the call: "
+                                    f"{type(exc).__name__}: {exc}")
+            if replaced is None:
+                continue
+            if not isinstance(replaced, ToolResult):
+                return _error(call, f"the {impl.plugin_name!r} plugin returned {type(replaced).__name__}, "
+                                    "not a ToolResult")
+            result = replaced
+        return result
+
+
+def _error(call: ToolCall, message: str) -> ToolResult:
+    return ToolResult(call.id, call.name, f"Error: {message}", is_error=True)
+
+
+def _in_call_order(hook_caller: Any) -> list:
+    """The hook's implementations in the order pluggy would call them (last registered first,
+    tryfirst/trylast respected). The runner calls them one at a time because a denial must stop
+    the rest and changed arguments must reach the later ones; wrapper hooks are not run."""
+    return [impl for impl in reversed(hook_caller.get_hookimpls()) if not (impl.wrapper or impl.hookwrapper)]
+
+
+def _call_impl(impl: Any, **kwargs: Any) -> Any:
+    # An implementation may accept a subset of the spec's arguments, as in pluggy itself.
+    return impl.function(**{name: kwargs[name] for name in impl.argnames})

@@ -1,0 +1,73 @@
+"""One message in the chat: user text, a streamed Markdown reply, a tool call or a tool result."""
+
+from __future__ import annotations
+
+import json
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label, Markdown, Static
+
+from ..store import Message as StoredMessage
+from .inert import inert
+
+STATUS_LABELS = {"stopped": "⏹ stopped", "error": "⚠ error", "streaming": "…"}
+
+
+class MessageView(Vertical, can_focus=True):
+    """A stored message. Assistant text renders as Markdown and can grow by `append`."""
+
+    def __init__(self, message: StoredMessage) -> None:
+        super().__init__(classes=f"message {message.role}")
+        self.message = message
+        self._stream = None
+
+    def compose(self) -> ComposeResult:
+        m = self.message
+        yield Label(self._title(), classes="message-title", markup=False)
+        if m.role == "assistant":
+            yield Markdown(inert(m.content))
+            for call in m.tool_calls or ():
+                fn = call.get("function", {})
+                yield Static(inert(f"→ {fn.get('name')}({fn.get('arguments')})"), classes="tool-call", markup=False)
+        elif m.role == "tool":
+            yield Static(inert(_shorten(m.content)), classes="tool-result", markup=False)
+        else:
+            yield Static(inert(m.content), classes="text", markup=False)
+        yield Label(self._footer(), classes="message-footer", markup=False)
+
+    def _title(self) -> str:
+        m = self.message
+        if m.role == "tool":
+            return f"tool result · {m.name}" + (" (error)" if m.meta.get("is_error") else "")
+        return {"user": "You", "assistant": "Assistant", "system": "System"}.get(m.role, m.role)
+
+    def _footer(self) -> str:
+        m = self.message
+        parts = [STATUS_LABELS[m.status]] if m.status in STATUS_LABELS else []
+        if m.meta.get("tokens_per_second"):
+            parts.append(f"{m.meta.get('completion_tokens', 0)} tokens · {m.meta['tokens_per_second']:.1f} tok/s")
+        if m.meta.get("error"):
+            parts.append(str(m.meta["error"]))
+        return inert(" · ".join(parts))
+
+    async def append(self, text: str) -> None:
+        """Add streamed text: Textual's Markdown stream re-renders only the last block."""
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
+        await self._stream.write(inert(text))
+
+    async def finish(self, message: StoredMessage) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.message = message
+        self.query_one(".message-footer", Label).update(self._footer())
+
+
+def _shorten(text: str, limit: int = 2000) -> str:
+    try:
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except (ValueError, TypeError):
+        pass
+    return text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more characters)"

@@ -1,0 +1,184 @@
+"""Generation in a Textual thread worker. It reaches the UI only through post_message.
+
+One job answers one user turn: it fits the conversation to the context window, streams the
+reply (saving it to the store every SAVE_INTERVAL seconds), and, when the reply contains tool
+calls, runs them through the tool hooks and continues, up to MAX_CHAINED_CALLS rounds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from textual.message import Message
+
+from engine.errors import EngineError
+from engine.results import GenerationResult, TextDelta
+from engine.toolcalls import parse_tool_calls
+
+from .context import POLICY, fit_to_context
+from .store import Message as StoredMessage
+from .store import Store
+from .tools.runner import MAX_CHAINED_CALLS, ToolRunner
+
+SAVE_INTERVAL = 0.25  # seconds between saves of a streaming reply: a crash loses at most this
+POST_INTERVAL = 0.05  # seconds between UI updates: tokens coalesce into one message
+
+
+class ReplyStarted(Message):
+    def __init__(self, message: StoredMessage) -> None:
+        super().__init__()
+        self.message = message
+
+
+class ReplyDelta(Message):
+    def __init__(self, message_id: int, text: str) -> None:
+        super().__init__()
+        self.message_id = message_id
+        self.text = text
+
+
+class ReplyFinished(Message):
+    def __init__(self, message_id: int, status: str, result: GenerationResult | None) -> None:
+        super().__init__()
+        self.message_id = message_id
+        self.status = status
+        self.result = result
+
+
+class ContextFitted(Message):
+    """Posted before each generation: what the model sees, and what was left out."""
+
+    def __init__(self, prompt_tokens: int, context_length: int, dropped: int) -> None:
+        super().__init__()
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+        self.dropped = dropped
+
+
+class HistoryChanged(Message):
+    """Tool calls and results were stored: the view reloads the conversation."""
+
+
+class Notice(Message):
+    def __init__(self, text: str, severity: str = "information") -> None:
+        super().__init__()
+        self.text = text
+        self.severity = severity
+
+
+class JobDone(Message):
+    pass
+
+
+@dataclass
+class Job:
+    conversation_id: int
+    model: object  # engine.Model
+    sampling: dict  # temperature, top_p, max_tokens, ...
+    tools: ToolRunner | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def history_for_model(store: Store, conversation_id: int) -> list[dict]:
+    conv = store.get_conversation(conversation_id)
+    messages = [{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []
+    for m in store.messages(conversation_id):
+        if m.status == "error" or (m.role == "assistant" and not m.content and not m.tool_calls):
+            continue
+        messages.append(m.to_openai())
+    return messages
+
+
+def run_job(job: Job, store: Store, post: Callable[[Message], object]) -> None:
+    """The worker body: answer the last user message of the conversation."""
+    try:
+        for _round in range(MAX_CHAINED_CALLS + 1):
+            calls = _one_reply(job, store, post)
+            if not calls or job.cancel.is_set():
+                return
+            for call in calls:
+                if job.cancel.is_set():
+                    return
+                result = job.tools.run(call)
+                msg = result.to_message()
+                store.add_message(job.conversation_id, "tool", msg["content"], tool_call_id=msg["tool_call_id"], name=msg["name"],
+                                  meta={"is_error": result.is_error, "denied": result.denied})
+            post(HistoryChanged())
+        post(Notice(f"Stopped after {MAX_CHAINED_CALLS} rounds of tool calls in one turn.", "warning"))
+    except EngineError as e:
+        post(Notice(str(e), "error"))
+    finally:
+        post(JobDone())
+
+
+def _one_reply(job: Job, store: Store, post) -> list:
+    """Stream one assistant message; return the tool calls it made (empty when none)."""
+    model = job.model
+    schemas = job.tools.registry.schemas() if job.tools is not None and model.supports_tools else None
+    history = history_for_model(store, job.conversation_id)
+    fitted = fit_to_context(
+        history,
+        lambda msgs: model.count_prompt_tokens(msgs, tools=schemas),
+        context_length=model.context_length,
+        reply_tokens=job.sampling.get("max_tokens", 512),
+    )
+    post(ContextFitted(fitted.prompt_tokens, fitted.context_length, fitted.dropped))
+    if fitted.dropped:
+        post(Notice(f"Context window full: {fitted.dropped} oldest messages are left out of what the model sees ({POLICY}).", "warning"))
+    room = model.context_length - fitted.prompt_tokens
+    sampling = {**job.sampling, "max_tokens": max(1, min(job.sampling.get("max_tokens", 512), room))}
+
+    reply = store.add_message(job.conversation_id, "assistant", "", status="streaming", meta={"model": model.name})
+    post(ReplyStarted(reply))
+    text, unposted = "", ""
+    last_save = last_post = time.monotonic()
+    result = None
+    try:
+        for event in model.chat(fitted.messages, tools=schemas, should_stop=job.cancel.is_set, **sampling):
+            if isinstance(event, TextDelta):
+                text += event.text
+                unposted += event.text
+                now = time.monotonic()
+                if now - last_post >= POST_INTERVAL:
+                    post(ReplyDelta(reply.id, unposted))
+                    unposted, last_post = "", now
+                if now - last_save >= SAVE_INTERVAL:
+                    store.update_message(reply.id, content=text)
+                    last_save = now
+            else:
+                result = event
+    except EngineError as e:
+        store.update_message(reply.id, content=text, status="error", meta={"error": str(e), "model": model.name})
+        if unposted:
+            post(ReplyDelta(reply.id, unposted))
+        post(ReplyFinished(reply.id, "error", None))
+        raise
+    if unposted:
+        post(ReplyDelta(reply.id, unposted))
+    status = "stopped" if result is None or result.finish_reason == "cancelled" else "complete"
+    meta = {"model": model.name}
+    if result is not None:
+        meta.update(
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            tokens_per_second=round(result.tokens_per_second, 2),
+        )
+    calls = []
+    if status == "complete" and job.tools is not None:
+        parsed = parse_tool_calls(text, job.tools.registry.tools().keys())
+        calls = parsed.tool_calls
+        for error in parsed.errors:
+            post(Notice(f"A tool call could not be parsed: {error}", "warning"))
+        if calls:
+            store.update_message(reply.id, content=parsed.content, status=status, meta=meta,
+                                 tool_calls=[c.to_openai() for c in calls])
+            post(ReplyFinished(reply.id, status, result))
+            return calls
+    store.update_message(reply.id, content=text, status=status, meta=meta)
+    post(ReplyFinished(reply.id, status, result))
+    return calls
+

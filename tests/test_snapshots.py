@@ -1,0 +1,60 @@
+"""Snapshot tests of the main screen, the approval modal and the help screen (pytest-textual-snapshot).
+
+Update after an intended UI change with: python -m pytest tests/test_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chatapp.app import ChatApp
+from chatapp.screens.approval import ApprovalScreen
+from chatapp.store import Store
+from scripted import ScriptedModel
+
+SIZE = (110, 32)
+
+
+@pytest.fixture
+def app(tmp_path, default_gguf):
+    store = Store(tmp_path / "history.db")
+    store.add_message(store.create_conversation().id, "user", "An older question about the weather")
+    conv = store.create_conversation()
+    store.add_message(conv.id, "user", "How do I reverse a list in Python?")
+    store.add_message(
+        conv.id,
+        "assistant",
+        "Use slicing or `reversed`:\n\n```python\nitems = [1, 2, 3]\nprint(items[::-1])\n```\n\n"
+        "- `items[::-1]` makes a copy\n- `items.reverse()` works in place",
+        meta={"completion_tokens": 42, "tokens_per_second": 30.0},
+    )
+    return ChatApp(store=store, load_model=lambda name: ScriptedModel(default_gguf, []))
+
+
+async def ready(pilot) -> None:
+    app = pilot.app
+    while not app.model_ready.is_set() or app.query_one("StatusBar").state != "ready":
+        await pilot.pause(0.05)
+    await pilot.pause()
+
+
+def test_main_screen(snap_compare, app):
+    assert snap_compare(app, terminal_size=SIZE, run_before=ready)
+
+
+def test_help_screen(snap_compare, app):
+    async def open_help(pilot):
+        await ready(pilot)
+        await pilot.press("f1")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=open_help)
+
+
+def test_approval_modal(snap_compare, app):
+    async def ask(pilot):
+        await ready(pilot)
+        pilot.app.push_screen(ApprovalScreen("read_file", {"path": "notes/todo.txt", "max_bytes": 4096}, "Read a text file under the allowed folders."))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=ask)
