@@ -53,18 +53,18 @@ class ChatApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "chatapp"
     BINDINGS = [
-        Binding("ctrl+n", "new_conversation", "New"),
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+r,f5", "regenerate", "Regenerate"),
-        Binding("f3", "edit_message", "Edit"),
-        Binding("ctrl+o", "pick_model", "Model"),
-        Binding("ctrl+s,f7", "settings", "Settings"),
-        Binding("ctrl+b", "toggle_sidebar", "Sidebar", show=False),
-        Binding("f2", "rename", "Rename", show=False),
-        Binding("f6", "search", "Search", show=False),
-        Binding("f8", "delete_conversation", "Delete", show=False),
-        Binding("f1", "help", "Help"),
-        Binding("ctrl+q", "quit", "Quit"),
+        Binding("ctrl+n", "new_conversation", "New", tooltip="Start a new conversation"),
+        Binding("escape", "stop", "Stop", tooltip="Stop the reply being generated (the partial reply is kept)"),
+        Binding("ctrl+r,f5", "regenerate", "Regenerate", tooltip="Generate the last reply again"),
+        Binding("f3", "edit_message", "Edit", tooltip="Edit the focused user message (Tab to focus one; default: the last) and resend from there"),
+        Binding("ctrl+o", "pick_model", "Model", tooltip="Choose a model from models.toml"),
+        Binding("ctrl+s,f7", "settings", "Settings", tooltip="System prompt and sampling for this conversation"),
+        Binding("ctrl+b", "toggle_sidebar", "Sidebar", show=False, tooltip="Show or hide the conversation list"),
+        Binding("f2", "rename", "Rename", show=False, tooltip="Rename this conversation"),
+        Binding("f6", "search", "Search", show=False, tooltip="Search conversation titles and messages"),
+        Binding("f8", "delete_conversation", "Delete", show=False, tooltip="Delete the conversation (asks first)"),
+        Binding("f1", "help", "Help", tooltip="Show this list of keys"),
+        Binding("ctrl+q", "quit", "Quit", tooltip="Quit (history is already saved)"),
     ]
 
     def __init__(
@@ -244,8 +244,11 @@ class ChatApp(App):
         stored = next((m for m in self.store.messages(self.conversation_id) if m.id == event.message_id), None)
         if view is not None and stored is not None:
             await view.finish(stored)
-        if event.result is not None and event.result.tokens_per_second:
-            self.query_one(StatusBar).tokens_per_second = event.result.tokens_per_second
+        status = self.query_one(StatusBar)
+        if event.result is not None:
+            status.context_used = event.result.prompt_tokens + event.result.completion_tokens
+            if event.result.tokens_per_second:
+                status.tokens_per_second = event.result.tokens_per_second
 
     def on_context_fitted(self, event: ContextFitted) -> None:
         status = self.query_one(StatusBar)
@@ -422,7 +425,7 @@ class ChatApp(App):
         self.notify(f"Exported to {path}", markup=False)
 
     def action_help(self) -> None:
-        rows = [(b.key.replace(",", " / "), b.description) for b in self.BINDINGS]
+        rows = [(b.key.replace(",", " / "), b.tooltip or b.description) for b in self.BINDINGS]
         rows += [("ctrl+p", "Command palette (every action, themes)"), ("enter", "Send the message")]
         self.push_screen(HelpScreen(rows))
 

@@ -225,3 +225,67 @@ def test_chained_tool_calls_are_limited(tmp_path, default_gguf):
             assert len(model.received) <= 7
 
     run(main())
+
+
+def test_rename_search_settings_and_export(tmp_path, default_gguf, monkeypatch):
+    import json
+
+    from chatapp.screens.settings import SettingsScreen
+    from chatapp.widgets.sidebar import ConversationItem
+
+    monkeypatch.chdir(tmp_path)
+    model = ScriptedModel(default_gguf, ["Paris.", "Blue."])
+
+    async def main():
+        app = make_app(tmp_path, model)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await send(pilot, "Capital of France?")
+            await wait_for(pilot, reply_done(app))
+            await pilot.press("ctrl+n")
+            await send(pilot, "Colour of the sky?")
+            await wait_for(pilot, lambda: app.job is None and len(messages(app)) == 2)
+
+            await pilot.press("f2")
+            assert isinstance(app.screen, TextPromptScreen)
+            app.screen.query_one("#value").value = "Sky talk"
+            await pilot.press("enter")
+            assert app.store.get_conversation(app.conversation_id).title == "Sky talk"
+
+            await pilot.press("f6")
+            await pilot.press(*"france")
+            await pilot.pause()
+            titles = [item.conversation.title for item in app.query(ConversationItem)]
+            assert titles == ["Capital of France?"]
+
+            await pilot.press("ctrl+s")
+            assert isinstance(app.screen, SettingsScreen)
+            app.screen.query_one("#temperature").value = "-3"
+            await pilot.press("ctrl+s")
+            assert isinstance(app.screen, SettingsScreen)  # refused, with the reason shown
+            assert "temperature" in str(app.screen.query_one("#error").render())
+            app.screen.query_one("#temperature").value = "0.2"
+            app.screen.query_one("#system").text = "Answer in one word."
+            await pilot.press("ctrl+s")
+            conv = app.store.get_conversation(app.conversation_id)
+            assert conv.settings["temperature"] == 0.2 and conv.system_prompt == "Answer in one word."
+
+            app.action_export("markdown")
+            app.action_export("json")
+            (md,) = tmp_path.glob("chat-*.md")
+            (js,) = tmp_path.glob("chat-*.json")
+            assert "Colour of the sky?" in md.read_text() and "Blue." in md.read_text()
+            exported = json.loads(js.read_text())
+            assert [m["content"] for m in exported["messages"]] == ["Colour of the sky?", "Blue."]
+
+    run(main())
+
+
+def test_model_picker_marks_what_is_on_this_machine(tmp_path, monkeypatch):
+    from engine.registry import BUILTIN_REGISTRY, load_registry
+    from chatapp.screens.models import availability
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    local = availability(load_registry([BUILTIN_REGISTRY]))
+    assert local["smollm2-135m"] is True
+    assert local["qwen2.5-0.5b"] is False
