@@ -13,6 +13,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 
@@ -128,27 +129,44 @@ class ChatApp(App):
         status.state = "loading…"
         self._load_worker(name)
 
+    class ModelLoaded(Message):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+    class ModelFailed(Message):
+        def __init__(self, error: str) -> None:
+            super().__init__()
+            self.error = error
+
+    class ApprovalRequested(Message):
+        """From the generation worker: ask the user about a tool call, answer through `answer`."""
+
+        def __init__(self, call, tool, answer: concurrent.futures.Future) -> None:
+            super().__init__()
+            self.call, self.tool, self.answer = call, tool, answer
+
     @work(thread=True, exclusive=True, group="load")
     def _load_worker(self, name: str | None) -> None:
         try:
             model = self._load_model(name)
         except (EngineError, ValueError, OSError) as e:
             self.model_error = str(e)
-            self.call_from_thread(self._model_failed, str(e))
+            self.post_message(self.ModelFailed(str(e)))
         else:
             self.model = model
-            self.call_from_thread(self._model_loaded, model)
+            self.post_message(self.ModelLoaded(model))
         finally:
             self.model_ready.set()
 
-    def _model_loaded(self, model) -> None:
+    def on_chat_app_model_loaded(self, event: ModelLoaded) -> None:
         status = self.query_one(StatusBar)
-        status.model_name, status.state = model.name, "ready"
-        status.context_size = model.context_length
+        status.model_name, status.state = event.model.name, "ready"
+        status.context_size = event.model.context_length
 
-    def _model_failed(self, error: str) -> None:
+    def on_chat_app_model_failed(self, event: ModelFailed) -> None:
         self.query_one(StatusBar).state = "no model"
-        self.notify(error, title="Model failed to load", severity="error", timeout=15)
+        self.notify(event.error, title="Model failed to load", severity="error", timeout=15, markup=False)
 
     # ---- conversations ------------------------------------------------------------------
 
@@ -277,21 +295,28 @@ class ChatApp(App):
     # ---- tool approval (called on the generation worker's thread) -----------------------
 
     def _ask_approval(self, call, tool) -> str:
+        """The ApprovalPolicy's `ask`: blocks the worker thread until the user answers."""
         answer: concurrent.futures.Future[str] = concurrent.futures.Future()
-        description = tool.description if tool is not None else ""
-        self.call_from_thread(self.push_screen, ApprovalScreen(call.name, call.arguments, description), answer.set_result)
+        self.post_message(self.ApprovalRequested(call, tool, answer))
         job = self.job
         while True:
             try:
                 return answer.result(timeout=0.1)
             except concurrent.futures.TimeoutError:
                 if job is None or job.cancel.is_set():
-                    self.call_from_thread(self._dismiss_approval)
+                    answer.cancel()
                     return "deny"
 
-    def _dismiss_approval(self) -> None:
-        if isinstance(self.screen, ApprovalScreen):
-            self.screen.dismiss("deny")
+    def on_chat_app_approval_requested(self, event: ApprovalRequested) -> None:
+        if event.answer.done():
+            return  # stopped while the request was on its way
+
+        def answered(choice: str | None) -> None:
+            if not event.answer.done():
+                event.answer.set_result(choice or "deny")
+
+        description = event.tool.description if event.tool is not None else ""
+        self.push_screen(ApprovalScreen(event.call.name, event.call.arguments, description), answered)
 
     # ---- actions ------------------------------------------------------------------------
 
