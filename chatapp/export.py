@@ -1,0 +1,64 @@
+"""One conversation as a Markdown document or a JSON-ready dict.
+
+Plain functions over what the store hands out (a Conversation and its Messages in seq order), so
+they need no database; `Store.export_markdown` / `Store.export_json` feed them one consistent read.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the store imports this module; at run time only the objects' attributes are used
+    from chatapp.store import Conversation, Message
+
+
+def conversation_json(conversation: Conversation, messages: list[Message]) -> dict:
+    """The conversation's fields, and each message in OpenAI form plus status, meta and created_at."""
+    return {
+        "conversation": dataclasses.asdict(conversation),
+        "messages": [{**m.to_openai(), "status": m.status, "meta": copy.deepcopy(m.meta),
+                      "created_at": m.created_at} for m in messages],
+    }
+
+
+def conversation_markdown(conversation: Conversation, messages: list[Message]) -> str:
+    """Roles as `##` headings; message text verbatim; tool calls and results in code fences."""
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(conversation.created_at))
+    parts = [f"# {conversation.title}", f"- Created: {created}"]
+    if conversation.model:
+        parts[-1] += f"\n- Model: {conversation.model}"
+    if conversation.system_prompt:
+        parts += ["## System", conversation.system_prompt]
+    for m in messages:
+        if m.role == "tool":
+            parts.append(f"## Tool result{f': `{m.name}`' if m.name else ''}")
+            parts.append(_fence(m.content))
+            continue
+        parts.append(f"## {m.role.capitalize()}")
+        if m.content:
+            parts.append(m.content)
+        for call in m.tool_calls or []:
+            function = call.get("function") or {}
+            arguments = function.get("arguments", "")
+            try:
+                arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
+            except (TypeError, ValueError):
+                arguments = str(arguments)
+            parts += [f"**Tool call:** `{function.get('name', '?')}`", _fence(arguments, "json")]
+        if m.status != "complete":
+            parts.append(f"_({'still being written' if m.status == 'streaming' else m.status})_")
+    return "\n\n".join(parts) + "\n"
+
+
+def _fence(text: str, info: str = "") -> str:
+    """`text` in a Markdown code fence longer than any backtick run inside it."""
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text}\n{ticks}"
