@@ -86,6 +86,8 @@ class ChatApp(App):
         self.model_error: str | None = None
         self.conversation_id: int | None = None
         self.job: Job | None = None
+        self.session = None  # engine.session.ChatSession of the open conversation
+        self.session_conversation: int | None = None
         self.views: dict[int, MessageView] = {}
         self.tool_registry = tool_registry or ToolRegistry(FileAccess([Path(d) for d in allowed_dirs]))
         self.tool_runner = ToolRunner(self.tool_registry)
@@ -220,7 +222,7 @@ class ChatApp(App):
 
     def start_generation(self) -> None:
         _, sampling = self._conversation_settings()
-        self.job = Job(conversation_id=self.conversation_id, model=None, sampling=sampling, tools=self.tool_runner)
+        self.job = Job(conversation_id=self.conversation_id, session=None, sampling=sampling, tools=self.tool_runner)
         self.query_one("#stop", Button).disabled = False
         self.query_one("#send", Button).disabled = True
         self.query_one(StatusBar).state = "thinking…" if self.model_ready.is_set() else "waiting for the model…"
@@ -233,7 +235,13 @@ class ChatApp(App):
             self.post_message(Notice(f"No model to answer with: {self.model_error}", "error"))
             self.post_message(JobDone())
             return
-        job.model = self.model
+        # One session (and KV cache) for the open conversation: the next turn prefills only
+        # what is new. Switching conversation or model starts a fresh one.
+        from engine.session import ChatSession  # imports torch: only ever on this worker thread
+
+        if self.session is None or self.session.model is not self.model or self.session_conversation != job.conversation_id:
+            self.session, self.session_conversation = ChatSession(self.model), job.conversation_id
+        job.session = self.session
         run_job(job, self.store, self.post_message)
 
     def action_stop(self) -> None:

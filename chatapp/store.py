@@ -3,7 +3,7 @@
 The file (default `<user data dir>/chatapp/history.db`) runs in WAL mode with a busy timeout, so two
 app instances wait for each other instead of failing, and a killed process loses at most its last
 uncommitted write. Every write is its own short IMMEDIATE transaction; nothing stays open between
-calls. The schema changes only through MIGRATIONS, an ordered list that is only ever appended to.
+calls. The schema changes only through the numbered, append-only migrations in chatapp.migrations.
 
 Pure stdlib + platformdirs. The app calls it from the UI thread and from generation workers, so the
 one connection is shared (`check_same_thread=False`) under a lock.
@@ -12,18 +12,20 @@ one connection is shared (`check_same_thread=False`) under a lock.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import platformdirs
+
+from chatapp.export import conversation_json, conversation_markdown
+from chatapp.migrations import SchemaError, migrate
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 STATUSES = frozenset({"complete", "streaming", "stopped", "error"})
@@ -77,107 +79,6 @@ class Message:
         return out
 
 
-# --- migrations: append new ones at the end; never edit or reorder one that has shipped ----------
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
-
-
-def _migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    MIGRATIONS.append(fn)  # its schema version is its 1-based position in the list
-    return fn
-
-
-@_migration
-def m001_initial(db: sqlite3.Connection) -> None:
-    # Roles and statuses are checked in Python, not by CHECK constraints, which SQLite can only
-    # change by rebuilding the table. AUTOINCREMENT: a deleted id is never handed out again.
-    db.execute("""
-        CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            title TEXT,                          -- custom title; NULL: derived from the messages
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            system_prompt TEXT,
-            model TEXT,
-            settings TEXT NOT NULL DEFAULT '{}'  -- JSON object
-        )""")
-    db.execute("CREATE INDEX conversations_by_activity ON conversations (updated_at DESC, id DESC)")
-    db.execute("""
-        CREATE TABLE messages (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
-            seq INTEGER NOT NULL,
-            role TEXT NOT NULL,
-            content TEXT NOT NULL DEFAULT '',
-            status TEXT NOT NULL DEFAULT 'complete',
-            tool_calls TEXT,                     -- JSON list, or NULL
-            tool_call_id TEXT,
-            name TEXT,
-            meta TEXT NOT NULL DEFAULT '{}',     -- JSON object
-            created_at REAL NOT NULL,
-            UNIQUE (conversation_id, seq)
-        )""")
-    db.execute("CREATE INDEX messages_streaming ON messages (status) WHERE status = 'streaming'")
-
-
-@_migration
-def m002_messages_fts(db: sqlite3.Connection) -> None:
-    # Trigram tokens make MATCH a case-insensitive substring search: the same meaning as the LIKE
-    # fallback, which covers SQLite builds without FTS5 or trigram (< 3.34) and queries < 3 chars.
-    try:
-        db.execute("CREATE VIRTUAL TABLE temp.fts5_probe USING fts5(x, tokenize = 'trigram')")
-    except sqlite3.OperationalError:
-        return
-    db.execute("DROP TABLE temp.fts5_probe")
-    db.execute("""
-        CREATE VIRTUAL TABLE messages_fts USING fts5(
-            content, content = 'messages', content_rowid = 'id', tokenize = 'trigram')""")
-    db.execute("""
-        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
-        END""")
-    db.execute("""
-        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-            INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-        END""")
-    db.execute("""
-        CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-            INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
-        END""")
-    db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
-
-
-def _migrate(db: sqlite3.Connection, path: Path) -> set[str]:
-    """Apply pending migrations in one IMMEDIATE transaction (two instances starting at once
-    serialise here); return the names of the tables that exist afterwards."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "_migrations" not in tables:
-            raise StoreError(f"{path} is an SQLite database but not a chatapp history; move it aside")
-        db.execute("""
-            CREATE TABLE IF NOT EXISTS _migrations (
-                version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)""")
-        applied = {r[0] for r in db.execute("SELECT version FROM _migrations")}
-        newest = max(applied, default=0)
-        if newest > len(MIGRATIONS):
-            raise StoreError(
-                f"{path} has schema version {newest}, newer than this chatapp knows "
-                f"({len(MIGRATIONS)}); upgrade chatapp to open it")
-        for version, fn in enumerate(MIGRATIONS, start=1):
-            if version not in applied:
-                fn(db)
-                db.execute("INSERT INTO _migrations VALUES (?, ?, ?)", (version, fn.__name__, time.time()))
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return tables
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 _UNSET: Any = object()  # "argument not given", where None is a value
@@ -201,6 +102,11 @@ def derive_title(first_user_message: str | None) -> str:
 def _check_choice(value: object, allowed: frozenset[str], what: str) -> None:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {', '.join(sorted(allowed))}, not {value!r}")
+
+
+def _check_str(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
 
 
 def _check_optional_str(value: object, what: str) -> None:
@@ -229,16 +135,6 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _fence(text: str, info: str = "") -> str:
-    """`text` in a Markdown code fence longer than any backtick run inside it."""
-    longest = run = 0
-    for ch in text:
-        run = run + 1 if ch == "`" else 0
-        longest = max(longest, run)
-    ticks = "`" * max(3, longest + 1)
-    return f"{ticks}{info}\n{text}\n{ticks}"
-
-
 class Store:
     """Chat history in one SQLite file. Missing ids raise KeyError, bad arguments ValueError,
     an unusable database StoreError."""
@@ -262,13 +158,16 @@ class Store:
             db.execute("PRAGMA journal_mode = WAL")
             # FULL: each commit is fsynced to the WAL, so even a power cut keeps the last write.
             db.execute("PRAGMA synchronous = FULL")
-            tables = _migrate(db, self.path)
+            tables = migrate(db, self.path)
             self._fts = "messages_fts" in tables
             if self._fts:
                 db.execute("SELECT 1 FROM messages_fts LIMIT 0")  # fails if this SQLite lacks FTS5
         except sqlite3.Error as e:
             db.close()
             raise self._error(e) from e
+        except SchemaError as e:  # its message already names the file and says what to do
+            db.close()
+            raise StoreError(str(e)) from e
         except BaseException:
             db.close()
             raise
@@ -360,6 +259,14 @@ class Store:
         if row is None:
             raise KeyError(f"no conversation {id}")
         return self._conversation(row)
+
+    def _snapshot(self, conversation_id: int) -> tuple[Conversation, list[Message]]:
+        """The conversation and its messages in seq order, read in one transaction."""
+        with self._read(snapshot=True) as db:
+            conversation = self._get(db, conversation_id)
+            rows = db.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY seq",
+                              (conversation_id,)).fetchall()
+            return conversation, [self._message(r) for r in rows]
 
     @staticmethod
     def _touch(db: sqlite3.Connection, conversation_id: int) -> None:
@@ -454,8 +361,7 @@ class Store:
                     name: str | None = None, meta: dict | None = None) -> Message:
         _check_choice(role, ROLES, "role")
         _check_choice(status, STATUSES, "status")
-        if not isinstance(content, str):
-            raise ValueError(f"content must be a string, not {type(content).__name__}")
+        _check_str(content, "content")
         if tool_calls is not None:
             _check_tool_calls(tool_calls)
         _check_optional_str(tool_call_id, "tool_call_id")
@@ -485,8 +391,7 @@ class Store:
             _check_tool_calls(tool_calls)
             changes["tool_calls"] = _to_json(tool_calls, "tool_calls")
         if content is not None:
-            if not isinstance(content, str):
-                raise ValueError(f"content must be a string, not {type(content).__name__}")
+            _check_str(content, "content")
             changes["content"] = content  # only then does the search-index trigger fire
         if status is not None:
             _check_choice(status, STATUSES, "status")
@@ -519,48 +424,10 @@ class Store:
         with self._write() as db:
             return db.execute("UPDATE messages SET status = 'stopped' WHERE status = 'streaming'").rowcount
 
-    # --- export ---
-
-    def _snapshot(self, conversation_id: int) -> tuple[Conversation, list[Message]]:
-        with self._read(snapshot=True) as db:
-            conversation = self._get(db, conversation_id)
-            rows = db.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY seq",
-                              (conversation_id,)).fetchall()
-            return conversation, [self._message(r) for r in rows]
+    # --- export: one consistent read, formatted by chatapp.export ---
 
     def export_json(self, conversation_id: int) -> dict:
-        conversation, messages = self._snapshot(conversation_id)
-        return {
-            "conversation": dataclasses.asdict(conversation),
-            "messages": [{**m.to_openai(), "status": m.status, "meta": copy.deepcopy(m.meta),
-                          "created_at": m.created_at} for m in messages],
-        }
+        return conversation_json(*self._snapshot(conversation_id))
 
     def export_markdown(self, conversation_id: int) -> str:
-        """Roles as `##` headings; message text verbatim; tool calls and results in code fences."""
-        conversation, messages = self._snapshot(conversation_id)
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(conversation.created_at))
-        parts = [f"# {conversation.title}", f"- Created: {created}"]
-        if conversation.model:
-            parts[-1] += f"\n- Model: {conversation.model}"
-        if conversation.system_prompt:
-            parts += ["## System", conversation.system_prompt]
-        for m in messages:
-            if m.role == "tool":
-                parts.append(f"## Tool result{f': `{m.name}`' if m.name else ''}")
-                parts.append(_fence(m.content))
-                continue
-            parts.append(f"## {m.role.capitalize()}")
-            if m.content:
-                parts.append(m.content)
-            for call in m.tool_calls or []:
-                function = call.get("function") or {}
-                arguments = function.get("arguments", "")
-                try:
-                    arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
-                except (TypeError, ValueError):
-                    arguments = str(arguments)
-                parts += [f"**Tool call:** `{function.get('name', '?')}`", _fence(arguments, "json")]
-            if m.status != "complete":
-                parts.append(f"_({'still being written' if m.status == 'streaming' else m.status})_")
-        return "\n\n".join(parts) + "\n"
+        return conversation_markdown(*self._snapshot(conversation_id))

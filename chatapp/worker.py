@@ -11,17 +11,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from engine.errors import EngineError
+from engine.context import POLICY
 from engine.results import GenerationResult, TextDelta
 from engine.toolcalls import parse_tool_calls
 
-from .context import POLICY, fit_to_context
 from .store import Message as StoredMessage
 from .store import Store
 from .tools.runner import MAX_CHAINED_CALLS, ToolRunner
+
+if TYPE_CHECKING:
+    from engine.session import ChatSession
 
 SAVE_INTERVAL = 0.25  # seconds between saves of a streaming reply: a crash loses at most this
 POST_INTERVAL = 0.05  # seconds between UI updates: tokens coalesce into one message
@@ -76,7 +80,7 @@ class JobDone(Message):
 @dataclass
 class Job:
     conversation_id: int
-    model: object  # engine.Model
+    session: ChatSession | None  # set by the app once the model is loaded
     sampling: dict  # temperature, top_p, max_tokens, ...
     tools: ToolRunner | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -110,34 +114,25 @@ def run_job(job: Job, store: Store, post: Callable[[Message], object]) -> None:
         post(Notice(f"Stopped after {MAX_CHAINED_CALLS} rounds of tool calls in one turn.", "warning"))
     except EngineError as e:
         post(Notice(str(e), "error"))
+    except Exception as e:  # a bug must not take the app (and the user's typing) down with it
+        post(Notice(f"Generation failed: {type(e).__name__}: {e}", "error"))
     finally:
         post(JobDone())
 
 
 def _one_reply(job: Job, store: Store, post) -> list:
     """Stream one assistant message; return the tool calls it made (empty when none)."""
-    model = job.model
+    session = job.session
+    model = session.model
     schemas = job.tools.registry.schemas() if job.tools is not None and model.supports_tools else None
     history = history_for_model(store, job.conversation_id)
-    fitted = fit_to_context(
-        history,
-        lambda msgs: model.count_prompt_tokens(msgs, tools=schemas),
-        context_length=model.context_length,
-        reply_tokens=job.sampling.get("max_tokens", 512),
-    )
-    post(ContextFitted(fitted.prompt_tokens, fitted.context_length, fitted.dropped))
-    if fitted.dropped:
-        post(Notice(f"Context window full: {fitted.dropped} oldest messages are left out of what the model sees ({POLICY}).", "warning"))
-    room = model.context_length - fitted.prompt_tokens
-    sampling = {**job.sampling, "max_tokens": max(1, min(job.sampling.get("max_tokens", 512), room))}
-
     reply = store.add_message(job.conversation_id, "assistant", "", status="streaming", meta={"model": model.name})
     post(ReplyStarted(reply))
     text, unposted = "", ""
     last_save = last_post = time.monotonic()
     result = None
     try:
-        for event in model.chat(fitted.messages, tools=schemas, should_stop=job.cancel.is_set, **sampling):
+        for event in session.chat(history, tools=schemas, should_stop=job.cancel.is_set, **job.sampling):
             if isinstance(event, TextDelta):
                 text += event.text
                 unposted += event.text
@@ -150,7 +145,7 @@ def _one_reply(job: Job, store: Store, post) -> list:
                     last_save = now
             else:
                 result = event
-    except EngineError as e:
+    except Exception as e:
         store.update_message(reply.id, content=text, status="error", meta={"error": str(e), "model": model.name})
         if unposted:
             post(ReplyDelta(reply.id, unposted))
@@ -158,6 +153,10 @@ def _one_reply(job: Job, store: Store, post) -> list:
         raise
     if unposted:
         post(ReplyDelta(reply.id, unposted))
+    if result is not None:
+        post(ContextFitted(result.prompt_tokens + result.completion_tokens, model.context_length, result.dropped_messages))
+        if result.dropped_messages:
+            post(Notice(f"Context window full: {result.dropped_messages} oldest messages were left out of what the model saw ({POLICY}).", "warning"))
     status = "stopped" if result is None or result.finish_reason == "cancelled" else "complete"
     meta = {"model": model.name}
     if result is not None:
@@ -166,6 +165,8 @@ def _one_reply(job: Job, store: Store, post) -> list:
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             tokens_per_second=round(result.tokens_per_second, 2),
+            cached_tokens=result.cached_tokens,
+            dropped_messages=result.dropped_messages,
         )
     calls = []
     if status == "complete" and job.tools is not None:

@@ -72,10 +72,9 @@ def load(
         backend = spec.backend if spec is not None and spec.backend != "auto" else "native"
     name = spec.name if spec is not None else path.name
     if backend == "gguf":
-        raise ModelFormatError(
-            f"{name}: the llama.cpp fast path (backend='gguf') is not available yet; use backend='native' "
-            "(it runs llama-architecture GGUF files)"
-        )
+        from .backends.llamacpp import LlamaCppModel
+
+        return LlamaCppModel(path, name=name, context_length=context_length)
     from .backends.native import NativeModel
 
     return NativeModel(path, name=name, device=device, dtype=dtype, context_length=context_length)

@@ -29,11 +29,28 @@ class KVCache:
             raise ContextOverflowError(
                 f"a KV cache of {max_seq_len} positions does not fit the model's context of {args.context_length}"
             )
+        self.args = args
         shape = (args.n_layers, batch_size, args.n_kv_heads, max_seq_len, args.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.max_seq_len = max_seq_len
         self.offset = 0
+
+    def ensure(self, capacity: int) -> None:
+        """Grow the storage (doubling, up to the context length) so `capacity` positions fit."""
+        if capacity <= self.max_seq_len:
+            return
+        limit = self.args.context_length
+        if capacity > limit:
+            raise ContextOverflowError(f"{capacity} positions exceed the model's context of {limit}")
+        new_len = min(max(capacity, 2 * self.max_seq_len), limit)
+        grown = []
+        for old in (self.keys, self.values):
+            new = old.new_zeros(*old.shape[:3], new_len, old.shape[4])
+            new[:, :, :, : self.offset] = old[:, :, :, : self.offset]
+            grown.append(new)
+        self.keys, self.values = grown
+        self.max_seq_len = new_len
 
     def reserve(self, n_tokens: int) -> int:
         """Check that `n_tokens` more positions fit; returns the start position for them."""
@@ -61,3 +78,26 @@ class KVCache:
 
     def reset(self) -> None:
         self.offset = 0
+
+
+class PromptCache:
+    """What a chat session keeps between turns: the token ids whose keys and values are cached.
+
+    The native backend stores them in `kv`; llama.cpp keeps them in its own context, so there
+    `kv` stays None. `reused` is how many prompt tokens the last generation did not prefill.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.kv: KVCache | None = None
+        self.reused = 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -27,6 +27,8 @@ class GenerationResult:
     prompt_seconds: float  # prefill, up to the first generated token
     generation_seconds: float  # from the first generated token to the end
     stop_sequence: str | None = None
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache (not prefilled again)
+    dropped_messages: int = 0  # oldest messages a ChatSession left out to fit the context window
 
     @property
     def prompt_tokens_per_second(self) -> float:

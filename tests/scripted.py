@@ -30,16 +30,21 @@ class ScriptedModel(Model):
         self.context_length = context_length
         self.replies = list(replies)
         self.delay = delay
-        self.received: list[list[dict]] = []  # the messages of every chat() call, in order
+        self.received: list[list[dict]] = []  # the messages of every rendered prompt, in order
 
     def logits(self, ids):
         raise NotImplementedError("the scripted model has no logits")
 
-    def chat(self, messages, *, tools=None, **sampling):
-        self.received.append([dict(m) for m in messages])
-        return super().chat(messages, tools=tools, **sampling)
+    def count_prompt_tokens(self, messages, *, tools=None):
+        # Counting renders too; only the prompt actually sent is recorded in `received`.
+        prompt = self.template.render(messages, add_generation_prompt=True, tools=tools)
+        return len(self.tokenizer.encode(prompt, add_special=True, parse_special=True))
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+    def render_chat(self, messages, *, tools=None):
+        self.received.append([dict(m) for m in messages])
+        return super().render_chat(messages, tools=tools)
+
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache) -> Iterator[int]:
         reply = self.replies.pop(0) if self.replies else "(no more scripted replies)"
         for token in self.tokenizer.encode(reply, add_special=False, parse_special=True):
             if self.delay:

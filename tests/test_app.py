@@ -99,7 +99,7 @@ def test_context_overflow_is_announced_not_silent(tmp_path, default_gguf):
                 await send(pilot, f"message {i} " + "padding words here " * 8)
                 await wait_for(pilot, lambda: app.job is None and messages(app)[-1].role == "assistant")
             notices = [str(n.render()) for n in app.query(".notice")]
-            assert any("oldest messages are left out" in n for n in notices), notices
+            assert any("oldest messages were left out" in n for n in notices), notices
             # The model saw fewer messages than the history holds; the history kept them all.
             assert len(model.received[-1]) < len(messages(app))
             assert len(messages(app)) == 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.context import fit_to_context
+from engine.context import fit_to_context
 from engine.errors import ContextOverflowError
 from scripted import ScriptedModel
 

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from chatapp.store import MIGRATIONS, Store, StoreError, default_db_path
+from chatapp.migrations import MIGRATIONS
+from chatapp.store import Store, StoreError, default_db_path
 
 
 @pytest.fixture

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import ContextOverflowError
+from ..cache import PromptCache
 from ..generate import stream_text
-from ..results import Event
+from ..results import Event, GenerationResult
 from ..sampling import SamplingParams
 from ..template import ChatTemplate
 from ..tokenizer import BPETokenizer
@@ -32,8 +34,9 @@ class Model(ABC):
         """Next-token logits at every position: float32 tensor of shape [len(ids), vocab]."""
 
     @abstractmethod
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
-        """The backend's step generator: prefill `prompt_ids`, then yield one sampled id at a time."""
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+        """The backend's step generator: prefill `prompt_ids` (reusing what `cache` holds), then
+        yield one sampled id at a time."""
 
     def generate(
         self,
@@ -48,11 +51,14 @@ class Model(ABC):
         seed: int | None = _DEFAULTS.seed,
         stop: Sequence[str] = (),
         should_stop: Callable[[], bool] | None = None,
+        cache: PromptCache | None = None,
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (text is tokenized with special tokens parsed).
 
         Yields TextDelta events, then one GenerationResult. `should_stop` is polled between
-        tokens; when it returns True generation ends with finish_reason "cancelled".
+        tokens; when it returns True generation ends with finish_reason "cancelled". A
+        `cache` (from a ChatSession) keeps the KV cache between calls: only the tokens after
+        the longest common prefix with the last call are prefilled.
         """
         start = time.perf_counter()
         params = SamplingParams(
@@ -66,8 +72,9 @@ class Model(ABC):
             stop=tuple(stop),
         )
         ids = self.encode_prompt(prompt)
-        return stream_text(
-            self._token_ids(ids, params),
+        cache = cache if cache is not None else PromptCache()
+        events = stream_text(
+            self._token_ids(ids, params, cache),
             self.tokenizer,
             prompt_tokens=len(ids),
             max_tokens=params.max_tokens,
@@ -75,6 +82,7 @@ class Model(ABC):
             should_stop=should_stop,
             start_time=start,
         )
+        return _with_cache_count(events, cache)
 
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
         return self.template.render(messages, add_generation_prompt=True, tools=tools)
@@ -106,3 +114,8 @@ class Model(ABC):
                 f"{self.context_length} tokens: shorten it, or start a new conversation"
             )
         return ids
+
+
+def _with_cache_count(events: Iterator[Event], cache: PromptCache) -> Iterator[Event]:
+    for event in events:
+        yield dataclasses.replace(event, cached_tokens=cache.reused) if isinstance(event, GenerationResult) else event

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..cache import KVCache
+from ..cache import KVCache, PromptCache, common_prefix
 from ..config import ModelArgs
 from ..device import pick_device, pick_dtype
 from ..formats.gguf import read_gguf
@@ -69,12 +69,24 @@ class NativeModel(Model):
         return self.model(tokens, cache, last_only=last_only)[0]  # (T or 1, vocab)
 
     @torch.inference_mode()
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
         sampler, processors = params.sampler(), params.processors()
         # The cache holds the prompt and every generated token but the last (never fed back).
-        cache = self.new_cache(len(prompt_ids) + max(params.max_tokens - 1, 1))
-        for i in range(0, len(prompt_ids), PREFILL_CHUNK):
-            logits = self._forward(prompt_ids[i : i + PREFILL_CHUNK], cache, last_only=True)
+        needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), self.context_length)
+        if cache is None:
+            cache = PromptCache()
+        if cache.kv is None:
+            cache.kv = self.new_cache(needed)
+        # Reuse the longest common prefix; decode at least one token to get fresh logits.
+        reused = min(common_prefix(cache.ids, prompt_ids), len(prompt_ids) - 1)
+        cache.kv.trim(cache.kv.offset - reused)
+        cache.kv.ensure(needed)
+        cache.ids, cache.reused = prompt_ids[:reused], reused
+        kv = cache.kv
+        for i in range(reused, len(prompt_ids), PREFILL_CHUNK):
+            chunk = prompt_ids[i : i + PREFILL_CHUNK]
+            logits = self._forward(chunk, kv, last_only=True)
+            cache.ids += chunk
         history = list(prompt_ids)
         while True:
             next_logits = logits[-1].float()
@@ -83,6 +95,7 @@ class NativeModel(Model):
             token = sampler(next_logits)
             yield token
             history.append(token)
-            if cache.offset >= cache.max_seq_len:
+            if kv.offset >= kv.max_seq_len:
                 return  # the context window is full
-            logits = self._forward([token], cache, last_only=True)
+            logits = self._forward([token], kv, last_only=True)
+            cache.ids.append(token)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.errors import ContextOverflowError
+from .errors import ContextOverflowError
 
 POLICY = "drop the oldest turns, keep the system prompt"
 
