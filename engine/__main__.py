@@ -1,8 +1,9 @@
-"""`python -m engine`: generate, perplexity, download, models."""
+"""`python -m engine`: generate, perplexity, bench, download, models."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
@@ -35,6 +36,12 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         f"({result.chunks} chunks of {result.ctx}; mean NLL {result.mean_nll:.5f})"
     )
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench, run_worker
+
+    return run_worker(args) if args.worker else run_bench(args)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -76,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=512, help="tokens per chunk; the second half of each is scored (default: 512)")
     add_model_args(p)
     p.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("bench", help="load time, TTFT, prefill/decode speed and memory: our backends beside llama.cpp")
+    p.add_argument("-m", "--model", help="a models.toml name or a path to a .gguf file (default: the registry's default)")
+    p.add_argument("--prompt-tokens", type=int, default=256, help="prompt length in tokens (default: 256)")
+    p.add_argument("--gen-tokens", type=int, default=128, help="tokens to generate, greedy (default: 128)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for torch and llama.cpp (default: all cores)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps, for the native configs (default: auto)")
+    p.add_argument("--configs", help="comma list of native-f32, native-bf16, gguf, llama.cpp (default: all)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per config; the best is reported (default: 3)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one config in this process
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("download", help="fetch a models.toml entry into the Hugging Face cache")
     p.add_argument("name")

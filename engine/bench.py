@@ -1,0 +1,386 @@
+"""`python -m engine bench`: our backends beside raw llama-cpp-python, on one prompt, in one run.
+
+For each configuration: load time, time to first token (TTFT), prefill tokens/s (prompt tokens
+over the time to the first token's logits), decode tokens/s (tokens after the first over the time
+they took, greedy), and peak memory. Each figure is the best of --repeats runs; ratios are to raw
+llama-cpp-python, the reference. The native bfloat16 and GGUF configurations also run a scripted
+8-turn chat through ChatSession, to show that a late turn prefills only its new tokens.
+
+Every configuration runs in its own subprocess (`--worker CONFIG`, which prints one JSON line),
+so that its peak RSS and thread settings are its own. The parent tokenizes the prompt once and
+hands the same ids, and the same context window, to every worker on stdin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from .errors import ContextOverflowError, EngineError
+
+# name -> (backend, dtype); the last is the reference the ratios are taken against.
+CONFIGS = {
+    "native-f32": ("native", "float32"),
+    "native-bf16": ("native", "bfloat16"),
+    "gguf": ("gguf", None),
+    "llama.cpp": ("llama.cpp", None),
+}
+REFERENCE = "llama.cpp"
+CHAT_CONFIGS = ("native-bf16", "gguf")
+CHAT_MAX_TOKENS = 32
+CHAT_QUESTIONS = (
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "How many days are in a week?",
+    "What do bees make?",
+    "What is the opposite of hot?",
+    "Which planet is closest to the sun?",
+    "What color is the sky on a clear day?",
+    "How many legs does a spider have?",
+)
+MIN_CONTEXT = 2048  # the context window every configuration gets (more if prompt + reply need it)
+
+# Plain English, repeated to the prompt length: a raw prompt like this keeps a small model writing
+# (no chat template, so no reason to emit an end token) and every configuration sees the same ids.
+PROMPT_TEXT = (
+    "The lighthouse keeper woke before dawn, as he had every morning for thirty years. He climbed "
+    "the spiral stairs, counted the steps, and checked the great lamp at the top. The glass was "
+    "clean, the oil was full, and the lens turned smoothly. Outside, the sea was calm and grey, and "
+    "a thin line of light was rising above the eastern hills. After breakfast he walked down to the "
+    "harbour to meet the supply boat, which came once a week with bread, vegetables, letters and "
+    "newspapers from the mainland. The captain told him about a storm that had damaged the old "
+    "bridge in town, and about the new school being built near the river. In the afternoon he "
+    "repaired a window in the storeroom and painted the railings on the north side of the tower. "
+)
+
+
+def bench_context(prompt_tokens: int, gen_tokens: int) -> int:
+    return max(MIN_CONTEXT, prompt_tokens + gen_tokens)
+
+
+# ---- the parent: validate, tokenize, run one worker per configuration, report ----
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    configs = _parse_configs(args.configs)
+    for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
+                               ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if args.device != "auto" and args.device not in ("cpu", "mps") and not args.device.startswith("cuda"):
+        raise ValueError(f"unknown device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+    from .registry import resolve
+
+    spec, path = resolve(args.model)  # unknown models fail here, before any worker starts
+    prompt, trained = _prompt_and_context(path, args.prompt_tokens)
+    context = bench_context(args.prompt_tokens, args.gen_tokens)
+    if args.prompt_tokens + args.gen_tokens > trained:
+        raise ContextOverflowError(
+            f"{args.prompt_tokens} prompt + {args.gen_tokens} generated tokens exceed the model's context of {trained}"
+        )
+    context = min(context, trained)
+
+    results = {}
+    for i, config in enumerate(configs, 1):
+        if sys.stderr.isatty():
+            print(f"bench: {config} ({i}/{len(configs)})…", file=sys.stderr, end="\r", flush=True)
+        results[config] = _run_worker(config, args, prompt, context)
+    if sys.stderr.isatty():
+        print(" " * 60, file=sys.stderr, end="\r", flush=True)
+
+    ref = results.get(REFERENCE)
+    for row in results.values():
+        for key in ("prefill", "decode"):
+            rate = f"{key}_tokens_per_second"
+            row[f"{key}_vs_ref"] = round(row[rate] / ref[rate], 3) if ref else None
+    report = {
+        "machine": machine_info(),
+        "settings": {
+            "model": spec.name if spec else path.name,
+            "model_path": str(path),
+            "prompt_tokens": len(prompt),
+            "gen_tokens": args.gen_tokens,
+            "threads": args.threads,
+            "device": args.device,
+            "repeats": args.repeats,
+            "context": context,
+            "chat_turns": len(CHAT_QUESTIONS),
+            "chat_max_tokens": CHAT_MAX_TOKENS,
+        },
+        "reference": REFERENCE if ref else None,
+        "configs": results,
+    }
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _parse_configs(text: str | None) -> list[str]:
+    if not text:
+        return list(CONFIGS)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONFIGS]
+    if unknown or not names:
+        raise ValueError(f"unknown config(s) {', '.join(map(repr, unknown)) or '(none)'}: choose from {', '.join(CONFIGS)}")
+    return [name for name in CONFIGS if name in names]  # table order, no duplicates
+
+
+def _prompt_and_context(path: Path, n_tokens: int) -> tuple[list[int], int]:
+    """The benchmark prompt as token ids of our tokenizer, and the model's trained context."""
+    from .formats.gguf import read_gguf
+    from .tokenizer import load_tokenizer
+
+    with read_gguf(path) as gguf:
+        meta = gguf.metadata
+    tokenizer = load_tokenizer(meta)
+    trained = meta.get(f"{meta.get('general.architecture')}.context_length")
+    if not isinstance(trained, int) or trained <= 0:
+        raise EngineError(f"{path.name}: GGUF metadata has no context length")
+    text_ids = tokenizer.encode(PROMPT_TEXT, add_special=False)
+    ids = [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id is not None else []
+    while len(ids) < n_tokens:
+        ids += text_ids
+    return ids[:n_tokens], trained
+
+
+def _run_worker(config: str, args: argparse.Namespace, prompt: list[int], context: int) -> dict:
+    cmd = [sys.executable, "-m", "engine", "bench", "--worker", config, "--gen-tokens", str(args.gen_tokens),
+           "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats)]
+    if args.model:
+        cmd += ["--model", args.model]
+    # The worker must import this same engine package, wherever the parent was started from.
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    job = json.dumps({"prompt": prompt, "context": context})
+    out = subprocess.run(cmd, input=job, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        raise EngineError(f"bench {config}: {lines[-1].removeprefix('python -m engine: error: ')}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "llama_cpp_python": _version("llama-cpp-python"),
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def format_report(report: dict) -> str:
+    m, s = report["machine"], report["settings"]
+    lines = [
+        f"machine: {m['cpu']}, {s['threads']} threads ({m['cpus']} CPUs), {m['platform']}, Python {m['python']}, "
+        f"torch {m['torch']}, llama-cpp-python {m['llama_cpp_python']}",
+        f"model: {s['model']}, {s['prompt_tokens']} prompt tokens, {s['gen_tokens']} generated (greedy), "
+        f"best of {s['repeats']}, context {s['context']}; x ref = ratio to raw llama-cpp-python",
+    ]
+    rows = report["configs"]
+    cuda = any(r["cuda_max_allocated_mib"] is not None for r in rows.values())
+    head = f"{'config':<12} {'device':<7}{'load s':>7}{'TTFT ms':>9}{'prefill tok/s':>15}{'x ref':>7}{'decode tok/s':>14}{'x ref':>7}{'peak RSS MiB':>14}"
+    lines += ["", head + (f"{'CUDA MiB':>10}" if cuda else "")]
+    for name, r in rows.items():
+        line = (
+            f"{name:<12} {r['device']:<7}{r['load_seconds']:>7.2f}{r['ttft_seconds'] * 1000:>9.1f}"
+            f"{r['prefill_tokens_per_second']:>15.1f}{_ratio(r['prefill_vs_ref']):>7}"
+            f"{r['decode_tokens_per_second']:>14.1f}{_ratio(r['decode_vs_ref']):>7}{r['peak_rss_mib']:>14.0f}"
+        )
+        if cuda:
+            line += f"{r['cuda_max_allocated_mib']:>10.0f}" if r["cuda_max_allocated_mib"] is not None else f"{'-':>10}"
+        lines.append(line)
+    short = [f"{name} generated {r['generated_tokens']}" for name, r in rows.items() if r["generated_tokens"] < s["gen_tokens"]]
+    if short:
+        lines.append(f"note: an end token stopped generation early: {', '.join(short)} of {s['gen_tokens']}")
+    chats = {name: r["chat"] for name, r in rows.items() if r.get("chat")}
+    if chats:
+        lines += ["", f"chat: {s['chat_turns']} turns through ChatSession, {s['chat_max_tokens']} tokens a reply (greedy); TTFT at turn 1 and turn {s['chat_turns']}"]
+        for name, chat in chats.items():
+            first, last = chat["turn1"], chat["turn8"]
+            lines.append(
+                f"{name:<12} turn 1 {first['ttft_seconds'] * 1000:7.1f} ms ({first['prefilled_tokens']} of {first['prompt_tokens']} tokens prefilled)"
+                f"   turn 8 {last['ttft_seconds'] * 1000:7.1f} ms ({last['prefilled_tokens']} of {last['prompt_tokens']} prefilled)"
+                f"   turn 8 / turn 1 = {chat['turn8_vs_turn1']:.2f}"
+            )
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# ---- a worker: one configuration, timed in a process of its own ----
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    backend, dtype = CONFIGS[args.worker]
+    job = json.loads(sys.stdin.read())
+    prompt, context = job["prompt"], job["context"]
+    if backend == "llama.cpp":
+        row = _reference(args, prompt, context)
+    else:
+        row = _ours(args, backend, dtype, prompt, context)
+    row["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    print(json.dumps(row))
+    return 0
+
+
+def peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _ours(args: argparse.Namespace, backend: str, dtype: str | None, prompt: list[int], context: int) -> dict:
+    import torch
+
+    import engine
+
+    torch.set_num_threads(args.threads)
+    # Import the backend before the clock starts: load time is reading weights, not importing code.
+    if backend == "gguf":
+        import llama_cpp
+
+        import engine.backends.llamacpp  # noqa: F401
+    else:
+        import engine.backends.native  # noqa: F401
+
+    start = time.perf_counter()
+    model = engine.load(args.model, backend=backend, device=args.device, dtype=dtype, context_length=context)
+    device = getattr(model, "device", torch.device("cpu"))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    load_seconds = time.perf_counter() - start
+
+    if backend == "gguf":
+        # engine.load has no thread setting, and llama.cpp batches (prefill) on every core unless
+        # told otherwise: give it --threads for both, like the reference.
+        llama_cpp.llama_set_n_threads(model.llm.ctx, args.threads, args.threads)
+
+        def forget() -> None:  # llama.cpp's context is a cache shared by every call: start cold
+            model.llm.reset()
+    else:
+
+        def forget() -> None:  # each generate() without a cache allocates a fresh one
+            pass
+
+    runs = []
+    for _ in range(args.repeats):
+        forget()
+        result = _last(model.generate(prompt, max_tokens=args.gen_tokens, temperature=0))
+        if result.cached_tokens:
+            raise RuntimeError(f"{result.cached_tokens} prompt tokens came from the cache: the timing is not a cold prefill")
+        runs.append((result.prompt_seconds, result.prompt_tokens_per_second, result.tokens_per_second, result.completion_tokens))
+    row = {
+        "backend": backend,
+        "device": device.type,
+        "dtype": dtype,
+        "load_seconds": round(load_seconds, 4),
+        **_best(runs),
+        "cuda_max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        "chat": _chat(model, args.repeats, forget) if args.worker in CHAT_CONFIGS else None,
+    }
+    if device.type == "cuda":
+        row["gpu"] = torch.cuda.get_device_name(device)
+    return row
+
+
+def _reference(args: argparse.Namespace, prompt: list[int], context: int) -> dict:
+    import llama_cpp
+
+    from .registry import resolve
+
+    _, path = resolve(args.model, download=False)
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=512, n_threads=args.threads,
+                          n_threads_batch=args.threads, verbose=False)
+    load_seconds = time.perf_counter() - start
+    runs = []
+    for _ in range(args.repeats):
+        llm.reset()  # forget the last run's tokens, so the whole prompt is prefilled
+        start = time.perf_counter()
+        n = 0
+        # generate() prefills the prompt with eval() and samples; then one eval() per new token.
+        for _token in llm.generate(prompt, temp=0.0, reset=True):
+            n += 1
+            if n == 1:
+                first = time.perf_counter()
+            if n == args.gen_tokens:
+                break
+        end = time.perf_counter()
+        ttft = first - start
+        runs.append((ttft, len(prompt) / ttft, (n - 1) / (end - first) if n > 1 else 0.0, n))
+    return {
+        "backend": "llama.cpp",
+        "device": "cpu",
+        "dtype": None,
+        "load_seconds": round(load_seconds, 4),
+        **_best(runs),
+        "cuda_max_allocated_mib": None,
+        "chat": None,
+    }
+
+
+def _best(runs: list[tuple[float, float, float, int]]) -> dict:
+    """Best of the repeats, figure by figure: (ttft s, prefill tok/s, decode tok/s, generated)."""
+    ttft, prefill, decode, generated = zip(*runs)
+    return {
+        "ttft_seconds": round(min(ttft), 6),
+        "prefill_tokens_per_second": round(max(prefill), 2),
+        "decode_tokens_per_second": round(max(decode), 2),
+        "generated_tokens": min(generated),
+    }
+
+
+def _chat(model, repeats: int, forget) -> dict:
+    """TTFT at turn 1 and at the last turn of a scripted conversation, best of `repeats` conversations.
+
+    TTFT here is what a user waits for: from the call to ChatSession.chat (fitting the history to
+    the window, rendering the template) to the first token.
+    """
+    from .session import ChatSession
+
+    best: list[dict] = []
+    for _ in range(repeats):
+        forget()
+        session, messages, turns = ChatSession(model), [], []
+        for question in CHAT_QUESTIONS:
+            messages.append({"role": "user", "content": question})
+            start = time.perf_counter()
+            result = _last(session.chat(messages, max_tokens=CHAT_MAX_TOKENS, temperature=0))
+            ttft = time.perf_counter() - start - result.generation_seconds
+            messages.append({"role": "assistant", "content": result.text})
+            turns.append({"ttft_seconds": round(ttft, 6), "prompt_tokens": result.prompt_tokens,
+                          "prefilled_tokens": result.prompt_tokens - result.cached_tokens})
+        best = turns if not best else [min(a, b, key=lambda t: t["ttft_seconds"]) for a, b in zip(best, turns)]
+    first, last = best[0], best[-1]
+    return {"turn1": first, "turn8": last, "turn8_vs_turn1": round(last["ttft_seconds"] / first["ttft_seconds"], 3)}
+
+
+def _last(events):
+    *_, result = events
+    return result
