@@ -56,6 +56,7 @@ def load(
     dtype: str | None = None,
     context_length: int | None = None,
     verbose: bool = False,
+    threads: int | None = None,
 ) -> Model:
     """Load a models.toml name (None: the default model) or a path to a .gguf file.
 
@@ -66,6 +67,8 @@ def load(
     device: "auto"/None picks CUDA, then MPS, then CPU (native backend). dtype: "auto"/None,
     "float32", "bfloat16" or "float16" (native backend).
     verbose: let llama.cpp print its own logs (gguf backend); they are kept quiet otherwise.
+    threads: CPU threads for llama.cpp (gguf backend; default: all cores). The native backend
+    follows torch.set_num_threads.
     """
     from .registry import resolve
 
@@ -78,7 +81,7 @@ def load(
     if backend == "gguf":
         from .backends.llamacpp import LlamaCppModel
 
-        return LlamaCppModel(path, name=name, context_length=context_length, verbose=verbose)
+        return LlamaCppModel(path, name=name, context_length=context_length, verbose=verbose, n_threads=threads)
     from .backends.native import NativeModel
 
     return NativeModel(path, name=name, device=device, dtype=dtype, context_length=context_length)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .errors import ContextOverflowError, EngineError
 
-# name -> (backend, dtype); the last is the reference the ratios are taken against.
+# name -> (backend, dtype), in table order; raw llama-cpp-python is the reference for the ratios.
 CONFIGS = {
     "native-f32": ("native", "float32"),
     "native-bf16": ("native", "bfloat16"),
@@ -46,6 +46,9 @@ CHAT_QUESTIONS = (
     "What color is the sky on a clear day?",
     "How many legs does a spider have?",
 )
+# The JSON fields of one configuration, in the order they are printed ("gpu" only on CUDA).
+ROW_KEYS = ("backend", "device", "gpu", "dtype", "load_seconds", "ttft_seconds", "prefill_tokens_per_second", "prefill_vs_ref",
+            "decode_tokens_per_second", "decode_vs_ref", "generated_tokens", "peak_rss_mib", "cuda_max_allocated_mib", "chat")
 MIN_CONTEXT = 2048  # the context window every configuration gets (more if prompt + reply need it)
 
 # Plain English, repeated to the prompt length: a raw prompt like this keeps a small model writing
@@ -60,10 +63,6 @@ PROMPT_TEXT = (
     "bridge in town, and about the new school being built near the river. In the afternoon he "
     "repaired a window in the storeroom and painted the railings on the north side of the tower. "
 )
-
-
-def bench_context(prompt_tokens: int, gen_tokens: int) -> int:
-    return max(MIN_CONTEXT, prompt_tokens + gen_tokens)
 
 
 # ---- the parent: validate, tokenize, run one worker per configuration, report ----
@@ -82,12 +81,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     spec, path = resolve(args.model)  # unknown models fail here, before any worker starts
     prompt, trained = _prompt_and_context(path, args.prompt_tokens)
-    context = bench_context(args.prompt_tokens, args.gen_tokens)
     if args.prompt_tokens + args.gen_tokens > trained:
         raise ContextOverflowError(
             f"{args.prompt_tokens} prompt + {args.gen_tokens} generated tokens exceed the model's context of {trained}"
         )
-    context = min(context, trained)
+    context = min(max(MIN_CONTEXT, args.prompt_tokens + args.gen_tokens), trained)
 
     results = {}
     for i, config in enumerate(configs, 1):
@@ -98,10 +96,11 @@ def run_bench(args: argparse.Namespace) -> int:
         print(" " * 60, file=sys.stderr, end="\r", flush=True)
 
     ref = results.get(REFERENCE)
-    for row in results.values():
+    for name, row in results.items():
         for key in ("prefill", "decode"):
             rate = f"{key}_tokens_per_second"
-            row[f"{key}_vs_ref"] = round(row[rate] / ref[rate], 3) if ref else None
+            row[f"{key}_vs_ref"] = round(row[rate] / ref[rate], 3) if ref and ref[rate] > 0 else None
+        results[name] = {key: row[key] for key in ROW_KEYS if key in row}
     report = {
         "machine": machine_info(),
         "settings": {
@@ -194,39 +193,42 @@ def _version(dist: str) -> str | None:
 
 
 def format_report(report: dict) -> str:
-    m, s = report["machine"], report["settings"]
+    m, s, rows = report["machine"], report["settings"], report["configs"]
+    gpus = sorted({r["gpu"] for r in rows.values() if "gpu" in r})
     lines = [
-        f"machine: {m['cpu']}, {s['threads']} threads ({m['cpus']} CPUs), {m['platform']}, Python {m['python']}, "
-        f"torch {m['torch']}, llama-cpp-python {m['llama_cpp_python']}",
+        f"machine: {m['cpu']}{''.join(f', {gpu}' for gpu in gpus)}, {s['threads']} threads ({m['cpus']} CPUs), "
+        f"{m['platform']}, Python {m['python']}, torch {m['torch']}, llama-cpp-python {m['llama_cpp_python']}",
         f"model: {s['model']}, {s['prompt_tokens']} prompt tokens, {s['gen_tokens']} generated (greedy), "
         f"best of {s['repeats']}, context {s['context']}; x ref = ratio to raw llama-cpp-python",
+        "",
     ]
-    rows = report["configs"]
     cuda = any(r["cuda_max_allocated_mib"] is not None for r in rows.values())
-    head = f"{'config':<12} {'device':<7}{'load s':>7}{'TTFT ms':>9}{'prefill tok/s':>15}{'x ref':>7}{'decode tok/s':>14}{'x ref':>7}{'peak RSS MiB':>14}"
-    lines += ["", head + (f"{'CUDA MiB':>10}" if cuda else "")]
+    lines.append(
+        f"{'config':<12} {'device':<7}{'load s':>7}{'TTFT ms':>9}{'prefill tok/s':>15}{'x ref':>7}"
+        f"{'decode tok/s':>14}{'x ref':>7}{'peak RSS MiB':>14}" + (f"{'CUDA MiB':>10}" if cuda else "")
+    )
     for name, r in rows.items():
-        line = (
+        cuda_mib = r["cuda_max_allocated_mib"]
+        lines.append(
             f"{name:<12} {r['device']:<7}{r['load_seconds']:>7.2f}{r['ttft_seconds'] * 1000:>9.1f}"
             f"{r['prefill_tokens_per_second']:>15.1f}{_ratio(r['prefill_vs_ref']):>7}"
             f"{r['decode_tokens_per_second']:>14.1f}{_ratio(r['decode_vs_ref']):>7}{r['peak_rss_mib']:>14.0f}"
+            + ((f"{cuda_mib:>10.0f}" if cuda_mib is not None else f"{'-':>10}") if cuda else "")
         )
-        if cuda:
-            line += f"{r['cuda_max_allocated_mib']:>10.0f}" if r["cuda_max_allocated_mib"] is not None else f"{'-':>10}"
-        lines.append(line)
-    short = [f"{name} generated {r['generated_tokens']}" for name, r in rows.items() if r["generated_tokens"] < s["gen_tokens"]]
+    short = [f"{name} {r['generated_tokens']}" for name, r in rows.items() if r["generated_tokens"] < s["gen_tokens"]]
     if short:
-        lines.append(f"note: an end token stopped generation early: {', '.join(short)} of {s['gen_tokens']}")
+        lines.append(f"note: an end token stopped generation early ({', '.join(short)} of {s['gen_tokens']} tokens)")
     chats = {name: r["chat"] for name, r in rows.items() if r.get("chat")}
     if chats:
-        lines += ["", f"chat: {s['chat_turns']} turns through ChatSession, {s['chat_max_tokens']} tokens a reply (greedy); TTFT at turn 1 and turn {s['chat_turns']}"]
-        for name, chat in chats.items():
-            first, last = chat["turn1"], chat["turn8"]
-            lines.append(
-                f"{name:<12} turn 1 {first['ttft_seconds'] * 1000:7.1f} ms ({first['prefilled_tokens']} of {first['prompt_tokens']} tokens prefilled)"
-                f"   turn 8 {last['ttft_seconds'] * 1000:7.1f} ms ({last['prefilled_tokens']} of {last['prompt_tokens']} prefilled)"
-                f"   turn 8 / turn 1 = {chat['turn8_vs_turn1']:.2f}"
-            )
+        lines += ["", f"chat: {s['chat_turns']} turns through ChatSession, up to {s['chat_max_tokens']} tokens a reply "
+                      f"(greedy); TTFT from the chat() call, at turn 1 and at turn {s['chat_turns']}"]
+    for name, chat in chats.items():
+        first, last = chat["turn1"], chat["turn8"]
+        lines.append(
+            f"{name:<12} turn 1 {first['ttft_seconds'] * 1000:7.1f} ms ({first['prefilled_tokens']} of {first['prompt_tokens']} "
+            f"tokens prefilled)   turn 8 {last['ttft_seconds'] * 1000:7.1f} ms ({last['prefilled_tokens']} of "
+            f"{last['prompt_tokens']} prefilled)   turn 8 / turn 1 = {chat['turn8_vs_turn1']:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -263,23 +265,22 @@ def _ours(args: argparse.Namespace, backend: str, dtype: str | None, prompt: lis
     torch.set_num_threads(args.threads)
     # Import the backend before the clock starts: load time is reading weights, not importing code.
     if backend == "gguf":
-        import llama_cpp
+        import llama_cpp  # noqa: F401  (imported before the clock starts)
 
         import engine.backends.llamacpp  # noqa: F401
     else:
         import engine.backends.native  # noqa: F401
 
     start = time.perf_counter()
-    model = engine.load(args.model, backend=backend, device=args.device, dtype=dtype, context_length=context)
+    model = engine.load(
+        args.model, backend=backend, device=args.device, dtype=dtype, context_length=context, threads=args.threads
+    )
     device = getattr(model, "device", torch.device("cpu"))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     load_seconds = time.perf_counter() - start
 
     if backend == "gguf":
-        # engine.load has no thread setting, and llama.cpp batches (prefill) on every core unless
-        # told otherwise: give it --threads for both, like the reference.
-        llama_cpp.llama_set_n_threads(model.llm.ctx, args.threads, args.threads)
 
         def forget() -> None:  # llama.cpp's context is a cache shared by every call: start cold
             model.llm.reset()
@@ -372,6 +373,7 @@ def _chat(model, repeats: int, forget) -> dict:
             messages.append({"role": "user", "content": question})
             start = time.perf_counter()
             result = _last(session.chat(messages, max_tokens=CHAT_MAX_TOKENS, temperature=0))
+            # generation_seconds runs from the first token to the end: the rest is the wait for it.
             ttft = time.perf_counter() - start - result.generation_seconds
             messages.append({"role": "assistant", "content": result.text})
             turns.append({"ttft_seconds": round(ttft, 6), "prompt_tokens": result.prompt_tokens,

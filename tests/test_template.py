@@ -264,7 +264,7 @@ def test_fallback_renders_tools_calls_and_results_hermes_style():
     ]
     prompt = ChatTemplate(CHATML_TEMPLATE).render(messages, tools=tools)
     schema = json.dumps(tools[0], ensure_ascii=False)
-    assert prompt.startswith(f"<|im_start|>system\nBe helpful.\n\n# Tools\n\n")
+    assert prompt.startswith("<|im_start|>system\nBe helpful.\n\n# Tools\n\n")
     assert f"<tools>\n{schema}\n</tools>" in prompt
     assert prompt.endswith(
         "<|im_start|>user\nWeather in Zürich and Paris?<|im_end|>\n"

@@ -62,6 +62,7 @@ class LlamaCppModel(Model):
                 n_ctx=self.context_length,
                 n_batch=N_BATCH,
                 n_threads=n_threads or os.cpu_count(),
+                n_threads_batch=n_threads or os.cpu_count(),
                 logits_all=False,
                 verbose=verbose,
             )

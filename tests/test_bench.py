@@ -1,0 +1,66 @@
+"""`python -m engine bench`: every configuration reports its figures, the ratios and the chat turns.
+
+No timing assertions: CI machines are too noisy for them. Token counts are deterministic (greedy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CONFIGS = ["native-f32", "native-bf16", "gguf", "llama.cpp"]
+CHAT_CONFIGS = ("native-bf16", "gguf")
+POSITIVE = ("load_seconds", "ttft_seconds", "prefill_tokens_per_second", "prefill_vs_ref",
+            "decode_tokens_per_second", "decode_vs_ref", "peak_rss_mib")
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", "bench", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_bench_json_has_every_config_with_ratios_and_chat_turns():
+    out = bench("--json", "--prompt-tokens", "32", "--gen-tokens", "8", "--repeats", "1", "--threads", "2")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["reference"] == "llama.cpp"
+    assert report["settings"]["prompt_tokens"] == 32 and report["settings"]["threads"] == 2
+    assert report["machine"]["cpu"] and report["machine"]["torch"] and report["machine"]["llama_cpp_python"]
+    assert list(report["configs"]) == CONFIGS
+    for name, row in report["configs"].items():
+        for key in POSITIVE:
+            assert row[key] > 0, (name, key, row[key])
+        assert 2 <= row["generated_tokens"] <= 8, name
+        assert row["cuda_max_allocated_mib"] is None  # tests run on CPU
+    ref = report["configs"]["llama.cpp"]
+    assert ref["prefill_vs_ref"] == ref["decode_vs_ref"] == 1.0
+
+    for name in CONFIGS:
+        chat = report["configs"][name]["chat"]
+        if name not in CHAT_CONFIGS:
+            assert chat is None
+            continue
+        first, last = chat["turn1"], chat["turn8"]
+        assert first["ttft_seconds"] > 0 and last["ttft_seconds"] > 0 and chat["turn8_vs_turn1"] > 0
+        assert first["prefilled_tokens"] == first["prompt_tokens"] > 0
+        # Turn 8 reuses the cached conversation: it prefills only a small part of a longer prompt.
+        assert last["prompt_tokens"] > first["prompt_tokens"]
+        assert 0 < last["prefilled_tokens"] < last["prompt_tokens"] // 2, (name, last)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--model", "no-such-model"), "unknown model 'no-such-model'"),
+        (("--configs", "gguf,vulkan"), "unknown config(s) 'vulkan'"),
+        (("--gen-tokens", "1"), "--gen-tokens must be at least 2"),
+        (("--device", "tpu"), "unknown device 'tpu'"),
+    ],
+)
+def test_bench_user_errors_print_one_line(args, message):
+    out = bench(*args)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
