@@ -70,8 +70,10 @@ def load(
     threads: CPU threads for llama.cpp (gguf backend; default: all cores). The native backend
     follows torch.set_num_threads.
     """
+    from .device import check_dtype_name
     from .registry import resolve
 
+    check_dtype_name(dtype)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     spec, path = resolve(model)

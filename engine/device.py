@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads only when a device or dtype is actually picked
+    import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16"}
+
+
+def check_dtype_name(requested: str | None) -> None:
+    """Reject an unknown dtype name before anything heavy loads (whatever the backend)."""
+    if isinstance(requested, str) and requested != "auto" and ALIASES.get(requested, requested) not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {requested!r}: use auto, float32, bfloat16 or float16")
 
 
 def pick_device(requested: str | torch.device | None = None) -> torch.device:
     """'auto' (or None) picks CUDA, then MPS, then CPU; an explicit device must be usable."""
+    import torch
+
     if requested is None or str(requested) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -46,8 +56,10 @@ def pick_dtype(requested: str | torch.dtype | None, device: torch.device) -> tor
     CUDA: bfloat16 where supported, else float16. MPS: float16. CPU: bfloat16 where the CPU
     has bf16 dot-product instructions (about 3x float32's speed), else float32.
     """
+    import torch
+
     if isinstance(requested, torch.dtype):
-        if requested not in DTYPES.values():
+        if requested not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"unsupported dtype {requested}; use float32, bfloat16 or float16")
         return requested
     if requested is None or requested == "auto":
@@ -56,7 +68,5 @@ def pick_dtype(requested: str | torch.dtype | None, device: torch.device) -> tor
         if device.type == "mps":
             return torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    name = ALIASES.get(requested, requested)
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {requested!r}: use auto, float32, bfloat16 or float16")
-    return DTYPES[name]
+    check_dtype_name(requested)
+    return getattr(torch, ALIASES.get(requested, requested))
