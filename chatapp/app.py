@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
-import re
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,6 +23,7 @@ from .screens.dialogs import ConfirmScreen, TextPromptScreen
 from .screens.help import HelpScreen
 from .screens.models import ModelPickerScreen
 from .screens.settings import SettingsScreen
+from .export import export_to_file
 from .store import Store
 from .tools.approval import ApprovalPolicy
 from .tools.builtin import FileAccess
@@ -448,13 +447,7 @@ class ChatApp(App):
         if self.conversation_id is None:
             self.notify("Nothing to export yet.", severity="warning")
             return
-        conv = self.store.get_conversation(self.conversation_id)
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", conv.title).strip("-").lower()[:40] or "conversation"
-        path = Path.cwd() / f"chat-{conv.id}-{slug}.{'md' if fmt == 'markdown' else 'json'}"
-        if fmt == "markdown":
-            path.write_text(self.store.export_markdown(conv.id), encoding="utf-8")
-        else:
-            path.write_text(json.dumps(self.store.export_json(conv.id), indent=2, ensure_ascii=False), encoding="utf-8")
+        path = export_to_file(self.store, self.conversation_id, fmt, Path.cwd())
         self.notify(f"Exported to {path}", markup=False)
 
     def action_help(self) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the store imports this module; at run time only the objects' attributes are used
@@ -62,3 +64,16 @@ def _fence(text: str, info: str = "") -> str:
         longest = max(longest, run)
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}{info}\n{text}\n{ticks}"
+
+
+def export_to_file(store, conversation_id: int, fmt: str, directory: Path) -> Path:
+    """Write a conversation as `chat-<id>-<title>.md` or `.json` in `directory`; returns the path."""
+    conv = store.get_conversation(conversation_id)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", conv.title).strip("-").lower()[:40] or "conversation"
+    path = Path(directory) / f"chat-{conv.id}-{slug}.{'md' if fmt == 'markdown' else 'json'}"
+    if fmt == "markdown":
+        text = store.export_markdown(conv.id)
+    else:
+        text = json.dumps(store.export_json(conv.id), indent=2, ensure_ascii=False)
+    path.write_text(text, encoding="utf-8")
+    return path

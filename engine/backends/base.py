@@ -14,7 +14,7 @@ from ..generate import stream_text
 from ..results import Event, GenerationResult
 from ..sampling import SamplingParams
 from ..template import ChatTemplate
-from ..tokenizer import BPETokenizer
+from ..tokenizer import BPETokenizer, load_tokenizer
 
 _DEFAULTS = SamplingParams()
 
@@ -28,6 +28,14 @@ class Model(ABC):
     tokenizer: BPETokenizer
     template: ChatTemplate
     context_length: int
+
+    def _load_text_side(self, metadata: dict) -> None:
+        """Tokenizer and chat template from GGUF metadata: the same for every backend."""
+        self.tokenizer = load_tokenizer(metadata)
+        token_text = lambda t: "" if t is None else self.tokenizer.token_bytes(t).decode("utf-8", "replace")
+        self.template = ChatTemplate.from_gguf_metadata(
+            metadata, bos_token=token_text(self.tokenizer.bos_id), eos_token=token_text(self.tokenizer.eos_id)
+        )
 
     @abstractmethod
     def logits(self, ids: Sequence[int]):

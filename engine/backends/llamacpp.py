@@ -18,8 +18,6 @@ from ..cache import PromptCache, common_prefix
 from ..errors import ContextOverflowError, ModelFormatError
 from ..formats.gguf import read_gguf
 from ..sampling import SamplingParams
-from ..template import ChatTemplate
-from ..tokenizer import load_tokenizer
 from .base import Model
 
 N_BATCH = 512
@@ -42,12 +40,7 @@ class LlamaCppModel(Model):
         # Validate with our reader first: a corrupt file gets our typed error, not a crash in C.
         with read_gguf(self.path) as gguf:
             self.metadata = gguf.metadata
-        self.tokenizer = load_tokenizer(self.metadata)
-        self.template = ChatTemplate.from_gguf_metadata(
-            self.metadata,
-            bos_token=self._token_text(self.tokenizer.bos_id),
-            eos_token=self._token_text(self.tokenizer.eos_id),
-        )
+        self._load_text_side(self.metadata)
         arch = self.metadata.get("general.architecture")
         trained = self.metadata.get(f"{arch}.context_length")
         if not isinstance(trained, int) or trained <= 0:
@@ -69,9 +62,6 @@ class LlamaCppModel(Model):
         except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
             raise ModelFormatError(f"{self.path.name}: llama.cpp could not load it ({e})") from None
         self.n_vocab = self.llm.n_vocab()
-
-    def _token_text(self, token: int | None) -> str:
-        return "" if token is None else self.tokenizer.token_bytes(token).decode("utf-8", "replace")
 
     @property
     def cached_ids(self) -> list[int]:

@@ -14,8 +14,6 @@ from ..formats.gguf import read_gguf
 from ..loader import load_gguf_model
 from ..model import Transformer
 from ..sampling import SamplingParams
-from ..template import ChatTemplate
-from ..tokenizer import load_tokenizer
 from .base import Model
 
 PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
@@ -40,17 +38,9 @@ class NativeModel(Model):
         with read_gguf(self.path) as gguf:
             self.metadata = gguf.metadata
             self.args = ModelArgs.from_gguf(gguf.metadata, frozenset(gguf.tensors))
-            self.tokenizer = load_tokenizer(gguf.metadata)
+            self._load_text_side(gguf.metadata)  # before the weights: a bad vocabulary fails fast
             self.model: Transformer = load_gguf_model(gguf, self.args, dtype=self.dtype, device=self.device)
-        self.template = ChatTemplate.from_gguf_metadata(
-            self.metadata,
-            bos_token=self._token_text(self.tokenizer.bos_id),
-            eos_token=self._token_text(self.tokenizer.eos_id),
-        )
         self.context_length = min(context_length or self.args.context_length, self.args.context_length)
-
-    def _token_text(self, token: int | None) -> str:
-        return "" if token is None else self.tokenizer.token_bytes(token).decode("utf-8", "replace")
 
     def new_cache(self, max_seq_len: int) -> KVCache:
         return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
