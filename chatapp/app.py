@@ -162,7 +162,7 @@ class ChatApp(App):
 
     def on_chat_app_model_loaded(self, event: ModelLoaded) -> None:
         status = self.query_one(StatusBar)
-        status.model_name, status.state = event.model.name, "ready"
+        status.model_name, status.state = f"{event.model.name} · {event.model.backend}", "ready"
         status.context_size = event.model.context_length
 
     def on_chat_app_model_failed(self, event: ModelFailed) -> None:
