@@ -178,5 +178,5 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
-        return F.linear(x, weight)
+        # Call an untied head as a module, so quantization can swap it like any other linear.
+        return F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)
