@@ -168,17 +168,17 @@ def _one_reply(job: Job, store: Store, post) -> list:
             cached_tokens=result.cached_tokens,
             dropped_messages=result.dropped_messages,
         )
-    calls = []
+    calls, content = [], text
     if status == "complete" and job.tools is not None:
         parsed = parse_tool_calls(text, job.tools.registry.tools().keys())
-        calls = parsed.tool_calls
         for error in parsed.errors:
             post(Notice(f"A tool call could not be parsed: {error}", "warning"))
-        if calls:
-            store.update_message(reply.id, content=parsed.content, status=status, meta=meta,
-                                 tool_calls=[c.to_openai() for c in calls])
-            post(ReplyFinished(reply.id, status, result))
-            return calls
+        if parsed.tool_calls:  # otherwise the raw text stays, parse failures included
+            calls, content = parsed.tool_calls, parsed.content
+    store.update_message(reply.id, content=content, status=status, meta=meta,
+                         tool_calls=[c.to_openai() for c in calls] or None)
+    post(ReplyFinished(reply.id, status, result))
+    return calls
     store.update_message(reply.id, content=text, status=status, meta=meta)
     post(ReplyFinished(reply.id, status, result))
     return calls

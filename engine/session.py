@@ -28,14 +28,12 @@ class ChatSession:
         model = self.model
         fitted = fit_to_context(
             messages,
-            lambda msgs: model.count_prompt_tokens(msgs, tools=tools),
+            lambda msgs: model.encode_chat(msgs, tools=tools),
             context_length=model.context_length,
             reply_tokens=max_tokens,
         )
         room = model.context_length - fitted.prompt_tokens
-        events = model.generate(
-            model.render_chat(fitted.messages, tools=tools), max_tokens=max(1, min(max_tokens, room)), cache=self.cache, **sampling
-        )
+        events = model.generate(fitted.ids, max_tokens=max(1, min(max_tokens, room)), cache=self.cache, **sampling)
         for event in events:
             if isinstance(event, GenerationResult):
                 event = dataclasses.replace(event, dropped_messages=fitted.dropped)

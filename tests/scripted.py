@@ -30,21 +30,19 @@ class ScriptedModel(Model):
         self.context_length = context_length
         self.replies = list(replies)
         self.delay = delay
-        self.received: list[list[dict]] = []  # the messages of every rendered prompt, in order
+        self.received: list[list[dict]] = []  # the messages of every prompt generated from, in order
+        self._encoded: dict[tuple[int, ...], list[dict]] = {}
 
     def logits(self, ids):
         raise NotImplementedError("the scripted model has no logits")
 
-    def count_prompt_tokens(self, messages, *, tools=None):
-        # Counting renders too; only the prompt actually sent is recorded in `received`.
-        prompt = self.template.render(messages, add_generation_prompt=True, tools=tools)
-        return len(self.tokenizer.encode(prompt, add_special=True, parse_special=True))
-
-    def render_chat(self, messages, *, tools=None):
-        self.received.append([dict(m) for m in messages])
-        return super().render_chat(messages, tools=tools)
+    def encode_chat(self, messages, *, tools=None):
+        ids = super().encode_chat(messages, tools=tools)
+        self._encoded[tuple(ids)] = [dict(m) for m in messages]  # candidates while fitting the context
+        return ids
 
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache) -> Iterator[int]:
+        self.received.append(self._encoded.get(tuple(prompt_ids), []))
         reply = self.replies.pop(0) if self.replies else "(no more scripted replies)"
         for token in self.tokenizer.encode(reply, add_special=False, parse_special=True):
             if self.delay:

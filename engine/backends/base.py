@@ -95,10 +95,12 @@ class Model(ABC):
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
         return self.template.render(messages, add_generation_prompt=True, tools=tools)
 
+    def encode_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> list[int]:
+        """The token ids of the rendered chat prompt (what chat() would prefill)."""
+        return self.tokenizer.encode(self.render_chat(messages, tools=tools), add_special=True, parse_special=True)
+
     def count_prompt_tokens(self, messages: list[dict], *, tools: list[dict] | None = None) -> int:
-        """Tokens the rendered chat prompt takes (what chat() would prefill)."""
-        prompt = self.render_chat(messages, tools=tools)
-        return len(self.tokenizer.encode(prompt, add_special=True, parse_special=True))
+        return len(self.encode_chat(messages, tools=tools))
 
     @property
     def supports_tools(self) -> bool:
@@ -107,7 +109,7 @@ class Model(ABC):
 
     def chat(self, messages: list[dict], *, tools: list[dict] | None = None, **sampling) -> Iterator[Event]:
         """OpenAI-style messages in; TextDelta events out, then one GenerationResult."""
-        return self.generate(self.render_chat(messages, tools=tools), **sampling)
+        return self.generate(self.encode_chat(messages, tools=tools), **sampling)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
