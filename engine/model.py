@@ -26,9 +26,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise and scale in float32 as llama.cpp does (the weight stays float32), then
         # return to the run dtype.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * self.weight).to(x.dtype)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).to(x.dtype)
 
 
 def rope_frequencies(args: ModelArgs, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,7 +59,7 @@ def rope_tables(inv_freq: torch.Tensor, max_seq_len: int) -> tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, head_dim); cos/sin: (T, rope_dim). Rotates the first rope_dim dims of each head."""
+    """x: (B, T, H, head_dim); cos/sin: (T, 1, rope_dim). Rotates the first rope_dim dims of each head."""
     rope_dim = cos.shape[-1]
     rot, rest = x[..., :rope_dim], x[..., rope_dim:]
     half = rope_dim // 2
@@ -89,11 +87,11 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.wqkv(x).split((q_size, kv_size, kv_size), dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qk, v = self.wqkv(x).split((q_size + kv_size, kv_size), dim=-1)
+        # Rotate Q and K heads in one pass: (B, T, n_heads + n_kv_heads, head_dim).
+        qk = apply_rope(qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim), cos, sin)
+        q, k = qk.transpose(1, 2).split((self.n_heads, self.n_kv_heads), dim=1)  # (B, heads, T, head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
         if cache is not None:
             k, v = cache.update_and_fetch(self.layer, k, v)  # (B, n_kv_heads, S, head_dim)
         if T == 1:
@@ -156,7 +154,7 @@ class Transformer(nn.Module):
             self._cos_cast = self._sin_cast = None
         if self._cos_cast is None or self._cos_cast.dtype != dtype:
             self._cos_cast, self._sin_cast = self._cos.to(dtype), self._sin.to(dtype)
-        return self._cos_cast[start:end], self._sin_cast[start:end]
+        return self._cos_cast[start:end, None], self._sin_cast[start:end, None]  # (T, 1, rope_dim)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
         """tokens: (B, T) int64 -> logits (B, T, vocab), or (B, 1, vocab) with last_only.

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import quant.linear as qlinear
+from engine.backends.native import NativeModel
 from quant.linear import Int4Linear, Int8Linear, quantize_model
 from quant.schemes import (
     dequantize_int4,
@@ -192,7 +193,7 @@ def tiny(request, tmp_path_factory):
 
     cfg = TinyConfig(tied=request.param == "tied", seed=4)
     path = write_tiny_llama(tmp_path_factory.mktemp("tiny") / f"{request.param}.gguf", cfg)
-    model = engine.load(path, backend="native", device="cpu", dtype="float32")
+    model = NativeModel(path, device="cpu", dtype="float32", pack_weights=False)  # quantize_model swaps nn.Linear
     ids = torch.randint(0, model.args.vocab_size - 3, (100,), generator=torch.Generator().manual_seed(0)).tolist()
     return model, ids
 
@@ -242,10 +243,10 @@ def test_quantize_model_refuses_bad_requests_and_changes_nothing(tiny):
 
 
 @pytest.mark.slow
-def test_int8_default_model_keeps_top1(english_text):
+def test_int8_default_model_keeps_top1(default_gguf, english_text):
     import engine
 
-    model = engine.load("smollm2-135m", backend="native", device="cpu", dtype="float32")
+    model = NativeModel(default_gguf, device="cpu", dtype="float32", pack_weights=False)
     ids = model.tokenizer.encode(english_text)
     ref = model.logits(ids)
     quantize_model(model.model, "int8")

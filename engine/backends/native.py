@@ -13,6 +13,7 @@ from ..device import pick_device, pick_dtype
 from ..formats.gguf import read_gguf
 from ..loader import load_gguf_model
 from ..model import Transformer
+from ..packing import can_pack, pack_linears
 from ..sampling import SamplingParams
 from .base import Model
 
@@ -30,6 +31,7 @@ class NativeModel(Model):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         context_length: int | None = None,
+        pack_weights: bool = True,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
@@ -40,6 +42,10 @@ class NativeModel(Model):
             self.args = ModelArgs.from_gguf(gguf.metadata, frozenset(gguf.tensors))
             self._load_text_side(gguf.metadata)  # before the weights: a bad vocabulary fails fast
             self.model: Transformer = load_gguf_model(gguf, self.args, dtype=self.dtype, device=self.device)
+        # On CPU, prepacked oneDNN weights decode ~1.3x faster (engine/packing.py). The quant
+        # command asks for the plain modules, since it swaps them itself.
+        if pack_weights and can_pack(self.device, self.dtype):
+            pack_linears(self.model)
         self.context_length = min(context_length or self.args.context_length, self.args.context_length)
 
     def new_cache(self, max_seq_len: int) -> KVCache:
