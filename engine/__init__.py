@@ -78,6 +78,8 @@ def load(
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     spec, path = resolve(model)
     name = spec.name if spec is not None else path.name
+    if path.is_dir():
+        return _load_folder(path, name=name, backend=backend, device=device, dtype=dtype, context_length=context_length)
     if backend == "auto":
         backend = spec.backend if spec is not None and spec.backend != "auto" else _auto_backend(device)
     if backend == "gguf":
@@ -87,6 +89,27 @@ def load(
     from .backends.native import NativeModel
 
     return NativeModel(path, name=name, device=device, dtype=dtype, context_length=context_length)
+
+
+def _load_folder(path, *, name, backend, device, dtype, context_length) -> Model:
+    """A checkpoint folder: handed to the loader that its marker file names (entry points in
+    the group "engine.checkpoint_loaders"; `quant` registers its quantized format there)."""
+    from importlib.metadata import entry_points
+
+    from .errors import ModelFormatError
+
+    marker = path / "quantization.json"
+    if not marker.is_file():
+        raise ModelFormatError(f"{path}: not a model folder this engine can read (no quantization.json); "
+                               "give a .gguf file or a folder written by `quant`")
+    if backend == "gguf":
+        raise ValueError(f"{path} is a quantized checkpoint for the native backend; use backend='native' or 'auto' "
+                         "(or write a GGUF file with `quant ... --format gguf`)")
+    loaders = {ep.name: ep for ep in entry_points(group="engine.checkpoint_loaders")}
+    if "chatapp-quantized" not in loaders:
+        raise ModelFormatError(f"{path}: a quantized checkpoint, but the `quant` package's loader is not installed")
+    load_checkpoint = loaders["chatapp-quantized"].load()
+    return load_checkpoint(path, name=name, device=device, dtype=dtype, context_length=context_length)
 
 
 def _auto_backend(device: str | None) -> str:

@@ -158,7 +158,7 @@ def local_file(spec: ModelSpec, *, download: bool = True) -> Path:
         return distribution_file(spec.package, spec.file)
     if spec.source == "path":
         path = Path(os.path.expandvars(os.path.expanduser(spec.path)))
-        if not path.is_file():
+        if not path.exists():  # a .gguf file, or a folder written by `quant`
             raise ModelNotFoundError(f"model {spec.name!r}: file not found: {path}")
         return path
     return _hub_file(spec, download=download)

@@ -1,24 +1,30 @@
-"""Quantized drop-ins for `nn.Linear`, the kernel choice per device, and the model swap.
+"""Quantized drop-ins for `nn.Linear` and `nn.Embedding`, the kernel choice per device, and the model swap.
 
-Kernels (measured on the 2-core AVX-512 VNNI CPU this project targets, see the README):
-- INT8 decode on CPU (one token per call): fbgemm's dynamic INT8 linear
-  (`torch.ops.quantized.linear_dynamic`). It quantizes the activations per call (one uint8
-  scale per call) and multiplies int8 x uint8 with int32 accumulation; a 1x576 @ 576x1728
-  product takes ~30 us, several times faster than bfloat16. Quantizing activations costs
-  accuracy: on the default model, teacher-forced decode gives mean KL ~0.015 against float
-  (weight-only: ~0.003). PyTorch marks quantized-tensor creation as deprecated (torchao is the
-  successor); we only need it once, to prepack.
-- INT8 otherwise (prefill, CUDA, MPS, a CPU build without fbgemm): `F.linear(x, q.to(x.dtype)) *
-  scale`, gpt-fast's weight-only form. It is exact dequantization (the scale is per output
-  row); on GPU `torch.compile` can fuse the cast into the matmul.
-- INT4 everywhere: dequantize the whole weight to the activation dtype, then `F.linear`. Correct
-  on every device but it rebuilds the float weight each call, so it saves memory, not time.
+Kernels, measured on the 2-core AVX-512 BF16/VNNI CPU this project targets (README,
+"Quantization"): the four layer linears of all 30 layers of the default model, one token,
+weights streamed from memory as in real decoding:
+
+| kernel (bfloat16 activations)                    | ms per token | weights read |
+|--------------------------------------------------|-------------:|-------------:|
+| bfloat16, oneDNN prepacked (`engine.packing`)    |         11.2 |       212 MB |
+| fbgemm dynamic INT8 (`quantized.linear_dynamic`) |         14.7 |       106 MB |
+| INT8 weight-only, `aten._weight_int8pack_mm`     |          7.4 |       106 MB |
+| INT4 g32 weight-only, `_weight_int4pack_mm_for_cpu` |        8.0 |        53 MB |
+| INT4 g64 weight-only, `_weight_int4pack_mm_for_cpu` |        3.8 |        53 MB |
+
+So on CPU both schemes run PyTorch's own weight-only kernels: they read fewer bytes than
+bfloat16 and, unlike fbgemm's dynamic path, leave the activations alone. fbgemm quantizes each
+call's activations to 8 bits with one scale, and the default model's activation outliers (up to
+2800 at the `w2` input, against a typical 0.1) cost mean KL 0.015 per decoded token; weight-only
+INT8 measures 0.003. (Those kernels are slow in float32 activations, 62 ms for the same work, so
+a quantized model runs in bfloat16 on CPU unless told otherwise.)
+
+Elsewhere (CUDA, MPS, float32 on a CPU without the ops) the layers dequantize the weight to the
+activation dtype and call `F.linear`, gpt-fast's weight-only form: correct everywhere, a
+memory saving but not a speed-up unless `torch.compile` fuses the cast.
 """
 
 from __future__ import annotations
-
-import functools
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -30,29 +36,14 @@ from .schemes import (
     dequantize_int8,
     quantize_int4_grouped,
     quantize_int8_per_channel,
+    unpack_int4,
 )
 
 SCHEMES = ("int8", "int4")
 
 
-@functools.cache
-def fbgemm_available() -> bool:
-    """Whether this PyTorch build can run fbgemm's dynamic INT8 linear on CPU."""
-    engines = torch.backends.quantized.supported_engines
-    return "fbgemm" in engines or "x86" in engines  # "x86" dispatches linear to fbgemm
-
-
-@functools.cache
-def _cpu_has_vnni() -> bool:
-    # Without VNNI, fbgemm multiplies uint8 x int8 pairs into saturating int16, so activations
-    # must use 7 bits ("reduce_range"). With VNNI the full 8 bits are safe and halve the
-    # activation rounding error. Unknown CPUs get the safe choice.
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+def _cpu_kernel(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
 
 
 class Int8Linear(nn.Module):
@@ -67,7 +58,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("scale", scale.float())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        self._packed = None  # fbgemm's prepacked weight, built on first CPU call
+        self._scale_cast: torch.Tensor | None = None  # the scale in the activation dtype, built on first call
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -77,46 +68,55 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
-    def _fbgemm_weight(self):
-        if self._packed is None:
-            # A zero row has scale 0, which a quantized tensor refuses; its q is all 0 anyway.
-            # .double()/.float(): a module-wide .to(bfloat16) also casts these buffers.
-            scale = torch.where(self.scale > 0, self.scale, torch.ones_like(self.scale)).double()
-            zero_points = torch.zeros(self.out_features, dtype=torch.long)
-            bias = None if self.bias is None else self.bias.float()
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*quantized tensor creation.*deprecated")
-                qweight = torch._make_per_channel_quantized_tensor(self.weight_q, scale, zero_points, 0)
-                self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        return self._packed
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.numel() == x.shape[-1] and fbgemm_available():
-            # One token (decode): fbgemm with the activations quantized for this call. Several
-            # tokens (prefill) take the dequantizing path below, because fbgemm gives the whole
-            # call one activation scale, and one token's outlier (the default model's w2 inputs
-            # reach 2800 against a mean of 0.1) then zeroes every other token's activations.
-            # fbgemm takes float32 activations; the cast is cheap next to the matmul.
-            y = torch.ops.quantized.linear_dynamic(x.float(), self._fbgemm_weight(), not _cpu_has_vnni())
-            return y.to(x.dtype)
-        y = F.linear(x, self.weight_q.to(x.dtype)) * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if _cpu_kernel(x):
+            if self._scale_cast is None or self._scale_cast.dtype != x.dtype:
+                self._scale_cast = self.scale.to(x.dtype)
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_q, self._scale_cast)
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if bias is None else y + bias
+        return F.linear(x, self.weight_q.to(x.dtype), None) * self.scale.to(x.dtype) + (0 if bias is None else bias)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int8(self.weight_q, self.scale, dtype)
 
     def _apply(self, fn, recurse=True):
-        self._packed = None  # moved or cast: the prepacked copy is stale
+        self._scale_cast = None
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
+        self._scale_cast = None
         super()._load_from_state_dict(*args, **kwargs)
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_packed"] = None  # a TorchScript object: rebuilt on demand, never copied or pickled
-        return state
+
+class Int8Embedding(nn.Module):
+    """A token table stored as int8 rows with one float32 scale per row; lookups dequantize rows.
+
+    With a tied head, `Int8Linear(table.weight_q, table.scale)` shares the same two tensors, so
+    the table is held once and the logits use the fast INT8 kernel.
+    """
+
+    def __init__(self, weight_q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        if weight_q.dtype != torch.int8 or weight_q.dim() != 2 or scale.shape != weight_q.shape[:1]:
+            raise ValueError(f"Int8Embedding needs int8 [vocab, dim] and [vocab] scales, got {weight_q.dtype} "
+                             f"{tuple(weight_q.shape)} and {tuple(scale.shape)}")
+        self.num_embeddings, self.embedding_dim = weight_q.shape
+        self.dtype = dtype  # the model's activation dtype
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("scale", scale.float())
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> Int8Embedding:
+        q, scale = quantize_int8_per_channel(embedding.weight.detach())
+        return cls(q, scale, embedding.weight.dtype)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (self.weight_q[tokens].float() * self.scale[tokens, None]).to(self.dtype)  # (..., dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
 
 
 class Int4Linear(nn.Module):
@@ -147,6 +147,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("scale", scale.float())
         self.register_buffer("minimum", minimum.float())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
+        self._kernel: tuple[torch.Tensor, torch.Tensor] | None = None  # the CPU kernel's layout, built on first call
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 32) -> Int4Linear:
@@ -160,25 +161,67 @@ class Int4Linear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int4(self.weight_packed, self.scale, self.minimum, dtype)
 
+    def _kernel_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._kernel is None or self._kernel[1].dtype != dtype:
+            # The kernel computes (q - 8) * scale + zero per group, so zero = min + 8 * scale;
+            # scales and zeros travel as [groups, out, 2] in the activation dtype.
+            codes = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.weight_packed).to(torch.int32), 1)
+            scales_zeros = torch.stack((self.scale, self.minimum + 8 * self.scale), dim=-1).transpose(0, 1)
+            self._kernel = codes, scales_zeros.contiguous().to(dtype)
+        return self._kernel
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if _cpu_kernel(x):
+            codes, scales_zeros = self._kernel_weights(x.dtype)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features), codes, self.group_size, scales_zeros)
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if bias is None else y + bias
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def _apply(self, fn, recurse=True):
+        self._kernel = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kernel = None
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 # The per-layer linears of engine.model.Transformer, by path inside each Block.
 LAYER_LINEARS = ("attention.wqkv", "attention.wo", "feed_forward.w13", "feed_forward.w2")
 
 
-def quantize_model(model: nn.Module, scheme: str, group_size: int = 32) -> dict:
-    """Swap the Transformer's linear layers for INT8 or INT4 ones, in place; return a report.
+def layer_group_size(in_features: int, group_size: int) -> int:
+    """The group size an INT4 layer of this input width gets: the one asked for if it divides the
+    width, else the largest smaller choice that does (the default model's 576-wide inputs take
+    64 when 128 is asked for). Widths no choice divides are refused."""
+    for g in sorted((g for g in INT4_GROUP_SIZES if g <= group_size), reverse=True):
+        if in_features % g == 0:
+            return g
+    raise ValueError(f"input width {in_features} is not a multiple of any INT4 group size up to {group_size}")
 
-    Quantized: every layer's wqkv, wo, w13 and w2. The report lists the names that were
-    quantized and, for every floating-point tensor left as it was, why. All layers are checked
-    first, so a bad request changes nothing.
 
-    The output head stays float, tied or not. Tied, it is the embedding table. Untied, it could
-    be swapped like the others, but `engine.model.Transformer.forward` reads `output.weight`
-    instead of calling `self.output(x)`, so a swapped module would never run its kernel.
+def quantize_model(
+    model: nn.Module,
+    scheme: str,
+    group_size: int = 32,
+    *,
+    hessians: dict[str, torch.Tensor] | None = None,
+    progress=None,
+) -> dict:
+    """Swap the Transformer's linear layers (and token table) for INT8 or INT4 ones, in place; return a report.
+
+    Policy, the same for both schemes:
+    - every layer's wqkv, wo, w13 and w2 get `scheme` (INT4: `group_size` where it divides the
+      input width, else the largest smaller group size that does, recorded per tensor);
+    - the token embedding and the output head get INT8 per row. The head is the largest single
+      matrix (49152 x 576 for the default model: 21% of its weights) and the logits are
+      sensitive, so it stays at 8 bits even for INT4, as llama.cpp keeps it at 6-8 bits in its
+      4-bit types. A tied head shares the embedding's int8 table;
+    - RMSNorm scales stay float32.
+    `hessians` (from `quant.gptq.collect_hessians`) switches INT4 rounding to GPTQ for the layers
+    it names. All layers are checked first, so a bad request changes nothing.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
@@ -194,38 +237,56 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int = 32) -> dict:
     for name, _, _, linear in targets:
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"{name} is {type(linear).__name__}, not nn.Linear: is the model already quantized?")
-        if scheme == "int4" and linear.in_features % group_size:
-            raise ValueError(f"{name}: input width {linear.in_features} is not a multiple of group size {group_size}")
+        if scheme == "int4":
+            try:
+                layer_group_size(linear.in_features, group_size)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+    if not isinstance(model.tok_embeddings, nn.Embedding) or not (model.output is None or isinstance(model.output, nn.Linear)):
+        raise ValueError("the token embedding or output head is not a float module: is the model already quantized?")
 
-    quantized = []
-    for name, parent, attr, linear in targets:
+    quantized: dict[str, dict] = {}
+    steps = len(targets) + 1
+    for n, (name, parent, attr, linear) in enumerate(targets):
         if scheme == "int8":
             new = Int8Linear.from_linear(linear)
+            quantized[f"{name}.weight"] = {"scheme": "int8"}
         else:
-            new = Int4Linear.from_linear(linear, group_size)
+            g = layer_group_size(linear.in_features, group_size)
+            if hessians is not None and name in hessians:
+                from .gptq import gptq_int4
+
+                new = Int4Linear(*gptq_int4(linear.weight.detach(), hessians[name], g), linear.bias)
+                quantized[f"{name}.weight"] = {"scheme": "int4", "group_size": g, "rounding": "gptq"}
+            else:
+                new = Int4Linear.from_linear(linear, g)
+                quantized[f"{name}.weight"] = {"scheme": "int4", "group_size": g, "rounding": "nearest"}
         setattr(parent, attr, new)
-        quantized.append(f"{name}.weight")
+        if progress is not None:
+            progress(n + 1, steps)
+
+    tied = model.output is None
+    table = Int8Embedding.from_embedding(model.tok_embeddings)
+    model.tok_embeddings = table
+    quantized["tok_embeddings.weight"] = {"scheme": "int8", "role": "token embedding" + (" and tied output head" if tied else "")}
+    if tied:
+        model.output = Int8Linear(table.weight_q, table.scale)
+    else:
+        model.output = Int8Linear.from_linear(model.output)
+        quantized["output.weight"] = {"scheme": "int8", "role": "output head"}
+    if progress is not None:
+        progress(steps, steps)
 
     kept_float = {}
-    for name, param in model.named_parameters():
-        if name == "tok_embeddings.weight":
-            kept_float[name] = (
-                "token embedding; also the tied output head (model.output is None), kept in float "
-                "so the lookup and the logits stay exact" if model.output is None else
-                "token embedding: a row lookup per token, no matmul to speed up"
-            )
-        elif name == "output.weight":
-            kept_float[name] = (
-                "untied output head: Transformer.forward reads output.weight directly instead of "
-                "calling the module, so a quantized module there would not run"
-            )
-        elif name.endswith("norm.weight"):
-            kept_float[name] = "RMSNorm scale: tiny, and every activation is multiplied by it"
+    for name, _ in model.named_parameters():
+        if name.endswith("norm.weight"):
+            kept_float[name] = "RMSNorm scale: one float per channel, and every activation is multiplied by it"
         else:
-            kept_float[name] = "not a Transformer linear layer"
+            kept_float[name] = "not a layer the quantizer handles"
     return {
         "scheme": scheme,
         "group_size": group_size if scheme == "int4" else None,
+        "tied_output": tied,
         "quantized": quantized,
         "kept_float": kept_float,
     }

@@ -48,6 +48,31 @@ class NativeModel(Model):
             pack_linears(self.model)
         self.context_length = min(context_length or self.args.context_length, self.args.context_length)
 
+    @classmethod
+    def from_transformer(
+        cls,
+        model: Transformer,
+        metadata: dict,
+        *,
+        path: Path,
+        name: str | None = None,
+        device: torch.device,
+        dtype: torch.dtype,
+        context_length: int | None = None,
+    ) -> NativeModel:
+        """Wrap a Transformer built elsewhere (a quantized checkpoint's loader) with its tokenizer
+        and chat template, taken from GGUF-style `metadata`; packs any float linears on CPU."""
+        self = cls.__new__(cls)
+        self.path, self.name = Path(path), name or Path(path).name
+        self.device, self.dtype = device, dtype
+        self.metadata, self.args = metadata, model.args
+        self._load_text_side(metadata)
+        self.model = model
+        if can_pack(self.device, self.dtype):
+            pack_linears(self.model)
+        self.context_length = min(context_length or self.args.context_length, self.args.context_length)
+        return self
+
     def new_cache(self, max_seq_len: int) -> KVCache:
         return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
 

@@ -1,0 +1,160 @@
+"""`quant MODEL --scheme int8|int4 --out DIR` (also `python -m quant`): write a quantized checkpoint.
+
+MODEL is anything `engine.load` takes: a models.toml name or a .gguf file. The output folder
+loads with `engine.load(DIR)` (native backend); `--format gguf` adds a Q8_0/Q4_0 GGUF file in
+it for the llama.cpp fast path; `--eval FILE` prints size, perplexity, KL, top-1 and speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+GGUF_KIND = {"int8": "q8_0", "int4": "q4_0"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quant", description="Quantize a model's weights to INT8 or INT4 for the native engine.")
+    p.add_argument("model", help="a models.toml name or a path to a .gguf file")
+    p.add_argument("--scheme", required=True, help="int8 (per output channel) or int4 (grouped, scale and zero-point per group)")
+    p.add_argument("--group-size", type=int, default=None, help="INT4 group size: 32, 64 or 128 (default 32)")
+    p.add_argument("--out", required=True, type=Path, help="the folder to write (must not exist, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--format", choices=("safetensors", "gguf"), default="safetensors",
+                   help="gguf: also write a Q8_0 (int8) or Q4_0 (int4) GGUF file that llama.cpp loads")
+    p.add_argument("--calibrate", type=Path, metavar="FILE",
+                   help="INT4 only: a text file to calibrate on; rounds with GPTQ instead of to nearest")
+    p.add_argument("--eval", type=Path, metavar="FILE", help="a text file: compare size, perplexity, KL, top-1 and decode speed")
+    p.add_argument("--ctx", type=int, default=256, help="chunk length for --eval and --calibrate (default 256)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    return p
+
+
+def check_request(args: argparse.Namespace) -> None:
+    """Everything that can be refused before any model is read."""
+    from .linear import SCHEMES
+    from .schemes import INT4_GROUP_SIZES
+
+    if args.scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {args.scheme!r}: use int8 or int4")
+    if args.group_size is not None:
+        if args.scheme != "int4":
+            raise ValueError("--group-size applies to int4 only (int8 is per output channel)")
+        if args.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"--group-size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, got {args.group_size}")
+    if args.calibrate is not None and args.scheme != "int4":
+        raise ValueError("--calibrate applies to int4 (INT8 rounding to nearest already meets its targets)")
+    if args.format == "gguf" and args.scheme == "int4" and (args.group_size or 32) != 32:
+        raise ValueError("--format gguf writes Q4_0, whose groups are 32 wide: use --group-size 32")
+    for flag in ("calibrate", "eval"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"--{flag}: no such file: {path}")
+    if args.ctx < 16:
+        raise ValueError("--ctx must be at least 16")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_request(args)
+    from .checkpoint import check_output_folder
+
+    check_output_folder(args.out, force=args.force)
+
+    import torch
+    from tqdm import tqdm
+
+    from engine.backends.native import NativeModel
+    from engine.errors import ModelFormatError
+    from engine.registry import resolve
+
+    from .checkpoint import folder_bytes, save_checkpoint, sha256_of
+    from .linear import quantize_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec, source = resolve(args.model)
+    if source.is_dir():
+        raise ModelFormatError(f"{source} is a folder; quant reads a .gguf model (a quantized folder cannot be quantized again)")
+    group_size = args.group_size or 32
+    print(f"quant: reading {source.name} ({source.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    model = NativeModel(source, name=spec.name if spec else None, device="cpu", dtype="float32", pack_weights=False)
+    source_info = {"name": model.name, "file": source.name, "bytes": source.stat().st_size, "sha256": sha256_of(source)}
+
+    hessians, calibration = None, None
+    if args.calibrate is not None:
+        from .gptq import collect_hessians
+
+        ids = model.tokenizer.encode(args.calibrate.read_text(encoding="utf-8", errors="replace"))
+        if len(ids) < 32:
+            raise ValueError(f"--calibrate: {args.calibrate} holds only {len(ids)} tokens; give a longer text")
+        with tqdm(total=len(ids), unit="tok", desc="calibrating", file=sys.stderr) as bar:
+            hessians = collect_hessians(model.model, ids, chunk=args.ctx, progress=lambda done, total: bar.update(done - bar.n))
+        calibration = {"method": "gptq", "file": args.calibrate.name, "sha256": sha256_of(args.calibrate), "tokens": len(ids)}
+
+    extra = {}
+    if args.format == "gguf":
+        from .gguf_export import export_gguf
+
+        kind = GGUF_KIND[args.scheme]
+        gguf_tmp = args.out.resolve().parent / f".{args.out.name}.{kind}.gguf.tmp"
+        with tqdm(unit="tensor", desc=f"writing {kind.upper()} GGUF", file=sys.stderr) as bar:
+            def tick(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+            export_gguf(model.model, model.metadata, gguf_tmp, kind, progress=tick)
+        extra[f"model-{kind.upper()}.gguf"] = gguf_tmp
+
+    with tqdm(unit="layer", desc=f"quantizing to {args.scheme}", file=sys.stderr) as bar:
+        def step(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+        report = quantize_model(model.model, args.scheme, group_size, hessians=hessians, progress=step)
+    try:
+        save_checkpoint(args.out, model.model, model.metadata, report, source_info, force=args.force,
+                        calibration=calibration, extra_files=extra)
+    finally:
+        for tmp in extra.values():
+            tmp.unlink(missing_ok=True)
+    print(f"quant: wrote {args.out} ({folder_bytes(args.out) / 1e6:.1f} MB): {args.scheme}"
+          + (f", group size {group_size}" if args.scheme == "int4" else "") + (" with GPTQ" if hessians else ""),
+          file=sys.stderr)
+    if args.eval is not None:
+        del model
+        run_eval(args, source, spec)
+    return 0
+
+
+def run_eval(args: argparse.Namespace, source: Path, spec) -> None:
+    import engine
+    from engine.backends.native import NativeModel
+
+    from .checkpoint import folder_bytes
+    from .evaluate import evaluate, format_table
+
+    reference = NativeModel(source, device="cpu", dtype="float32")
+    ids = reference.tokenizer.encode(args.eval.read_text(encoding="utf-8", errors="replace"))
+    if len(ids) < 32:
+        raise ValueError(f"--eval: {args.eval} holds only {len(ids)} tokens; give a longer text")
+    size = source.stat().st_size
+    models = [
+        (f"source ({source.suffix[1:]}) in float32", reference, size),
+        ("source in bfloat16", NativeModel(source, device="cpu", dtype="bfloat16"), None),
+        (f"{args.out.name} ({args.scheme})", engine.load(args.out, backend="native", device="cpu"), folder_bytes(args.out)),
+    ]
+    print(f"quant: evaluating on {len(ids)} tokens of {args.eval.name}", file=sys.stderr)
+    rows = evaluate(models, ids, ctx=min(args.ctx, len(ids)),
+                    progress=lambda label: print(f"quant:   scored {label}", file=sys.stderr))
+    scored = sum(len(c) - len(c) // 2 - 1 for c in [ids[i : i + args.ctx] for i in range(0, len(ids) - args.ctx + 1, args.ctx)] or [ids])
+    print(format_table(rows, scored_tokens=scored, ctx=min(args.ctx, len(ids))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.cli import run_cli
+
+    args = build_parser().parse_args(argv)
+    return run_cli("quant", lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

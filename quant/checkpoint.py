@@ -1,0 +1,272 @@
+"""The quantized checkpoint folder: write it atomically, read it back with every field checked.
+
+A folder `quant` writes holds:
+- `model.safetensors`: the quantized Transformer's tensors. INT8 layers as `<name>.weight_q`
+  (int8 [out, in]) and `<name>.scale` (float32 [out]); INT4 layers as `<name>.weight_packed`
+  (uint8 [out, in/2], two codes a byte, low nibble first), `<name>.scale` and `<name>.minimum`
+  (float32 [out, groups]); the token table as `tok_embeddings.weight_q/scale`; RMSNorm scales in
+  float32; the RoPE inverse frequencies as `rope.inv_freq`. A tied head is stored once.
+- `model_args.json`: the `engine.config.ModelArgs` fields.
+- `tokenizer_metadata.json`: the source's tokenizer vocabulary, merges, special ids and chat
+  template, as GGUF metadata keys (the engine's tokenizer and template read exactly these).
+- `quantization.json`: what was done, tensor by tensor: scheme, group size and rounding of each
+  quantized tensor, which stayed float and why, the source file and its sha256, the tool and
+  torch versions. The loader trusts this file, never the folder or file names, for the scheme.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from engine.config import ModelArgs, RopeScaling
+from engine.errors import ModelFormatError
+
+FORMAT = "chatapp-quantized"
+FORMAT_VERSION = 1
+WEIGHTS, ARGS, TOKENIZER, QUANTIZATION = "model.safetensors", "model_args.json", "tokenizer_metadata.json", "quantization.json"
+TOKENIZER_KEY_PREFIXES = ("tokenizer.",)
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chatapp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def check_output_folder(out_dir: Path, *, force: bool) -> None:
+    """Refuse, before any work, an output that exists (without force) or a parent we cannot write."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"{out_dir} already exists; pass --force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder")
+    parent = out_dir.resolve().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write in {parent}")
+
+
+def _state_for_saving(model: torch.nn.Module, tied: bool) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if tied and name.startswith("output."):
+            continue  # the same tensors as tok_embeddings.*
+        state[name] = tensor.detach().to("cpu").contiguous()
+    state["rope.inv_freq"] = model.inv_freq.detach().float().cpu().contiguous()
+    return state
+
+
+def save_checkpoint(
+    out_dir: Path,
+    model: torch.nn.Module,
+    metadata: dict,
+    report: dict,
+    source: dict,
+    *,
+    force: bool = False,
+    calibration: dict | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write the folder into a temporary sibling, then rename it into place.
+
+    An interrupted run leaves at most a hidden `.<name>.tmp-*` folder that holds no
+    `quantization.json` until the very end, so nothing that looks like a model. With `force`,
+    an existing folder is swapped out only after the new one is complete.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, force=force)
+    args: ModelArgs = model.args
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.resolve().parent))
+    try:
+        save_file(_state_for_saving(model, report["tied_output"]), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        _write_json(tmp / ARGS, {"architecture": "llama", **asdict(args)})
+        tokenizer = {k: v for k, v in metadata.items() if k.startswith(TOKENIZER_KEY_PREFIXES)}
+        _write_json(tmp / TOKENIZER, tokenizer)
+        for name, file in (extra_files or {}).items():  # e.g. the GGUF export, moved in whole
+            os.replace(file, tmp / name)
+        _write_json(tmp / QUANTIZATION, {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "scheme": report["scheme"],
+            "group_size": report["group_size"],
+            "tied_output": report["tied_output"],
+            "quantized": report["quantized"],
+            "kept_float": report["kept_float"],
+            "calibration": calibration,
+            "files": sorted([WEIGHTS, ARGS, TOKENIZER, *(extra_files or {})]),
+            "source": source,
+            "tool": {"name": "quant", "version": tool_version()},
+            "torch": torch.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })  # written last: a folder without it is not a model
+        _fsync_folder(tmp)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_json(path: Path, data) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(path: Path) -> None:
+    for p in path.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def read_quantization(path: Path) -> dict:
+    """quantization.json, checked: the format, its version, the scheme and the per-tensor map."""
+    file = Path(path) / QUANTIZATION
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"{file}: cannot read it ({type(e).__name__}: {e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ModelFormatError(f"{file}: not a {FORMAT} checkpoint")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(f"{file}: format version {info.get('format_version')!r}; this build reads {FORMAT_VERSION}")
+    if info.get("scheme") not in ("int8", "int4") or not isinstance(info.get("quantized"), dict):
+        raise ModelFormatError(f"{file}: unknown scheme {info.get('scheme')!r} or no tensor map")
+    return info
+
+
+def _read_args(path: Path) -> ModelArgs:
+    file = path / ARGS
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+        if raw.pop("architecture", None) != "llama":
+            raise ValueError("architecture is not 'llama'")
+        scaling = raw.pop("rope_scaling", None)
+        return ModelArgs(**raw, rope_scaling=RopeScaling(**scaling) if scaling else None)
+    except ModelFormatError:
+        raise
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ModelFormatError(f"{file}: not a valid model config ({type(e).__name__}: {e})") from None
+
+
+def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=None, context_length: int | None = None):
+    """Read a folder `save_checkpoint` wrote into a NativeModel (the entry point engine.load uses)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from engine.backends.native import NativeModel
+    from engine.device import pick_device, pick_dtype
+    from engine.model import Transformer
+
+    from .linear import Int4Linear, Int8Embedding, Int8Linear
+
+    path = Path(path)
+    info = read_quantization(path)
+    args = _read_args(path)
+    try:
+        metadata = json.loads((path / TOKENIZER).read_text(encoding="utf-8"))
+        if not isinstance(metadata, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelFormatError(f"{path / TOKENIZER}: cannot read it ({type(e).__name__}: {e})") from None
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except (OSError, SafetensorError) as e:
+        raise ModelFormatError(f"{path / WEIGHTS}: not a readable safetensors file ({e})") from None
+
+    def take(key: str, dtype_: torch.dtype, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        t = state.pop(key, None)
+        if t is None:
+            raise ModelFormatError(f"{path / WEIGHTS}: tensor {key!r} is missing")
+        if t.dtype != dtype_ or (shape is not None and tuple(t.shape) != shape):
+            raise ModelFormatError(f"{path / WEIGHTS}: tensor {key!r} is {t.dtype} {tuple(t.shape)}, "
+                                   f"expected {dtype_} {shape if shape is not None else ''}")
+        # A fresh copy: tensors safetensors maps straight from the file sit at arbitrary byte
+        # offsets, and PyTorch's INT8/INT4 CPU kernels crash on unaligned weights.
+        return t.to(device, copy=True)
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    try:
+        for full, entry in info["quantized"].items():
+            module_name = full.removesuffix(".weight")
+            if module_name == "tok_embeddings":
+                q = take("tok_embeddings.weight_q", torch.int8, (args.vocab_size, args.dim))
+                table = Int8Embedding(q, take("tok_embeddings.scale", torch.float32, (args.vocab_size,)), dtype)
+                model.tok_embeddings = table
+                if info["tied_output"]:
+                    model.output = Int8Linear(table.weight_q, table.scale)
+                continue
+            parent_name, attr = module_name.rsplit(".", 1) if "." in module_name else ("", module_name)
+            parent = model.get_submodule(parent_name)
+            old = getattr(parent, attr, None)
+            if not isinstance(old, torch.nn.Linear):
+                raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} is not a linear layer of this model")
+            out, inp = old.out_features, old.in_features
+            if entry.get("scheme") == "int8":
+                new = Int8Linear(take(f"{module_name}.weight_q", torch.int8, (out, inp)),
+                                 take(f"{module_name}.scale", torch.float32, (out,)))
+            elif entry.get("scheme") == "int4":
+                g = entry.get("group_size")
+                if not isinstance(g, int) or g <= 0 or inp % g:
+                    raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} has group size {g!r}, which does not divide {inp}")
+                new = Int4Linear(take(f"{module_name}.weight_packed", torch.uint8, (out, inp // 2)),
+                                 take(f"{module_name}.scale", torch.float32, (out, inp // g)),
+                                 take(f"{module_name}.minimum", torch.float32, (out, inp // g)))
+            else:
+                raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} has unknown scheme {entry.get('scheme')!r}")
+            setattr(parent, attr, new)
+        inv_freq = take("rope.inv_freq", torch.float32, (args.rope_dim // 2,))
+        floats = {}
+        for pname, param in model.named_parameters():
+            floats[pname] = take(pname, torch.float32, tuple(param.shape))
+    except ValueError as e:  # a quantized module refused its tensors
+        raise ModelFormatError(f"{path}: {e}") from None
+    if state:
+        raise ModelFormatError(f"{path / WEIGHTS}: unexpected tensors {sorted(state)[:3]}")
+    model.load_state_dict(floats, assign=True, strict=False)
+    model.inv_freq = inv_freq
+    if info["tied_output"] is False and not isinstance(model.output, Int8Linear):
+        raise ModelFormatError(f"{path / QUANTIZATION}: the model has an untied head but the checkpoint has none")
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise ModelFormatError(f"{path}: no weights for {meta[:3]}")
+    model = model.eval().requires_grad_(False)
+    return NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
+                                        context_length=context_length)
