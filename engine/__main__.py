@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", help="comma list of native-f32, native-bf16, gguf, llama.cpp (default: all)")
     p.add_argument("--repeats", type=int, default=3, help="runs per config; the best is reported (default: 3)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.add_argument("--quantized", action="append", type=Path, default=[], metavar="DIR",
+                   help="a folder written by `quant`: adds a native row for it (repeatable)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one config in this process
     p.set_defaults(func=cmd_bench)
 

@@ -34,6 +34,7 @@ CONFIGS = {
     "llama.cpp": ("llama.cpp", None),
 }
 REFERENCE = "llama.cpp"
+WORKER_CONFIGS = {**CONFIGS, "quantized": ("native", None)}  # "quantized": a folder from `quant`, via --quantized
 CHAT_CONFIGS = ("native-bf16", "gguf")
 CHAT_MAX_TOKENS = 32
 CHAT_QUESTIONS = (
@@ -87,11 +88,18 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     context = min(max(MIN_CONTEXT, args.prompt_tokens + args.gen_tokens), trained)
 
+    for folder in args.quantized:
+        if not (folder / "quantization.json").is_file():
+            raise ValueError(f"--quantized {folder}: not a folder written by `quant` (no quantization.json)")
+    # The quantized rows go before the llama.cpp ones, next to the native rows they compare with.
+    jobs = [(c, c, None) for c in configs if CONFIGS[c][0] == "native"]
+    jobs += [(f"native {folder.name}", "quantized", str(folder)) for folder in args.quantized]
+    jobs += [(c, c, None) for c in configs if CONFIGS[c][0] != "native"]
     results = {}
-    for i, config in enumerate(configs, 1):
+    for i, (label, config, model) in enumerate(jobs, 1):
         if sys.stderr.isatty():
-            print(f"bench: {config} ({i}/{len(configs)})…", file=sys.stderr, end="\r", flush=True)
-        results[config] = _run_worker(config, args, prompt, context)
+            print(f"bench: {label} ({i}/{len(jobs)})…", file=sys.stderr, end="\r", flush=True)
+        results[label] = _run_worker(config, args, prompt, context, model=model)
     if sys.stderr.isatty():
         print(" " * 60, file=sys.stderr, end="\r", flush=True)
 
@@ -150,11 +158,11 @@ def _prompt_and_context(path: Path, n_tokens: int) -> tuple[list[int], int]:
     return ids[:n_tokens], trained
 
 
-def _run_worker(config: str, args: argparse.Namespace, prompt: list[int], context: int) -> dict:
+def _run_worker(config: str, args: argparse.Namespace, prompt: list[int], context: int, *, model: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "engine", "bench", "--worker", config, "--gen-tokens", str(args.gen_tokens),
            "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats)]
-    if args.model:
-        cmd += ["--model", args.model]
+    if model or args.model:
+        cmd += ["--model", str(model or args.model)]
     # The worker must import this same engine package, wherever the parent was started from.
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -203,14 +211,15 @@ def format_report(report: dict) -> str:
         "",
     ]
     cuda = any(r["cuda_max_allocated_mib"] is not None for r in rows.values())
+    w = max(12, *map(len, rows))
     lines.append(
-        f"{'config':<12} {'device':<7}{'load s':>7}{'TTFT ms':>9}{'prefill tok/s':>15}{'x ref':>7}"
+        f"{'config':<{w}} {'device':<7}{'load s':>7}{'TTFT ms':>9}{'prefill tok/s':>15}{'x ref':>7}"
         f"{'decode tok/s':>14}{'x ref':>7}{'peak RSS MiB':>14}" + (f"{'CUDA MiB':>10}" if cuda else "")
     )
     for name, r in rows.items():
         cuda_mib = r["cuda_max_allocated_mib"]
         lines.append(
-            f"{name:<12} {r['device']:<7}{r['load_seconds']:>7.2f}{r['ttft_seconds'] * 1000:>9.1f}"
+            f"{name:<{w}} {r['device']:<7}{r['load_seconds']:>7.2f}{r['ttft_seconds'] * 1000:>9.1f}"
             f"{r['prefill_tokens_per_second']:>15.1f}{_ratio(r['prefill_vs_ref']):>7}"
             f"{r['decode_tokens_per_second']:>14.1f}{_ratio(r['decode_vs_ref']):>7}{r['peak_rss_mib']:>14.0f}"
             + ((f"{cuda_mib:>10.0f}" if cuda_mib is not None else f"{'-':>10}") if cuda else "")
@@ -240,7 +249,7 @@ def _ratio(value: float | None) -> str:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    backend, dtype = CONFIGS[args.worker]
+    backend, dtype = WORKER_CONFIGS[args.worker]
     job = json.loads(sys.stdin.read())
     prompt, context = job["prompt"], job["context"]
     if backend == "llama.cpp":
@@ -299,7 +308,7 @@ def _ours(args: argparse.Namespace, backend: str, dtype: str | None, prompt: lis
     row = {
         "backend": backend,
         "device": device.type,
-        "dtype": dtype,
+        "dtype": str(model.dtype).removeprefix("torch.") if hasattr(model, "dtype") else dtype,
         "load_seconds": round(load_seconds, 4),
         **_best(runs),
         "cuda_max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,

@@ -4,7 +4,7 @@ A folder `quant` writes holds:
 - `model.safetensors`: the quantized Transformer's tensors. INT8 layers as `<name>.weight_q`
   (int8 [out, in]) and `<name>.scale` (float32 [out]); INT4 layers as `<name>.weight_packed`
   (uint8 [out, in/2], two codes a byte, low nibble first), `<name>.scale` and `<name>.minimum`
-  (float32 [out, groups]); the token table as `tok_embeddings.weight_q/scale`; RMSNorm scales in
+  (float16 [out, groups], as in GGML's Q4_1); the token table as `tok_embeddings.weight_q/scale`; RMSNorm scales in
   float32; the RoPE inverse frequencies as `rope.inv_freq`. A tied head is stored once.
 - `model_args.json`: the `engine.config.ModelArgs` fields.
 - `tokenizer_metadata.json`: the source's tokenizer vocabulary, merges, special ids and chat
@@ -247,8 +247,8 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
                 if not isinstance(g, int) or g <= 0 or inp % g:
                     raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} has group size {g!r}, which does not divide {inp}")
                 new = Int4Linear(take(f"{module_name}.weight_packed", torch.uint8, (out, inp // 2)),
-                                 take(f"{module_name}.scale", torch.float32, (out, inp // g)),
-                                 take(f"{module_name}.minimum", torch.float32, (out, inp // g)))
+                                 take(f"{module_name}.scale", torch.float16, (out, inp // g)),
+                                 take(f"{module_name}.minimum", torch.float16, (out, inp // g)))
             else:
                 raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} has unknown scheme {entry.get('scheme')!r}")
             setattr(parent, attr, new)

@@ -65,15 +65,19 @@ def quantize_int4_grouped(
     """w: [out, in] float -> (packed uint8 [out, in/2], scale float32 [out, in/g], min float32 [out, in/g]).
 
     w ~= q * scale + min per group of `group_size` consecutive inputs, q in [0, 15]; each element
-    is off by at most scale / 2 of its group (up to float rounding). A constant group gets
-    scale 0 and reproduces exactly as its min.
+    is off by at most scale / 2 of its group, plus the float16 rounding of scale and min (values
+    exactly representable in float16, returned as float32). A constant group gets scale 0 and
+    reproduces as its min.
     """
     _check_matrix(w)
     out, in_features = w.shape
     _check_group_size(in_features, group_size)
     g = w.float().reshape(out, in_features // group_size, group_size)  # (out, groups, g)
     lo, hi = g.amin(dim=-1), g.amax(dim=-1)  # (out, groups)
-    scale = (hi - lo) / 15
+    # Scales and minimums are stored in float16 (`Int4Linear`): round them first, so the codes
+    # are chosen on the grid that will actually be used.
+    lo = lo.to(torch.float16).float()
+    scale = ((hi - lo) / 15).to(torch.float16).float()
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round((g - lo[..., None]) / safe[..., None]).clamp_(0, 15).to(torch.uint8)
     return pack_int4(q.reshape(out, in_features)), scale, lo
