@@ -64,3 +64,22 @@ def test_bench_user_errors_print_one_line(args, message):
     out = bench(*args)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_bench_adds_a_row_per_quantized_folder(tmp_path):
+    from quant.__main__ import main as quant_main
+    from tiny_models import TinyConfig, write_tiny_llama
+
+    source = write_tiny_llama(tmp_path / "tiny.gguf", TinyConfig(seed=3, context_length=128))
+    out = tmp_path / "smol-int8"
+    assert quant_main([str(source), "--scheme", "int8", "--out", str(out)]) == 0
+    run = bench("--json", "--model", str(source), "--configs", "native-bf16,llama.cpp", "--quantized", str(out), "--prompt-tokens", "32",
+                "--gen-tokens", "8", "--repeats", "1", "--threads", "2")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert list(report["configs"]) == ["native-bf16", "native smol-int8", "llama.cpp"]
+    row = report["configs"]["native smol-int8"]
+    assert row["backend"] == "native" and row["dtype"] == "bfloat16"
+    assert all(row[key] > 0 for key in POSITIVE) and 2 <= row["generated_tokens"] <= 8
+    bad = bench("--quantized", str(tmp_path))
+    assert bad.returncode == 1 and "not a folder written by `quant`" in bad.stderr
