@@ -23,10 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--format", choices=("safetensors", "gguf"), default="safetensors",
                    help="gguf: also write a Q8_0 (int8) or Q4_0 (int4) GGUF file that llama.cpp loads")
-    p.add_argument("--calibrate", type=Path, metavar="FILE",
-                   help="INT4 only: a text file to calibrate on; rounds with GPTQ instead of to nearest")
     p.add_argument("--eval", type=Path, metavar="FILE", help="a text file: compare size, perplexity, KL, top-1 and decode speed")
-    p.add_argument("--ctx", type=int, default=256, help="chunk length for --eval and --calibrate (default 256)")
+    p.add_argument("--ctx", type=int, default=256, help="chunk length for --eval (default 256)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     return p
 
@@ -43,14 +41,10 @@ def check_request(args: argparse.Namespace) -> None:
             raise ValueError("--group-size applies to int4 only (int8 is per output channel)")
         if args.group_size not in INT4_GROUP_SIZES:
             raise ValueError(f"--group-size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, got {args.group_size}")
-    if args.calibrate is not None and args.scheme != "int4":
-        raise ValueError("--calibrate applies to int4 (INT8 rounding to nearest already meets its targets)")
     if args.format == "gguf" and args.scheme == "int4" and (args.group_size or 32) != 32:
         raise ValueError("--format gguf writes Q4_0, whose groups are 32 wide: use --group-size 32")
-    for flag in ("calibrate", "eval"):
-        path = getattr(args, flag)
-        if path is not None and not path.is_file():
-            raise FileNotFoundError(f"--{flag}: no such file: {path}")
+    if args.eval is not None and not args.eval.is_file():
+        raise FileNotFoundError(f"--eval: no such file: {args.eval}")
     if args.ctx < 16:
         raise ValueError("--ctx must be at least 16")
 
@@ -81,17 +75,6 @@ def run(args: argparse.Namespace) -> int:
     model = NativeModel(source, name=spec.name if spec else None, device="cpu", dtype="float32", pack_weights=False)
     source_info = {"name": model.name, "file": source.name, "bytes": source.stat().st_size, "sha256": sha256_of(source)}
 
-    hessians, calibration = None, None
-    if args.calibrate is not None:
-        from .gptq import collect_hessians
-
-        ids = model.tokenizer.encode(args.calibrate.read_text(encoding="utf-8", errors="replace"))
-        if len(ids) < 32:
-            raise ValueError(f"--calibrate: {args.calibrate} holds only {len(ids)} tokens; give a longer text")
-        with tqdm(total=len(ids), unit="tok", desc="calibrating", file=sys.stderr) as bar:
-            hessians = collect_hessians(model.model, ids, chunk=args.ctx, progress=lambda done, total: bar.update(done - bar.n))
-        calibration = {"method": "gptq", "file": args.calibrate.name, "sha256": sha256_of(args.calibrate), "tokens": len(ids)}
-
     extra = {}
     if args.format == "gguf":
         from .gguf_export import export_gguf
@@ -109,15 +92,14 @@ def run(args: argparse.Namespace) -> int:
         def step(done, total):
             bar.total = total
             bar.update(done - bar.n)
-        report = quantize_model(model.model, args.scheme, group_size, hessians=hessians, progress=step)
+        report = quantize_model(model.model, args.scheme, group_size, progress=step)
     try:
-        save_checkpoint(args.out, model.model, model.metadata, report, source_info, force=args.force,
-                        calibration=calibration, extra_files=extra)
+        save_checkpoint(args.out, model.model, model.metadata, report, source_info, force=args.force, extra_files=extra)
     finally:
         for tmp in extra.values():
             tmp.unlink(missing_ok=True)
     print(f"quant: wrote {args.out} ({folder_bytes(args.out) / 1e6:.1f} MB): {args.scheme}"
-          + (f", group size {group_size}" if args.scheme == "int4" else "") + (" with GPTQ" if hessians else ""),
+          + (f", group size {group_size}" if args.scheme == "int4" else "") ,
           file=sys.stderr)
     if args.eval is not None:
         del model

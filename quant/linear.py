@@ -214,7 +214,6 @@ def quantize_model(
     scheme: str,
     group_size: int = 32,
     *,
-    hessians: dict[str, torch.Tensor] | None = None,
     progress=None,
 ) -> dict:
     """Swap the Transformer's linear layers (and token table) for INT8 or INT4 ones, in place; return a report.
@@ -227,8 +226,7 @@ def quantize_model(
       sensitive, so it stays at 8 bits even for INT4, as llama.cpp keeps it at 6-8 bits in its
       4-bit types. A tied head shares the embedding's int8 table;
     - RMSNorm scales stay float32.
-    `hessians` (from `quant.gptq.collect_hessians`) switches INT4 rounding to GPTQ for the layers
-    it names. All layers are checked first, so a bad request changes nothing.
+    All layers are checked first, so a bad request changes nothing.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
@@ -260,14 +258,8 @@ def quantize_model(
             quantized[f"{name}.weight"] = {"scheme": "int8"}
         else:
             g = layer_group_size(linear.in_features, group_size)
-            if hessians is not None and name in hessians:
-                from .gptq import gptq_int4
-
-                new = Int4Linear(*gptq_int4(linear.weight.detach(), hessians[name], g), linear.bias)
-                quantized[f"{name}.weight"] = {"scheme": "int4", "group_size": g, "rounding": "gptq"}
-            else:
-                new = Int4Linear.from_linear(linear, g)
-                quantized[f"{name}.weight"] = {"scheme": "int4", "group_size": g, "rounding": "nearest"}
+            new = Int4Linear.from_linear(linear, g)
+            quantized[f"{name}.weight"] = {"scheme": "int4", "group_size": g, "rounding": "nearest"}
         setattr(parent, attr, new)
         if progress is not None:
             progress(n + 1, steps)

@@ -70,7 +70,6 @@ def test_bad_requests_are_refused_before_anything_is_written(tiny_gguf, tmp_path
         (("--scheme", "int3"), "unknown scheme 'int3'"),
         (("--scheme", "int4", "--group-size", "48"), "--group-size must be one of 32, 64, 128"),
         (("--scheme", "int8", "--group-size", "64"), "applies to int4 only"),
-        (("--scheme", "int8", "--calibrate", tmp_path / "missing.txt"), "applies to int4"),
         (("--scheme", "int4", "--eval", tmp_path / "missing.txt"), "no such file"),
         (("--scheme", "int4", "--group-size", "64", "--format", "gguf"), "Q4_0, whose groups are 32 wide"),
     ]
