@@ -112,7 +112,7 @@ def run_eval(args: argparse.Namespace, source: Path, spec) -> None:
     from engine.backends.native import NativeModel
 
     from .checkpoint import folder_bytes
-    from .evaluate import evaluate, format_table
+    from .evaluate import evaluate, format_table, scored_tokens
 
     reference = NativeModel(source, device="cpu", dtype="float32")
     ids = reference.tokenizer.encode(args.eval.read_text(encoding="utf-8", errors="replace"))
@@ -127,8 +127,7 @@ def run_eval(args: argparse.Namespace, source: Path, spec) -> None:
     print(f"quant: evaluating on {len(ids)} tokens of {args.eval.name}", file=sys.stderr)
     rows = evaluate(models, ids, ctx=min(args.ctx, len(ids)),
                     progress=lambda label: print(f"quant:   scored {label}", file=sys.stderr))
-    scored = sum(len(c) - len(c) // 2 - 1 for c in [ids[i : i + args.ctx] for i in range(0, len(ids) - args.ctx + 1, args.ctx)] or [ids])
-    print(format_table(rows, scored_tokens=scored, ctx=min(args.ctx, len(ids))))
+    print(format_table(rows, scored_tokens=scored_tokens(ids, args.ctx), ctx=min(args.ctx, len(ids))))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,11 @@ def _chunks(ids: list[int], ctx: int) -> list[list[int]]:
     return [ids[i * ctx : (i + 1) * ctx] for i in range(n)]
 
 
+def scored_tokens(ids: list[int], ctx: int) -> int:
+    """How many tokens the perplexity counts: each chunk's second half, less its last position."""
+    return sum(len(c) - len(c) // 2 - 1 for c in _chunks(ids, min(ctx, len(ids))))
+
+
 def score(model, chunks: list[list[int]], reference: list[torch.Tensor] | None) -> tuple[float, float | None, float | None, list[torch.Tensor]]:
     """(perplexity, mean KL vs reference, top-1 agreement, this model's log-probs per chunk)."""
     nll, kls, same, logprobs = [], [], [], []

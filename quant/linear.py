@@ -46,7 +46,22 @@ def _cpu_kernel(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
 
 
-class Int8Linear(nn.Module):
+class _KernelCache(nn.Module):
+    """A module holding a kernel-ready copy of its buffers, dropped whenever the buffers change."""
+
+    def _drop_kernel_cache(self) -> None:
+        raise NotImplementedError
+
+    def _apply(self, fn, recurse=True):
+        self._drop_kernel_cache()  # moved or cast: the cached copy is stale
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._drop_kernel_cache()
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class Int8Linear(_KernelCache):
     """y = x @ (q * scale[:, None]).T + bias, with q int8 [out, in] and one float32 scale per row."""
 
     def __init__(self, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -81,13 +96,8 @@ class Int8Linear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int8(self.weight_q, self.scale, dtype)
 
-    def _apply(self, fn, recurse=True):
+    def _drop_kernel_cache(self) -> None:
         self._scale_cast = None
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._scale_cast = None
-        super()._load_from_state_dict(*args, **kwargs)
 
 
 class Int8Embedding(nn.Module):
@@ -119,7 +129,7 @@ class Int8Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int8"
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_KernelCache):
     """y = x @ W.T + bias, W stored as packed 4-bit codes with a float16 scale and min per group."""
 
     def __init__(
@@ -186,13 +196,8 @@ class Int4Linear(nn.Module):
             return y if bias is None else y + bias
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
-    def _apply(self, fn, recurse=True):
+    def _drop_kernel_cache(self) -> None:
         self._kernel = None
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._kernel = None
-        super()._load_from_state_dict(*args, **kwargs)
 
 
 # The per-layer linears of engine.model.Transformer, by path inside each Block.

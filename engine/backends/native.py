@@ -42,6 +42,9 @@ class NativeModel(Model):
             self.args = ModelArgs.from_gguf(gguf.metadata, frozenset(gguf.tensors))
             self._load_text_side(gguf.metadata)  # before the weights: a bad vocabulary fails fast
             self.model: Transformer = load_gguf_model(gguf, self.args, dtype=self.dtype, device=self.device)
+        self._finish_load(pack_weights, context_length)
+
+    def _finish_load(self, pack_weights: bool, context_length: int | None) -> None:
         # On CPU, prepacked oneDNN weights decode ~1.3x faster (engine/packing.py). The quant
         # command asks for the plain modules, since it swaps them itself.
         if pack_weights and can_pack(self.device, self.dtype):
@@ -68,9 +71,7 @@ class NativeModel(Model):
         self.metadata, self.args = metadata, model.args
         self._load_text_side(metadata)
         self.model = model
-        if can_pack(self.device, self.dtype):
-            pack_linears(self.model)
-        self.context_length = min(context_length or self.args.context_length, self.args.context_length)
+        self._finish_load(True, context_length)
         return self
 
     def new_cache(self, max_seq_len: int) -> KVCache:
