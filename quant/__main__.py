@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--format", choices=("safetensors", "gguf"), default="safetensors",
                    help="gguf: also write a Q8_0 (int8) or Q4_0 (int4) GGUF file that llama.cpp loads")
+    p.add_argument("--calibrate", type=Path, metavar="FILE",
+                   help="int4: round with GPTQ, calibrated on this text (like the model's real use; 2,000+ tokens)")
+    p.add_argument("--sequential", action="store_true",
+                   help="with --calibrate: calibrate each layer on the already-rounded earlier layers (~4x slower, a little better)")
     p.add_argument("--eval", type=Path, metavar="FILE", help="a text file: compare size, perplexity, KL, top-1 and decode speed")
     p.add_argument("--ctx", type=int, default=256, help="chunk length for --eval (default 256)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -43,6 +47,13 @@ def check_request(args: argparse.Namespace) -> None:
             raise ValueError(f"--group-size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, got {args.group_size}")
     if args.format == "gguf" and args.scheme == "int4" and (args.group_size or 32) != 32:
         raise ValueError("--format gguf writes Q4_0, whose groups are 32 wide: use --group-size 32")
+    if args.calibrate is not None:
+        if args.scheme != "int4":
+            raise ValueError("--calibrate applies to int4 only (int8 rounding to nearest already meets its quality targets)")
+        if not args.calibrate.is_file():
+            raise FileNotFoundError(f"--calibrate: no such file: {args.calibrate}")
+    if args.sequential and args.calibrate is None:
+        raise ValueError("--sequential needs --calibrate FILE")
     if args.eval is not None and not args.eval.is_file():
         raise FileNotFoundError(f"--eval: no such file: {args.eval}")
     if args.ctx < 16:
@@ -82,19 +93,18 @@ def run(args: argparse.Namespace) -> int:
         kind = GGUF_KIND[args.scheme]
         gguf_tmp = args.out.resolve().parent / f".{args.out.name}.{kind}.gguf.tmp"
         with tqdm(unit="tensor", desc=f"writing {kind.upper()} GGUF", file=sys.stderr) as bar:
-            def tick(done, total):
-                bar.total = total
-                bar.update(done - bar.n)
-            export_gguf(model.model, model.metadata, gguf_tmp, kind, progress=tick)
+            export_gguf(model.model, model.metadata, gguf_tmp, kind, progress=_ticker(bar))
         extra[f"model-{kind.upper()}.gguf"] = gguf_tmp
 
-    with tqdm(unit="layer", desc=f"quantizing to {args.scheme}", file=sys.stderr) as bar:
-        def step(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-        report = quantize_model(model.model, args.scheme, group_size, progress=step)
+    hessians, calibration = None, None
+    if args.calibrate is not None:
+        hessians, calibration = calibrate(args, model, group_size)
+
+    with tqdm(unit="layer", desc=f"quantizing to {args.scheme}" + (" (GPTQ)" if hessians else ""), file=sys.stderr) as bar:
+        report = quantize_model(model.model, args.scheme, group_size, hessians=hessians, progress=_ticker(bar))
     try:
-        save_checkpoint(args.out, model.model, model.metadata, report, source_info, force=args.force, extra_files=extra)
+        save_checkpoint(args.out, model.model, model.metadata, report, source_info, force=args.force,
+                        calibration=calibration, extra_files=extra)
     finally:
         for tmp in extra.values():
             tmp.unlink(missing_ok=True)
@@ -105,6 +115,43 @@ def run(args: argparse.Namespace) -> int:
         del model
         run_eval(args, source, spec)
     return 0
+
+
+def _ticker(bar):
+    """A progress(done, total) callback that drives a tqdm bar."""
+    def tick(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    return tick
+
+
+def calibrate(args: argparse.Namespace, model, group_size: int) -> tuple[dict, dict]:
+    """GPTQ Hessians from the --calibrate text, and the metadata that records them."""
+    from tqdm import tqdm
+
+    from .checkpoint import sha256_of
+    from .gptq import DAMP, SEQUENCE_LENGTH, collect_hessians, collect_hessians_sequential
+
+    ids = model.tokenizer.encode(args.calibrate.read_text(encoding="utf-8", errors="replace"))
+    if len(ids) < SEQUENCE_LENGTH:
+        raise ValueError(f"--calibrate: {args.calibrate} holds only {len(ids)} tokens; give at least "
+                         f"{SEQUENCE_LENGTH} (better 2,000 or more) of text like the model's real use")
+    method = "sequential" if args.sequential else "one pass"
+    print(f"quant: calibrating on {len(ids)} tokens of {args.calibrate.name} ({method})", file=sys.stderr)
+    with tqdm(unit="token" if not args.sequential else "layer", desc="calibrating", file=sys.stderr) as bar:
+        if args.sequential:
+            hessians = collect_hessians_sequential(model.model, ids, group_size, progress=_ticker(bar))
+        else:
+            hessians = collect_hessians(model.model, ids, progress=_ticker(bar))
+    return hessians, {
+        "method": "gptq",
+        "hessians": "sequential" if args.sequential else "float model",
+        "file": args.calibrate.name,
+        "sha256": sha256_of(args.calibrate),
+        "tokens": len(ids),
+        "sequence_length": SEQUENCE_LENGTH,
+        "damp": DAMP,
+    }
 
 
 def run_eval(args: argparse.Namespace, source: Path, spec) -> None:

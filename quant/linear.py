@@ -219,9 +219,13 @@ def quantize_model(
     scheme: str,
     group_size: int = 32,
     *,
+    hessians: dict[str, torch.Tensor] | None = None,
     progress=None,
 ) -> dict:
     """Swap the Transformer's linear layers (and token table) for INT8 or INT4 ones, in place; return a report.
+
+    hessians: INT4 only, from `quant.gptq.collect_hessians` (name -> H): those layers are rounded
+    with GPTQ instead of to nearest.
 
     Policy, the same for both schemes:
     - every layer's wqkv, wo, w13 and w2 get `scheme` (INT4: `group_size` where it divides the
@@ -237,6 +241,8 @@ def quantize_model(
         raise ValueError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
     if scheme == "int4" and group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"INT4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    if hessians and scheme != "int4":
+        raise ValueError("GPTQ calibration applies to int4 only")
 
     targets: list[tuple[str, nn.Module, str, nn.Linear]] = []  # (full name, parent, attribute, linear)
     for i, layer in enumerate(model.layers):
@@ -263,8 +269,15 @@ def quantize_model(
             quantized[f"{name}.weight"] = {"scheme": "int8"}
         else:
             g = layer_group_size(linear.in_features, group_size)
-            new = Int4Linear.from_linear(linear, g)
-            quantized[f"{name}.weight"] = {"scheme": "int4", "group_size": g, "rounding": "nearest"}
+            if hessians and name in hessians:
+                from .gptq import gptq_int4
+
+                new = Int4Linear(*gptq_int4(linear.weight.detach(), hessians[name], g), linear.bias)
+                rounding = "gptq"
+            else:
+                new = Int4Linear.from_linear(linear, g)
+                rounding = "nearest"
+            quantized[f"{name}.weight"] = {"scheme": "int4", "group_size": g, "rounding": rounding}
         setattr(parent, attr, new)
         if progress is not None:
             progress(n + 1, steps)

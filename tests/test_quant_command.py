@@ -64,6 +64,37 @@ def test_written_folder_loads_and_matches_the_in_memory_model(tiny_gguf, tmp_pat
     assert loaded.tokenizer.encode("hello world") == ref.tokenizer.encode("hello world")
 
 
+@pytest.mark.parametrize("sequential", [False, True])
+def test_calibrate_rounds_with_gptq_and_records_it(tiny_gguf, tmp_path, sequential):
+    """--calibrate: every layer linear is GPTQ-rounded, the metadata names the text, and the
+    folder runs. Closer to float than plain rounding on the calibration text itself (the
+    held-out quality claim is tests/test_gptq.py's, on the default model)."""
+    ref = NativeModel(tiny_gguf, dtype="float32", pack_weights=False)
+    ids = [int(t) for t in torch.randint(3, ref.args.vocab_size, (600,), generator=torch.Generator().manual_seed(3))]
+    text = tmp_path / "calib.txt"
+    text.write_text(ref.tokenizer.decode(ids))
+    plain, gptq = tmp_path / "plain", tmp_path / "gptq"
+    assert quant(tiny_gguf, "--scheme", "int4", "--group-size", "64", "--out", plain) == 0
+    argv = ["--calibrate", text] + (["--sequential"] if sequential else [])
+    assert quant(tiny_gguf, "--scheme", "int4", "--group-size", "64", *argv, "--out", gptq) == 0
+
+    info = json.loads((gptq / QUANTIZATION).read_text())
+    layers = {k: v for k, v in info["quantized"].items() if k.startswith("layers.")}
+    assert layers and all(v["rounding"] == "gptq" for v in layers.values())
+    calibration = info["calibration"]
+    assert calibration["method"] == "gptq" and calibration["sha256"] == sha256_of(text)
+    assert calibration["hessians"] == ("sequential" if sequential else "float model")
+    assert calibration["tokens"] == len(ref.tokenizer.encode(text.read_text()))
+    assert json.loads((plain / QUANTIZATION).read_text())["calibration"] is None
+
+    probe = ref.tokenizer.encode(text.read_text())[:200]
+    target = torch.log_softmax(ref.logits(probe), -1)
+    def kl(folder):
+        lp = torch.log_softmax(engine.load(folder, device="cpu", dtype="float32").logits(probe), -1)
+        return float((target.exp() * (target - lp)).sum(-1).mean())
+    assert kl(gptq) < 0.9 * kl(plain)
+
+
 def test_bad_requests_are_refused_before_anything_is_written(tiny_gguf, tmp_path, capsys):
     out = tmp_path / "q"
     cases = [
@@ -72,6 +103,9 @@ def test_bad_requests_are_refused_before_anything_is_written(tiny_gguf, tmp_path
         (("--scheme", "int8", "--group-size", "64"), "applies to int4 only"),
         (("--scheme", "int4", "--eval", tmp_path / "missing.txt"), "no such file"),
         (("--scheme", "int4", "--group-size", "64", "--format", "gguf"), "Q4_0, whose groups are 32 wide"),
+        (("--scheme", "int8", "--calibrate", tiny_gguf), "--calibrate applies to int4 only"),
+        (("--scheme", "int4", "--calibrate", tmp_path / "missing.txt"), "no such file"),
+        (("--scheme", "int4", "--sequential"), "--sequential needs --calibrate FILE"),
     ]
     for argv, message in cases:
         assert quant(tiny_gguf, *argv, "--out", out) == 1
