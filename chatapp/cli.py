@@ -1,8 +1,10 @@
-"""The `chatapp` console script: the TUI by default, `chatapp ask` for one streamed answer."""
+"""The `chatapp` console script: the TUI by default, `chatapp ask` for one streamed answer,
+`chatapp pull` to download and verify a model, `chatapp models` to list them."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,6 +25,65 @@ def cmd_ask(args: argparse.Namespace) -> int:
     model = load_model(args)
     print_stream(model.chat(messages, **sampling), stats=args.stats)
     return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from engine.registry import find_local, load_registry, pull
+
+    spec = load_registry().get(args.name)
+    pulled = pull(spec, revision=args.revision, force=args.force)
+    where = {"hf": f"{spec.repo} @ {pulled.revision}", "package": f"bundled in {spec.package}"}.get(spec.source, str(spec.path))
+    print(f"{spec.name}: {where} ({spec.format}, {len(pulled.files)} file(s), {_human(sum(f.size for f in pulled.files))})", file=sys.stderr)
+    width = max((len(f.name) for f in pulled.files), default=0)
+    for f in pulled.files:
+        print(f"  {f.name:<{width}}  {_human(f.size):>8}  {f.check}", file=sys.stderr)
+    if args.revision and find_local(spec) != pulled.path:
+        print(f"models.toml uses revision {spec.revision or 'main'}; to use this one: chatapp --model {pulled.path}", file=sys.stderr)
+    print(pulled.path)  # stdout: the one line a script wants
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from engine.registry import find_local, load_registry
+
+    registry = load_registry()
+    rows = []
+    for name, spec in registry.models.items():
+        path = find_local(spec)
+        backend = "native" if spec.is_folder and spec.backend == "auto" else spec.backend
+        rows.append({
+            "name": name, "default": name == registry.default, "family": spec.family, "format": spec.format,
+            "size": spec.size or None, "backend": backend, "source": spec.source, "local": path is not None,
+            "path": str(path) if path else None, "bytes_on_disk": _disk_size(path) if path else None,
+            "description": spec.description,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = {"name": "NAME", "family": "FAMILY", "format": "FORMAT", "size": "SIZE", "backend": "BACKEND", "local": "LOCAL", "path": "PATH"}
+    cells = [header] + [{**r, "local": "yes" if r["local"] else "no", "path": r["path"] or "-",
+                         "size": _human(r["bytes_on_disk"]) if r["local"] else r["size"] or "?"} for r in rows]
+    widths = {k: max(len(str(c[k])) for c in cells) for k in header}
+    for r, c in zip([None] + rows, cells):
+        mark = "*" if r and r["default"] else " "
+        print(mark, "  ".join(f"{c[k]!s:<{widths[k]}}" for k in header).rstrip())
+    print("* default; not local: chatapp pull NAME (or downloaded on first use)", file=sys.stderr)
+    return 0
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human(n: float) -> str:
+    """Decimal units, as the Hub shows sizes."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            break
+        n /= 1000
+    return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -59,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_ask)
+    p = sub.add_parser("pull", help="download a models.toml entry into the Hugging Face cache and verify it",
+                       description="Download NAME into the Hugging Face cache (HF_HUB_OFFLINE=1: the cache only) and "
+                                   "verify its files; prints where the model is.")
+    p.add_argument("name", metavar="NAME", help="a models.toml name (see: chatapp models)")
+    p.add_argument("--revision", help="a branch, tag or commit (default: the one models.toml names)")
+    p.add_argument("--force", action="store_true", help="download again even if cached (after a failed check)")
+    p.set_defaults(func=cmd_pull)
+    p = sub.add_parser("models", help="list the models in models.toml and which are on this machine")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_models)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,54 @@ def test_builtin_registry_has_the_default_and_real_hub_entries():
     hub = [s for s in reg.models.values() if s.source == "hf"]
     assert len(hub) >= 4
     for spec in hub:
-        assert spec.repo.count("/") == 1 and spec.file.endswith(".gguf") and spec.revision
+        assert spec.repo.count("/") == 1 and spec.family and spec.size
+        # a pinned commit (40 hex digits) or a branch name; never a made-up short hash
+        assert re.fullmatch(r"[0-9a-f]{40}", spec.revision) or spec.revision == "main", spec
+        if spec.format == "gguf":
+            assert spec.file.endswith(".gguf")
+        else:
+            assert spec.format == "safetensors" and spec.file is None and spec.backend != "gguf"
+
+
+def test_every_family_comes_as_gguf_and_as_a_safetensors_folder():
+    reg = load_registry([BUILTIN_REGISTRY])
+    formats = {}
+    for spec in reg.models.values():
+        formats.setdefault(spec.family, set()).add(spec.format)
+    for family in ("Llama 3.2", "Qwen2.5", "TinyLlama", "Mistral"):
+        assert formats[family] == {"gguf", "safetensors"}, family
+    assert not any(s.repo.startswith("meta-llama/") for s in reg.models.values() if s.repo)  # gated: mirrors instead
+    assert reg.get("qwen2.5-0.5b-hf").repo == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert reg.get("tinyllama-1.1b-hf").repo == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    assert reg.get("smollm2-135m").source == "package"
+
+
+def test_safetensors_entry_offline_says_how_to_pull_it(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read once, at import
+    reg = load_registry([BUILTIN_REGISTRY])
+    with pytest.raises(ModelNotFoundError, match=r"'qwen2.5-0.5b-hf'.*offline.*chatapp pull qwen2.5-0.5b-hf"):
+        resolve("qwen2.5-0.5b-hf", registry=reg)
+
+
+def test_sha256_pins_are_read_and_lowercased(tmp_path):
+    digest = "AB" * 32
+    path = write(
+        tmp_path,
+        f"""
+        default = "a"
+        [models.a]
+        source = "hf"
+        format = "safetensors"
+        repo = "x/y"
+        [models.a.sha256]
+        "model.safetensors" = "{digest}"
+        """,
+    )
+    assert load_registry([path]).get("a").sha256 == {"model.safetensors": digest.lower()}
 
 
 def test_default_resolves_to_the_bundled_file_without_importing_the_package():
@@ -84,6 +132,14 @@ def test_user_file_adds_and_overrides(tmp_path, default_gguf):
         ('default = "a"\n[models.a]\nsource = "path"\npath = "x"\nbackend = "vllm"', r"\[models\.a\]: 'backend'"),
         ('default = "b"\n[models.a]\nsource = "path"\npath = "x"', r"default model 'b'"),
         ('defualt = "a"', r"unknown top-level key.*defualt"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"', r"\[models\.a\]: source 'hf' needs 'file'.*safetensors"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"\nformat = "pt"', r"\[models\.a\]: 'format' must be one of gguf, safetensors"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"\nformat = "safetensors"\nfile = "m.safetensors"', r"remove 'file'"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"\nformat = "safetensors"\nbackend = "gguf"', r"llama\.cpp reads GGUF only"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"\nfile = "f.gguf"\nsha256 = "abc"', r"'sha256' must be a table"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"\nfile = "f.gguf"\nsha256 = {"f.gguf" = "abc"}', r"sha256 of 'f\.gguf' must be 64 hex"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"\nfile = "f.gguf"\nsha256 = {"g.gguf" = "' + "0" * 64 + '"}', r"pins only its own file"),
+        ('default = "a"\n[models.a]\nsource = "hf"\nrepo = "x/y"\nformat = "safetensors"\nsha256 = {"../x" = "' + "0" * 64 + '"}', r"must be a path inside"),
     ],
 )
 def test_malformed_registry_names_file_and_entry(tmp_path, text, match):
