@@ -9,19 +9,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from engine.errors import EngineError
-from engine.registry import Registry, local_file
+from engine.registry import Registry, find_local
 
 
 def availability(registry: Registry) -> dict[str, bool]:
-    found = {}
-    for name, spec in registry.models.items():
-        try:
-            local_file(spec, download=False)
-            found[name] = True
-        except EngineError:
-            found[name] = False
-    return found
+    """Which entries are on this machine: no network, no hashing (the picker opens instantly)."""
+    return {name: find_local(spec) is not None for name, spec in registry.models.items()}
 
 
 class ModelPickerScreen(ModalScreen[str | None]):
@@ -39,7 +32,8 @@ class ModelPickerScreen(ModalScreen[str | None]):
             for name, spec in self.registry.models.items():
                 mark = "●" if local[name] else "○"
                 current = "  (current)" if name == self.current else ""
-                options.append(Option(Content(f"{mark} {name}{current}  {spec.description}"), id=name))
+                size = f"  [{spec.size}]" if spec.size else ""
+                options.append(Option(Content(f"{mark} {name}{current}  {spec.description}{size}"), id=name))
             yield OptionList(*options)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
