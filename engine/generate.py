@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from .results import Event, GenerationResult, TextDelta
-from .tokenizer import BPETokenizer, StreamingDetokenizer
+from .tokenizer import StreamingDetokenizer, Tokenizer
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -26,7 +26,7 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 def stream_text(
     tokens: Iterator[int],
-    tokenizer: BPETokenizer,
+    tokenizer: Tokenizer,
     *,
     prompt_tokens: int,
     max_tokens: int,

@@ -1,7 +1,11 @@
-"""Byte-level BPE tokenizer for GGUF `gpt2` vocabularies, token-for-token equal to llama.cpp.
+"""GGUF tokenizers behind one small protocol, token-for-token equal to llama.cpp.
 
-The merge loop runs in Hugging Face `tokenizers` (Rust). Everything around it follows
-llama.cpp's `llama-vocab.cpp`, which is the reference we test against:
+`load_tokenizer(metadata)` picks the vocabulary type: byte-level BPE (`gpt2`, here) or
+SentencePiece (`llama`, in `engine.spm`). Both share the `Tokenizer` protocol, llama.cpp's
+special-token handling and end-of-generation rules (below), and `StreamingDetokenizer`.
+
+For byte-level BPE the merge loop runs in Hugging Face `tokenizers` (Rust). Everything around
+it follows llama.cpp's `llama-vocab.cpp`, which is the reference we test against:
 
 - pre-tokenization: the regex list llama.cpp uses for each `tokenizer.ggml.pre` value, applied
   one after another (each regex splits the pieces the previous one produced, keeping both the
@@ -24,7 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ModelFormatError
 
@@ -48,6 +52,32 @@ _QWEN2 = (
     _CONTRACTIONS
     + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+
+class Tokenizer(Protocol):
+    """What the engine needs of a tokenizer: GGUF BPE and SentencePiece vocabularies, and the
+    text side of Hugging Face checkpoints (`engine.hf_text`), all provide it."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    eos_ids: frozenset[int]  # every id that ends generation
+    add_bos: bool  # whether encode(add_special=True) starts with bos_id
+    add_eos: bool
+    # Whether decoding drops one leading space from the first token's text: SentencePiece
+    # vocabularies add that space in front of the text when encoding.
+    add_space_prefix: bool
+
+    def encode(self, text: str, *, add_special: bool = True,
+               parse_special: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str: ...
+
+    def token_bytes(self, id: int) -> bytes: ...
+
+    def is_special(self, id: int) -> bool: ...
+
+    def token_to_id(self, text: str) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -147,11 +177,12 @@ class BPETokenizer:
     eos_ids: frozenset[int]  # every end-of-generation id, as llama.cpp's llama_vocab_is_eog
     add_bos: bool
     add_eos: bool
+    add_space_prefix = False
     pre_tokenizer: str
 
     def __init__(self, *, tokens: list[str], attrs: list[int], merges: list[tuple[str, str]],
                  pre: str, bos_id: int | None, eos_id: int | None, eos_ids: frozenset[int],
-                 add_bos: bool, add_eos: bool) -> None:
+                 add_bos: bool, add_eos: bool, rstrip_ids: frozenset[int] = frozenset()) -> None:
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
         spec = PRE_TOKENIZERS[pre]
@@ -162,11 +193,8 @@ class BPETokenizer:
         self._attrs = attrs
         self._text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins, as llama.cpp
         self._pieces = [_piece(text, attr) for text, attr in zip(tokens, attrs)]
-        # llama.cpp's cache_special_tokens: longest text (in bytes) first.
-        specials = [i for i, a in enumerate(attrs) if a & (CONTROL | USER_DEFINED | UNKNOWN)]
-        specials.sort(key=lambda i: (-len(tokens[i].encode()), i))
-        self._specials_all = [(tokens[i], i) for i in specials]
-        self._specials_user = [(tokens[i], i) for i in specials if not attrs[i] & _SKIPPABLE]
+        self._specials_all, self._specials_user = _special_tokens(tokens, attrs)
+        self._rstrip_ids = rstrip_ids
 
         # A byte with no token of its own must still keep its neighbours from merging, as in
         # llama.cpp (which then drops it); Hugging Face's BPE would skip it before merging. So
@@ -198,22 +226,9 @@ class BPETokenizer:
                 f"unsupported BPE pre-tokenizer tokenizer.ggml.pre={pre!r}; supported: "
                 + ", ".join(sorted(PRE_TOKENIZERS)))
 
-        tokens = _string_list(metadata, "tokenizer.ggml.tokens")
-        if not tokens:
-            raise ModelFormatError("tokenizer.ggml.tokens is missing or empty")
+        tokens = _read_tokens(metadata)
         n = len(tokens)
-        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
-
-        types = metadata.get("tokenizer.ggml.token_type")
-        if types is None:
-            attrs = [NORMAL] * n
-        else:
-            if not isinstance(types, list) or len(types) < n or not all(
-                    isinstance(t, Integral) for t in types[:n]):
-                raise ModelFormatError(
-                    "tokenizer.ggml.token_type must be a list of integers, one per token")
-            attrs = [_TYPE_TO_ATTR.get(int(t), 0) for t in types[:n]]
-
+        attrs = _read_attrs(metadata, n)
         merges = _parse_merges(_string_list(metadata, "tokenizer.ggml.merges"), tokens)
 
         # gpt2 vocabularies in llama.cpp default BOS and EOS to 11 (Falcon's <|endoftext|>).
@@ -228,7 +243,8 @@ class BPETokenizer:
 
         eos_ids = _end_of_generation(metadata, tokens, attrs, eos_id, eot_id, eom_id)
         return cls(tokens=tokens, attrs=attrs, merges=merges, pre=pre, bos_id=bos_id,
-                   eos_id=eos_id, eos_ids=eos_ids, add_bos=add_bos, add_eos=add_eos)
+                   eos_id=eos_id, eos_ids=eos_ids, add_bos=add_bos, add_eos=add_eos,
+                   rstrip_ids=_rstrip_ids(metadata, tokens, attrs))
 
     # --- encoding ------------------------------------------------------------------------
 
@@ -243,7 +259,8 @@ class BPETokenizer:
         ids: list[int] = []
         if add_special and self.add_bos:
             ids.append(self.bos_id)
-        for fragment in self._split_special(text, parse_special):
+        specials = self._specials_all if parse_special else self._specials_user
+        for fragment in _partition_special(text, specials, self._rstrip_ids):
             if isinstance(fragment, int):
                 ids.append(fragment)
             else:
@@ -254,26 +271,6 @@ class BPETokenizer:
         if add_special and self.add_eos:
             ids.append(self.eos_id)
         return ids
-
-    def _split_special(self, text: str, parse_special: bool) -> list[str | int]:
-        """llama.cpp's tokenizer_st_partition: each special token, longest first, splits the
-        raw-text fragments left by the ones before it."""
-        fragments: list[str | int] = [text] if text else []
-        for special, token_id in (self._specials_all if parse_special else self._specials_user):
-            if special not in text:
-                continue
-            split: list[str | int] = []
-            for fragment in fragments:
-                if isinstance(fragment, int) or special not in fragment:
-                    split.append(fragment)
-                    continue
-                for k, part in enumerate(fragment.split(special)):
-                    if k:
-                        split.append(token_id)
-                    if part:
-                        split.append(part)
-            fragments = split
-        return fragments
 
     # --- decoding ------------------------------------------------------------------------
 
@@ -308,20 +305,30 @@ class BPETokenizer:
 
 
 class StreamingDetokenizer:
-    """Turns ids into text deltas one token at a time, holding back incomplete UTF-8."""
+    """Turns ids into text deltas one token at a time, holding back incomplete UTF-8.
 
-    def __init__(self, tokenizer: BPETokenizer, *, skip_special: bool = True) -> None:
+    The text is what `tokenizer.decode(ids, skip_special=...)` gives for all ids so far: where
+    the vocabulary adds a space in front of encoded text (`add_space_prefix`), the first
+    token's leading space is dropped, as llama.cpp's llama_detokenize does.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = True) -> None:
         self._tokenizer = tokenizer
         self._skip_special = skip_special
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip_space = bool(getattr(tokenizer, "add_space_prefix", False))
         self.text = ""
 
     def add(self, token_id: int) -> str:
         """The text completed by this token ("" while a character is still partial)."""
         tok = self._tokenizer
+        first, self._strip_space = self._strip_space, False
         if self._skip_special and tok.is_special(token_id):
             return ""
-        delta = self._decoder.decode(tok.token_bytes(token_id), final=False)
+        piece = tok.token_bytes(token_id)
+        if first and piece[:1] == b" ":
+            piece = piece[1:]
+        delta = self._decoder.decode(piece, final=False)
         self.text += delta
         return delta
 
@@ -333,15 +340,15 @@ class StreamingDetokenizer:
         return delta
 
 
-def load_tokenizer(metadata: dict[str, Any]) -> BPETokenizer:
+def load_tokenizer(metadata: dict[str, Any]) -> Tokenizer:
     """The tokenizer for a GGUF file's metadata, chosen by tokenizer.ggml.model."""
     model = metadata.get("tokenizer.ggml.model")
     if model == "gpt2":
         return BPETokenizer.from_gguf_metadata(metadata)
     if model == "llama":
-        raise ModelFormatError(
-            "SentencePiece tokenizers (tokenizer.ggml.model='llama') are not supported yet; "
-            "use a model with a 'gpt2' (byte-level BPE) tokenizer or the llama.cpp backend")
+        from .spm import SPMTokenizer
+
+        return SPMTokenizer.from_gguf_metadata(metadata)
     if model is None:
         raise ModelFormatError("the GGUF file has no tokenizer (tokenizer.ggml.model is missing)")
     raise ModelFormatError(f"unsupported tokenizer model tokenizer.ggml.model={model!r}")
@@ -367,6 +374,84 @@ def _piece(text: str, attr: int) -> bytes:
         except ValueError:
             return b""
     return b""  # unused or undefined: llama.cpp renders nothing
+
+
+def _read_tokens(metadata: dict[str, Any]) -> list[str]:
+    tokens = _string_list(metadata, "tokenizer.ggml.tokens")
+    if not tokens:
+        raise ModelFormatError("tokenizer.ggml.tokens is missing or empty")
+    return [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
+
+
+def _read_attrs(metadata: dict[str, Any], n: int) -> list[int]:
+    """llama.cpp's token attributes from tokenizer.ggml.token_type (all NORMAL without it)."""
+    types = metadata.get("tokenizer.ggml.token_type")
+    if types is None:
+        return [NORMAL] * n
+    if not isinstance(types, list) or len(types) < n or not all(
+            type(t) is int or isinstance(t, Integral) and not isinstance(t, bool)
+            for t in types[:n]):
+        raise ModelFormatError(
+            "tokenizer.ggml.token_type must be a list of integers, one per token")
+    return [_TYPE_TO_ATTR.get(int(t), 0) for t in types[:n]]
+
+
+Specials = list[tuple[str, int]]
+
+
+def _special_tokens(tokens: list[str], attrs: list[int]) -> tuple[Specials, Specials]:
+    """(text, id) of the tokens matched in raw text, longest text (in bytes) first as in
+    llama.cpp's cache_special_tokens: all of them (for parse_special), and the user-defined
+    ones alone (matched always)."""
+    specials = [i for i, a in enumerate(attrs) if a & (CONTROL | USER_DEFINED | UNKNOWN)]
+    specials.sort(key=lambda i: (-len(tokens[i].encode()), i))
+    return ([(tokens[i], i) for i in specials],
+            [(tokens[i], i) for i in specials if not attrs[i] & _SKIPPABLE])
+
+
+# What C's isspace() accepts: llama.cpp's RSTRIP strips these bytes after a special token.
+_C_SPACE = " \t\n\v\f\r"
+
+
+def _partition_special(text: str, specials: Specials,
+                       rstrip_ids: frozenset[int] = frozenset()) -> list[str | int]:
+    """llama.cpp's tokenizer_st_partition: each special token, longest first, splits the
+    raw-text fragments left by the ones before it; tokens in `rstrip_ids` also swallow the
+    whitespace that follows them."""
+    fragments: list[str | int] = [text] if text else []
+    for special, token_id in specials:
+        if special not in text:
+            continue
+        split: list[str | int] = []
+        for fragment in fragments:
+            if isinstance(fragment, int) or special not in fragment:
+                split.append(fragment)
+                continue
+            for k, part in enumerate(fragment.split(special)):
+                if k:
+                    split.append(token_id)
+                    if token_id in rstrip_ids:
+                        part = part.lstrip(_C_SPACE)
+                if part:
+                    split.append(part)
+        fragments = split
+    return fragments
+
+
+def _rstrip_ids(metadata: dict[str, Any], tokens: list[str],
+                attrs: list[int]) -> frozenset[int]:
+    """llama.cpp gives Phi-3 models (by general.name) RSTRIP special tokens: whitespace after
+    them is dropped before tokenizing."""
+    name = metadata.get("general.name")
+    if not isinstance(name, str) or not ("phi-3" in name.lower() or "phi3" in name.lower()):
+        return frozenset()
+    ids = {i for i, a in enumerate(attrs) if a & (CONTROL | USER_DEFINED | UNKNOWN)}
+    text_to_id = {text: i for i, text in enumerate(tokens)}
+    if "</s>" in text_to_id:
+        ids.add(text_to_id["</s>"])
+    ids.difference_update(text_to_id[t] for t in ("<unk>", "<s>", "<|endoftext|>")
+                          if t in text_to_id)
+    return frozenset(ids)
 
 
 def _string_list(metadata: dict[str, Any], key: str) -> list[str]:

@@ -360,9 +360,12 @@ def test_pretokenizers_really_differ(tiny):
 # --- unsupported inputs ---------------------------------------------------------------------
 
 
-def test_sentencepiece_is_not_supported_yet(default_metadata):
-    with pytest.raises(ModelFormatError, match="not supported yet"):
-        load_tokenizer({**default_metadata, "tokenizer.ggml.model": "llama"})
+def test_sentencepiece_vocabularies_get_the_spm_tokenizer(default_metadata):
+    # The default model's byte-level vocabulary read as SentencePiece: it loads (scores default
+    # to 0) as SPMTokenizer; tests/test_spm.py checks real SentencePiece vocabularies' ids.
+    from engine.spm import SPMTokenizer
+
+    assert isinstance(load_tokenizer({**default_metadata, "tokenizer.ggml.model": "llama"}), SPMTokenizer)
 
 
 def test_unknown_tokenizer_model_is_rejected(default_metadata):

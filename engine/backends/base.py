@@ -14,7 +14,7 @@ from ..generate import stream_text
 from ..results import Event, GenerationResult
 from ..sampling import SamplingParams
 from ..template import ChatTemplate
-from ..tokenizer import BPETokenizer, load_tokenizer
+from ..tokenizer import Tokenizer, load_tokenizer
 
 _DEFAULTS = SamplingParams()
 
@@ -25,7 +25,7 @@ class Model(ABC):
     backend: str
     name: str
     path: Path
-    tokenizer: BPETokenizer
+    tokenizer: Tokenizer
     template: ChatTemplate
     context_length: int
 
@@ -96,8 +96,23 @@ class Model(ABC):
         return self.template.render(messages, add_generation_prompt=True, tools=tools)
 
     def encode_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> list[int]:
-        """The token ids of the rendered chat prompt (what chat() would prefill)."""
-        return self.tokenizer.encode(self.render_chat(messages, tools=tools), add_special=True, parse_special=True)
+        """The token ids of the rendered chat prompt (what chat() would prefill).
+
+        Templates that write `{{ bos_token }}` themselves (Llama 2, Llama 3, Mistral) would get a
+        second BOS from a vocabulary that adds one, so the rendered BOS text is dropped first, as
+        llama.cpp's common/chat.cpp does (and a trailing EOS text where the vocabulary adds EOS).
+        """
+        text = self.render_chat(messages, tools=tools)
+        tok = self.tokenizer
+        if tok.add_bos and tok.bos_id is not None:
+            bos = tok.token_bytes(tok.bos_id).decode("utf-8", "replace")
+            if bos and text.startswith(bos):
+                text = text[len(bos):]
+        if tok.add_eos and tok.eos_id is not None:
+            eos = tok.token_bytes(tok.eos_id).decode("utf-8", "replace")
+            if eos and text.endswith(eos):
+                text = text[: -len(eos)]
+        return tok.encode(text, add_special=True, parse_special=True)
 
     def count_prompt_tokens(self, messages: list[dict], *, tools: list[dict] | None = None) -> int:
         return len(self.encode_chat(messages, tools=tools))

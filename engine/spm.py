@@ -1,0 +1,286 @@
+"""SentencePiece tokenizer for GGUF `llama` vocabularies, token-for-token equal to llama.cpp.
+
+This is llama.cpp's `llm_tokenizer_spm` (src/llama-vocab.cpp), which is what we test against:
+
+- special tokens split the text first, exactly as for BPE vocabularies (`engine.tokenizer`);
+- each remaining fragment gets a leading space when `add_space_prefix` is set and it starts the
+  text or follows a special token, then every " " becomes "▁";
+- the fragment is split into characters, and the adjacent pair whose concatenation is the
+  highest-scoring token is merged (the leftmost pair on ties) until no pair forms a token;
+- a final symbol that is not a token becomes one `<0xXX>` byte token per UTF-8 byte.
+
+The vocabulary's normalizer is not applied (llama.cpp does not either), and BOS/EOS are added
+where the metadata asks (BOS by default, as llama.cpp does for `llama` vocabularies).
+
+Speed: merges only ever join two symbols whose concatenation is a token, so the text can be cut
+in front of a "▁" wherever the character before it is followed by "▁" in no token at all (in
+most vocabularies, wherever a word ends); the pieces (words, mostly) are merged independently,
+and each distinct one is merged once and remembered. This gives the same ids as merging the
+whole fragment at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from numbers import Real
+from typing import Any
+
+from .errors import ModelFormatError
+from .tokenizer import (
+    _SKIPPABLE,
+    BYTE,
+    CONTROL,
+    NORMAL,
+    UNKNOWN,
+    USER_DEFINED,
+    _end_of_generation,
+    _flag,
+    _partition_special,
+    _read_attrs,
+    _read_tokens,
+    _rstrip_ids,
+    _special_id,
+    _special_tokens,
+)
+
+SPACE = "▁"  # U+2581, SentencePiece's visible space
+_MEMO_ENTRIES = 50_000  # merged pieces remembered (words, mostly) before the memo starts over
+_MEMO_CHARS = 64  # longer pieces are merged every time
+
+
+class SPMTokenizer:
+    """A GGUF `llama` (SentencePiece) vocabulary. Build it with `from_gguf_metadata`."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    unk_id: int | None
+    eos_ids: frozenset[int]  # every end-of-generation id, as llama.cpp's llama_vocab_is_eog
+    add_bos: bool
+    add_eos: bool
+    add_space_prefix: bool
+
+    def __init__(self, *, tokens: list[str], scores: list[float], attrs: list[int],
+                 bos_id: int | None, eos_id: int | None, unk_id: int | None,
+                 eos_ids: frozenset[int], add_bos: bool, add_eos: bool,
+                 add_space_prefix: bool, rstrip_ids: frozenset[int] = frozenset()) -> None:
+        self.vocab_size = len(tokens)
+        self.bos_id, self.eos_id, self.unk_id, self.eos_ids = bos_id, eos_id, unk_id, eos_ids
+        self.add_bos, self.add_eos, self.add_space_prefix = add_bos, add_eos, add_space_prefix
+        self._attrs = attrs
+        self._scores = scores
+        self._text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins
+        self._pieces = [_piece(text, attr) for text, attr in zip(tokens, attrs)]
+        self._specials_all, self._specials_user = _special_tokens(tokens, attrs)
+        self._rstrip_ids = rstrip_ids
+        # The characters some token has right before a "▁": the only ones a merge can join to
+        # the "▁" that follows them. Any token counts, whatever its type, as in llama.cpp.
+        self._before_space = set()
+        for text in tokens:
+            k = text.find(SPACE, 1)
+            while k > 0:
+                self._before_space.add(text[k - 1])
+                k = text.find(SPACE, k + 1)
+        self._byte_ids = [self._byte_token(b) for b in range(256)]
+        self._memo: dict[str, tuple[int, ...]] = {}
+
+    def _byte_token(self, b: int) -> int | None:
+        """llama.cpp's byte_to_token: "<0xAB>", else the byte itself as a one-character token."""
+        found = self._text_to_id.get(f"<0x{b:02X}>")
+        if found is None and b < 0x80:
+            found = self._text_to_id.get(chr(b))
+        return found
+
+    # --- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: dict[str, Any]) -> SPMTokenizer:
+        """Build from GGUF metadata (key -> value, arrays as lists), validating what it reads."""
+        model = metadata.get("tokenizer.ggml.model")
+        if model != "llama":
+            raise ModelFormatError(
+                f"tokenizer.ggml.model is {model!r}; SPMTokenizer reads only 'llama' vocabularies")
+        tokens = _read_tokens(metadata)
+        n = len(tokens)
+        attrs = _read_attrs(metadata, n)
+        scores = metadata.get("tokenizer.ggml.scores")
+        if scores is None:
+            scores = [0.0] * n
+        elif not isinstance(scores, list) or len(scores) < n or not all(
+                type(s) is float or isinstance(s, Real) and not isinstance(s, bool)
+                for s in scores[:n]):
+            raise ModelFormatError("tokenizer.ggml.scores must be a list of numbers, one per token")
+        scores = [float(s) for s in scores[:n]]
+
+        # llama.cpp's defaults for SentencePiece vocabularies: <unk>=0, <s>=1, </s>=2, BOS added.
+        bos_id = _special_id(metadata, "tokenizer.ggml.bos_token_id", 1, n)
+        eos_id = _special_id(metadata, "tokenizer.ggml.eos_token_id", 2, n)
+        unk_id = _special_id(metadata, "tokenizer.ggml.unknown_token_id", 0, n)
+        eot_id = _special_id(metadata, "tokenizer.ggml.eot_token_id", None, n)
+        eom_id = _special_id(metadata, "tokenizer.ggml.eom_token_id", None, n)
+        add_bos = _flag(metadata, "tokenizer.ggml.add_bos_token", True)
+        add_eos = _flag(metadata, "tokenizer.ggml.add_eos_token", False)
+        add_space_prefix = _flag(metadata, "tokenizer.ggml.add_space_prefix", True)
+        if add_bos and bos_id is None or add_eos and eos_id is None:
+            raise ModelFormatError("the GGUF asks to add a BOS/EOS token but does not name one")
+
+        eos_ids = _end_of_generation(metadata, tokens, attrs, eos_id, eot_id, eom_id)
+        return cls(tokens=tokens, scores=scores, attrs=attrs, bos_id=bos_id, eos_id=eos_id,
+                   unk_id=unk_id, eos_ids=eos_ids, add_bos=add_bos, add_eos=add_eos,
+                   add_space_prefix=add_space_prefix,
+                   rstrip_ids=_rstrip_ids(metadata, tokens, attrs))
+
+    # --- encoding ------------------------------------------------------------------------
+
+    def encode(self, text: str, *, add_special: bool = True,
+               parse_special: bool = False) -> list[int]:
+        """Token ids of `text`, as llama.cpp's llama_tokenize(add_special, parse_special).
+
+        add_special adds BOS/EOS only where the vocabulary asks for them (`add_bos`/`add_eos`).
+        parse_special turns control-token texts such as "<s>" into their single ids;
+        user-defined tokens are matched either way.
+        """
+        ids: list[int] = []
+        if add_special and self.add_bos:
+            ids.append(self.bos_id)
+        specials = self._specials_all if parse_special else self._specials_user
+        after_special = True  # the text's start counts as following a special token
+        for fragment in _partition_special(text, specials, self._rstrip_ids):
+            if isinstance(fragment, int):
+                ids.append(fragment)
+                after_special = True
+                continue
+            if self.add_space_prefix and after_special:
+                fragment = " " + fragment
+            self._encode_fragment(fragment.replace(" ", SPACE), ids)
+            after_special = False
+        if add_special and self.add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def _encode_fragment(self, text: str, ids: list[int]) -> None:
+        memo, before_space = self._memo, self._before_space
+        start, cut = 0, text.find(SPACE, 1)
+        while start < len(text):
+            if cut > 0 and text[cut - 1] in before_space:  # no cut: a token may span it
+                cut = text.find(SPACE, cut + 1)
+                continue
+            end = cut if cut > 0 else len(text)
+            piece = text[start:end]
+            start, cut = end, text.find(SPACE, end + 1)
+            piece_ids = memo.get(piece)
+            if piece_ids is None:
+                piece_ids = self._merge(piece)
+                if len(piece) <= _MEMO_CHARS:
+                    if len(memo) >= _MEMO_ENTRIES:
+                        memo.clear()
+                    memo[piece] = piece_ids
+            ids.extend(piece_ids)
+
+    def _merge(self, text: str) -> tuple[int, ...]:
+        """llm_tokenizer_spm_session::tokenize on one piece: symbol i starts at character i
+        and spans `length[i]` characters (0 once merged into its left neighbour)."""
+        n = len(text)
+        to_id, scores = self._text_to_id, self._scores
+        length = [1] * n
+        prev = list(range(-1, n - 1))
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        # Bigrams as (-score, left, right, size in characters): the heap's smallest is llama.cpp's
+        # best, the highest score and then the leftmost.
+        heap = []
+        for i in range(n - 1):
+            token = to_id.get(text[i:i + 2])
+            if token is not None:
+                heap.append((-scores[token], i, i + 1, 2))
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            # Skip a bigram one of whose symbols has changed since it was queued.
+            if length[left] == 0 or length[right] == 0 or length[left] + length[right] != size:
+                continue
+            length[left] = size
+            length[right] = 0
+            after = nxt[left] = nxt[right]
+            if after >= 0:
+                prev[after] = left
+            before = prev[left]
+            if before >= 0:
+                token = to_id.get(text[before:left + size])
+                if token is not None:
+                    heapq.heappush(heap, (-scores[token], before, left, left + size - before))
+            if after >= 0:
+                token = to_id.get(text[left:after + length[after]])
+                if token is not None:
+                    heapq.heappush(heap, (-scores[token], left, after, size + length[after]))
+
+        # llama.cpp's resegment: a merged symbol is always a token; a single character that is
+        # not one becomes byte tokens (its reverse-merge table only matters for invalid UTF-8,
+        # which a Python str cannot hold).
+        out: list[int] = []
+        i = 0
+        while i >= 0:
+            symbol = text[i:i + length[i]]
+            token = to_id.get(symbol)
+            if token is not None:
+                out.append(token)
+            else:
+                out.extend(self._byte_fallback(symbol))
+            i = nxt[i]
+        return tuple(out)
+
+    def _byte_fallback(self, char: str) -> list[int]:
+        byte_ids = [self._byte_ids[b] for b in char.encode("utf-8", "surrogatepass")]
+        if None not in byte_ids:
+            return byte_ids
+        # llama.cpp aborts here (the vocabulary has no token for one of the bytes); like
+        # SentencePiece without byte fallback we emit one unknown token for the character.
+        return [] if self.unk_id is None else [self.unk_id]
+
+    # --- decoding ------------------------------------------------------------------------
+
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes llama.cpp's token_to_piece(special=True) gives for one token: "▁" as a
+        space, `<0xAB>` tokens as their byte, control, unknown and user-defined tokens as
+        their text, unused and undefined tokens as nothing."""
+        if not 0 <= id < self.vocab_size:
+            raise ValueError(f"token id {id} is outside the vocabulary (size {self.vocab_size})")
+        return self._pieces[id]
+
+    def is_special(self, id: int) -> bool:
+        """True for control and unknown tokens: the ones decode(skip_special=True) drops."""
+        return 0 <= id < self.vocab_size and bool(self._attrs[id] & _SKIPPABLE)
+
+    def token_to_id(self, text: str) -> int | None:
+        """The id of the token whose text is exactly `text` (e.g. "</s>"), if any."""
+        return self._text_to_id.get(text)
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
+        """Text of `ids` as llama.cpp's llama_detokenize(remove_special=False,
+        unparse_special=not skip_special): with `add_space_prefix`, the first token loses one
+        leading space. Invalid UTF-8 becomes U+FFFD."""
+        pieces, attrs, n = self._pieces, self._attrs, self.vocab_size
+        for i in ids:
+            if not 0 <= i < n:
+                raise ValueError(f"token id {i} is outside the vocabulary (size {n})")
+        out = [b"" if skip_special and attrs[i] & _SKIPPABLE else pieces[i] for i in ids]
+        if out and self.add_space_prefix and out[0][:1] == b" ":
+            out[0] = out[0][1:]
+        return b"".join(out).decode("utf-8", errors="replace")
+
+
+def _piece(text: str, attr: int) -> bytes:
+    """One token's bytes, following llama.cpp's token_to_piece for SPM vocabularies."""
+    if attr & (CONTROL | UNKNOWN | USER_DEFINED):
+        return text.encode("utf-8")
+    if attr & NORMAL:
+        return text.replace(SPACE, " ").encode("utf-8")
+    if attr & BYTE:  # "<0xAB>"; like C's strtol, read the hex digits that are there
+        digits = ""
+        for c in text[3:5]:
+            if c not in "0123456789abcdefABCDEF":
+                break
+            digits += c
+        return bytes([int(digits, 16) if digits else 0])
+    return b""  # unused or undefined: llama.cpp renders nothing
