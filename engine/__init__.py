@@ -58,7 +58,8 @@ def load(
     verbose: bool = False,
     threads: int | None = None,
 ) -> Model:
-    """Load a models.toml name (None: the default model) or a path to a .gguf file.
+    """Load a models.toml name (None: the default model), a path to a .gguf file, a Hugging Face
+    checkpoint folder (config.json + safetensors) or a folder written by `quant`.
 
     backend: "native" (our PyTorch engine), "gguf" (llama.cpp fast path) or "auto": the
     models.toml entry's choice if it names one, else native on a GPU (CUDA/MPS) and the GGUF
@@ -92,16 +93,25 @@ def load(
 
 
 def _load_folder(path, *, name, backend, device, dtype, context_length) -> Model:
-    """A checkpoint folder: handed to the loader that its marker file names (entry points in
-    the group "engine.checkpoint_loaders"; `quant` registers its quantized format there)."""
+    """A checkpoint folder. A Hugging Face checkpoint (config.json) runs on the native backend;
+    a folder with a marker file goes to the loader it names (entry points in the group
+    "engine.checkpoint_loaders"; `quant` registers its quantized format there)."""
     from importlib.metadata import entry_points
 
     from .errors import ModelFormatError
 
     marker = path / "quantization.json"
+    if not marker.is_file() and (path / "config.json").is_file():
+        if backend == "gguf":
+            raise ValueError(f"{path} is a Hugging Face checkpoint, which the native backend runs; use "
+                             "backend='native' or 'auto' (llama.cpp needs it converted to GGUF first)")
+        from .backends.native import NativeModel
+
+        return NativeModel.from_hf_folder(path, name=name, device=device, dtype=dtype, context_length=context_length)
     if not marker.is_file():
-        raise ModelFormatError(f"{path}: not a model folder this engine can read (no quantization.json); "
-                               "give a .gguf file or a folder written by `quant`")
+        raise ModelFormatError(f"{path}: not a model folder this engine can read (no config.json or "
+                               "quantization.json); give a .gguf file, a Hugging Face checkpoint folder "
+                               "or a folder written by `quant`")
     if backend == "gguf":
         raise ValueError(f"{path} is a quantized checkpoint for the native backend; use backend='native' or 'auto' "
                          "(or write a GGUF file with `quant ... --format gguf`)")

@@ -14,6 +14,13 @@ class KVCache:
     Storage: (n_layers, batch, n_kv_heads, max_seq_len, head_dim) for keys and for values.
     `offset` is the number of positions already filled; the model advances it after each
     forward pass, and `trim` moves it back to reuse a shared prefix.
+
+    Sliding-window models (`ModelArgs.sliding_window`) keep every position here too: the window
+    is applied when reading, where `Attention` drops keys older than the window and the model's
+    mask hides the rest. A rolling buffer of `window` positions would save memory on contexts
+    longer than the window, but it could not be trimmed back past the window (the overwritten
+    keys are gone, so a regenerated or edited chat turn would have to be prefilled from the
+    start), and Qwen2 mixes windowed and full layers in one model.
     """
 
     def __init__(

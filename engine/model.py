@@ -1,8 +1,12 @@
 """A LLaMA-style decoder in one file: RMSNorm, RoPE, grouped-query attention, SwiGLU.
 
 Weights use Hugging Face's rotary layout (each head's dimensions split into two halves that
-rotate together). GGUF files store Q/K rows permuted for llama.cpp's adjacent-pair rotation;
-`engine.loader` undoes that permutation at load.
+rotate together). GGUF files of arch 'llama' store Q/K rows permuted for llama.cpp's
+adjacent-pair rotation; `engine.loader` undoes that permutation at load.
+
+Family switches come from `ModelArgs`, not from subclasses: a bias on the fused Q/K/V
+projection (Qwen2), a sliding attention window per layer (Mistral, Qwen2), and the RoPE
+scaling kinds of `engine.config.RopeScaling`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import KVCache
-from .config import ModelArgs
+from .config import ModelArgs, RopeScaling
 
 
 class RMSNorm(nn.Module):
@@ -29,9 +33,17 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).to(x.dtype)
 
 
+def _plain_frequencies(base: float, rope_dim: int) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim))  # (rope_dim // 2,)
+
+
 def rope_frequencies(args: ModelArgs, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
-    """Inverse frequencies, shape (rope_dim // 2,), float32, with any scaling applied."""
-    inv_freq = 1.0 / (args.rope_base ** (torch.arange(0, args.rope_dim, 2, dtype=torch.float64) / args.rope_dim))
+    """Inverse frequencies, shape (rope_dim // 2,), float32, with any scaling applied.
+
+    For "dynamic" scaling these are the frequencies within the original context; beyond it
+    `dynamic_ntk_frequencies` gives them per forward pass.
+    """
+    inv_freq = _plain_frequencies(args.rope_base, args.rope_dim)
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.to(torch.float64)
     scaling = args.rope_scaling
@@ -48,14 +60,50 @@ def rope_frequencies(args: ModelArgs, freq_factors: torch.Tensor | None = None) 
         inv_freq = torch.where(
             wavelen > low_wavelen, inv_freq / scaling.factor, torch.where(wavelen < high_wavelen, inv_freq, blended)
         )
+    elif scaling is not None and scaling.kind == "yarn":
+        inv_freq = _yarn_frequencies(inv_freq, args.rope_base, args.rope_dim, scaling)
     return inv_freq.float()
 
 
-def rope_tables(inv_freq: torch.Tensor, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables of shape (max_seq_len, rope_dim), halves repeated for rotate_half."""
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (S, rope_dim/2)
+def _yarn_frequencies(inv_freq: torch.Tensor, base: float, rope_dim: int, scaling: RopeScaling) -> torch.Tensor:
+    # Dimension index (fractional) whose wavelength makes `rotations` turns in the original context.
+    def dim_for(rotations: float) -> float:
+        return rope_dim * math.log(scaling.original_context / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dim_for(scaling.beta_fast), dim_for(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rope_dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: avoid dividing by zero
+    # 0 below `low` (fast-rotating dims keep their frequency), 1 above `high` (interpolated).
+    ramp = ((torch.arange(rope_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    return inv_freq / scaling.factor * ramp + inv_freq * (1 - ramp)
+
+
+def dynamic_ntk_frequencies(args: ModelArgs, end: int) -> torch.Tensor:
+    """Dynamic NTK inverse frequencies for a forward pass ending at position `end` (exclusive).
+
+    As transformers: within the original context the plain frequencies; beyond it the base
+    grows with `end`. Shape (rope_dim // 2,), float32.
+    """
+    scaling = args.rope_scaling
+    seq_len = max(end, scaling.original_context)
+    d = args.rope_dim
+    base = args.rope_base * ((scaling.factor * seq_len / scaling.original_context) - (scaling.factor - 1)) ** (d / (d - 2))
+    return _plain_frequencies(base, d).float()
+
+
+def rope_tables(
+    inv_freq: torch.Tensor, end: int, *, start: int = 0, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for positions start..end-1, shape (end - start, rope_dim), halves repeated for
+    rotate_half, both multiplied by `scale` (YaRN's attention factor; 1 otherwise)."""
+    angles = torch.outer(torch.arange(start, end, dtype=torch.float32), inv_freq)  # (S, rope_dim/2)
     angles = torch.cat((angles, angles), dim=-1)  # (S, rope_dim)
-    return angles.cos(), angles.sin()
+    if scale == 1.0:
+        return angles.cos(), angles.sin()
+    return angles.cos() * scale, angles.sin() * scale
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -68,13 +116,34 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
 
+def attention_mask(start: int, T: int, window: int | None, device: torch.device) -> torch.Tensor | None:
+    """Which keys each of T queries (absolute positions start .. start + T - 1) may see.
+
+    Returns None where SDPA needs no mask: one query (decode sees every key it is given), or a
+    causal pass from position 0 (`is_causal`). Otherwise a bool (T, S) mask over the S keys
+    `Attention` keeps: all `start + T` of them without a window; with a window, only the last
+    `window + T - 1` (older ones are outside every query's window), and query p sees key j
+    when p - window < j <= p, as transformers' sliding-window mask.
+    """
+    end = start + T
+    if T == 1:
+        return None
+    if window is None or window >= end:
+        return None if start == 0 else torch.ones(T, end, dtype=torch.bool, device=device).tril(diagonal=start)
+    first = max(0, end - (window + T - 1))
+    q = torch.arange(start, end, device=device)[:, None]  # (T, 1)
+    k = torch.arange(first, end, device=device)  # (S,)
+    return (k <= q) & (k > q - window)  # (T, S)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer: int) -> None:
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.window = args.layer_window(layer)  # None: attends to the whole context
         # One fused projection for Q, K and V: one matmul per layer instead of three.
-        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=False)
+        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
     def forward(
@@ -94,10 +163,15 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
         if cache is not None:
             k, v = cache.update_and_fetch(self.layer, k, v)  # (B, n_kv_heads, S, head_dim)
+        if self.window is not None:
+            # Keys before the first query's window are outside every query's window: keep the
+            # last window + T - 1, (B, n_kv_heads, <= window + T - 1, head_dim), as `mask` expects.
+            keep = self.window + T - 1
+            k, v = k[:, :, -keep:], v[:, :, -keep:]
         if T == 1:
             # Decode: fold each KV head's query heads into the query-length axis, (B, n_kv_heads,
-            # group, head_dim). The one new token sees every cached key, so no mask is needed,
-            # and CPU kernels run this shape ~5x faster in bfloat16 than enable_gqa.
+            # group, head_dim). The one new token sees every key it is given, so no mask is
+            # needed, and CPU kernels run this shape ~5x faster in bfloat16 than enable_gqa.
             group = self.n_heads // self.n_kv_heads
             y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, group, self.head_dim), k, v)
             y = y.reshape(B, self.n_heads, 1, self.head_dim)
@@ -143,12 +217,22 @@ class Transformer(nn.Module):
         self.output = None if args.tied_output else nn.Linear(args.dim, args.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_frequencies(args, freq_factors), persistent=False)
         self._rope_len = 0
+        scaling = args.rope_scaling
+        self._rope_scale = scaling.attention_factor if scaling is not None and scaling.kind == "yarn" else 1.0
+        # Past this position a forward pass computes its own frequencies (dynamic NTK).
+        self._dynamic_from = scaling.original_context if scaling is not None and scaling.kind == "dynamic" else None
+        self._windows = sorted({args.layer_window(i) for i in range(args.n_layers)} - {None})
 
     def _rope(self, start: int, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._dynamic_from is not None and end > self._dynamic_from:
+            inv_freq = dynamic_ntk_frequencies(self.args, end)
+            cos, sin = rope_tables(inv_freq, end, start=start)
+            device = self.inv_freq.device
+            return cos.to(device, dtype)[:, None], sin.to(device, dtype)[:, None]  # (T, 1, rope_dim)
         # Tables grow on demand (doubling), so a short chat never pays for the full context.
         if end > self._rope_len:
             self._rope_len = min(max(end, 2 * self._rope_len, 256), max(end, self.args.context_length))
-            cos, sin = rope_tables(self.inv_freq.float().cpu(), self._rope_len)
+            cos, sin = rope_tables(self.inv_freq.float().cpu(), self._rope_len, scale=self._rope_scale)
             device = self.inv_freq.device
             self._cos, self._sin = cos.to(device), sin.to(device)
             self._cos_cast = self._sin_cast = None
@@ -165,12 +249,11 @@ class Transformer(nn.Module):
         start = cache.reserve(T) if cache is not None else 0
         x = self.tok_embeddings(tokens)  # (B, T, dim)
         cos, sin = self._rope(start, start + T, x.dtype)
-        mask = None
-        if start > 0 and T > 1:
-            # Query i (absolute position start + i) sees keys 0 .. start + i.
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        mask = attention_mask(start, T, None, x.device)
+        window_masks = {w: attention_mask(start, T, w, x.device) for w in self._windows}  # empty without windows
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache)
+            window = layer.attention.window
+            x = layer(x, cos, sin, mask if window is None else window_masks[window], cache)
         if cache is not None:
             cache.advance(T)
         if last_only:

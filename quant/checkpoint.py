@@ -176,7 +176,8 @@ def _read_args(path: Path) -> ModelArgs:
         if raw.pop("architecture", None) != "llama":
             raise ValueError("architecture is not 'llama'")
         scaling = raw.pop("rope_scaling", None)
-        return ModelArgs(**raw, rope_scaling=RopeScaling(**scaling) if scaling else None)
+        full_layers = tuple(raw.pop("full_attention_layers", ()))  # a JSON list
+        return ModelArgs(**raw, rope_scaling=RopeScaling(**scaling) if scaling else None, full_attention_layers=full_layers)
     except ModelFormatError:
         raise
     except (OSError, ValueError, TypeError, AttributeError) as e:
@@ -239,16 +240,17 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
             if not isinstance(old, torch.nn.Linear):
                 raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} is not a linear layer of this model")
             out, inp = old.out_features, old.in_features
+            bias = None if old.bias is None else take(f"{module_name}.bias", torch.float32, (out,))  # Qwen2's wqkv
             if entry.get("scheme") == "int8":
                 new = Int8Linear(take(f"{module_name}.weight_q", torch.int8, (out, inp)),
-                                 take(f"{module_name}.scale", torch.float32, (out,)))
+                                 take(f"{module_name}.scale", torch.float32, (out,)), bias)
             elif entry.get("scheme") == "int4":
                 g = entry.get("group_size")
                 if not isinstance(g, int) or g <= 0 or inp % g:
                     raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} has group size {g!r}, which does not divide {inp}")
                 new = Int4Linear(take(f"{module_name}.weight_packed", torch.uint8, (out, inp // 2)),
                                  take(f"{module_name}.scale", torch.float16, (out, inp // g)),
-                                 take(f"{module_name}.minimum", torch.float16, (out, inp // g)))
+                                 take(f"{module_name}.minimum", torch.float16, (out, inp // g)), bias)
             else:
                 raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} has unknown scheme {entry.get('scheme')!r}")
             setattr(parent, attr, new)

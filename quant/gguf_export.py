@@ -173,6 +173,9 @@ def _plan_tensors(model: Transformer, layer_type: str) -> list[_Planned]:
         # The loader refuses partial RoPE too; the row permutation would have to skip the
         # unrotated dimensions of each head.
         raise ValueError(f"partial RoPE ({args.rope_dim} of {args.head_dim} dims) cannot be exported")
+    if args.qkv_bias or args.sliding_window is not None:
+        # The export writes arch 'llama', which llama.cpp runs without biases or a window.
+        raise ValueError("Q/K/V biases (Qwen2) and sliding-window attention (Mistral) cannot be exported to a 'llama' GGUF")
     q_size, kv_size = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     plan = [_Planned("token_embd.weight", model.tok_embeddings.weight, EMBEDDING_TYPE)]
     freq_factors = _rope_freq_factors(model)

@@ -24,33 +24,12 @@ from safetensors.numpy import save as safetensors_bytes
 from chatapp.cli import main
 from engine.errors import ModelFormatError, ModelNotFoundError
 from engine.registry import SAFETENSORS_FILES, resolve
+from hub_cache import add_to_cache
 from tiny_models import write_tiny_llama
 
 GGUF_REPO, GGUF_FILE = "test-org/Tiny-GGUF", "tiny-f32.gguf"
 ST_REPO, ST_COMMIT = "test-org/Tiny", "0123456789abcdef0123456789abcdef01234567"
 GGUF_COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
-LFS_SUFFIXES = (".gguf", ".safetensors")  # what the Hub's default .gitattributes stores in LFS
-
-
-def blob_id(name: str, data: bytes) -> str:
-    if name.endswith(LFS_SUFFIXES):
-        return hashlib.sha256(data).hexdigest()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's object id
-
-
-def add_to_cache(cache: Path, repo: str, commit: str, files: dict[str, bytes], ref: str = "main") -> Path:
-    """models--ORG--NAME/{blobs/<id>, snapshots/<commit>/<file> -> ../../blobs/<id>, refs/<ref>}."""
-    repo_dir = cache / f"models--{repo.replace('/', '--')}"
-    for name, data in files.items():
-        blob = repo_dir / "blobs" / blob_id(name, data)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo_dir / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
-    return repo_dir / "snapshots" / commit
 
 
 def checkpoint_files() -> dict[str, bytes]:

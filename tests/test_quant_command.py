@@ -193,7 +193,7 @@ def test_tampered_folders_are_refused_by_name(tiny_gguf, tmp_path):
     renamed = good.rename(tmp_path / "model-int8")
     assert isinstance(engine.load(renamed).model.layers[0].attention.wo, Int4Linear)
     (renamed / QUANTIZATION).unlink()
-    with pytest.raises(ModelFormatError, match="no quantization.json"):
+    with pytest.raises(ModelFormatError, match="no config.json or quantization.json"):
         engine.load(renamed)
 
 

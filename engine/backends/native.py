@@ -74,6 +74,35 @@ class NativeModel(Model):
         self._finish_load(True, context_length)
         return self
 
+    @classmethod
+    def from_hf_folder(
+        cls,
+        folder: Path,
+        *,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        context_length: int | None = None,
+        pack_weights: bool = True,
+    ) -> NativeModel:
+        """A Hugging Face checkpoint folder: config.json, safetensors weights (engine/formats/hf.py)
+        and its tokenizer files (engine/hf_text.py)."""
+        from ..formats.hf import load_hf_weights, read_hf_config
+        from ..hf_text import load_hf_text_side
+
+        self = cls.__new__(cls)
+        self.path = Path(folder)
+        self.name = name or self.path.name
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.args, self.hf_config = read_hf_config(self.path)
+        self.metadata = {}  # no GGUF metadata: the text side comes from the tokenizer files
+        side = load_hf_text_side(self.path)  # before the weights: a bad tokenizer fails fast
+        self.tokenizer, self.template = side.tokenizer, side.template
+        self.model = load_hf_weights(self.path, self.args, dtype=self.dtype, device=self.device)
+        self._finish_load(pack_weights, context_length)
+        return self
+
     def new_cache(self, max_seq_len: int) -> KVCache:
         return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
 

@@ -1,0 +1,188 @@
+"""Tiny random Llama, Mistral and Qwen2 models built with transformers, saved as Hugging Face
+safetensors folders, and converted to F32 GGUF the way llama.cpp's convert_hf_to_gguf.py does."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from tiny_models import vocabulary
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+VOCAB = len(vocabulary()[0])  # the tiny GGUF vocabulary, so llama.cpp can load the converted files
+
+
+@dataclass(frozen=True)
+class HFTiny:
+    family: str  # "llama" | "mistral" | "qwen2"
+    tied: bool = False
+    rope: dict[str, Any] | None = None  # rope_scaling, transformers 4.x style
+    rope_theta: float = 10000.0
+    max_positions: int = 256
+    n_layers: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)  # more config keys (sliding window, ...)
+    seed: int = 0
+
+    def config(self):
+        import transformers
+
+        cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}
+        kwargs = dict(
+            hidden_size=64, intermediate_size=96, num_hidden_layers=self.n_layers, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=self.max_positions, rms_norm_eps=1e-5,
+            tie_word_embeddings=self.tied, rope_theta=self.rope_theta, **self.extra,
+        )
+        if self.rope is not None:
+            kwargs["rope_scaling"] = dict(self.rope)
+        if self.family == "mistral":
+            kwargs.setdefault("sliding_window", None)
+        config = cls[self.family](**kwargs)
+        config.architectures = [ARCHITECTURES[self.family]]
+        return config
+
+
+def build_hf_model(spec: HFTiny):
+    """A float32 transformers model with random weights large enough to make attention matter."""
+    import transformers
+
+    cls = {"llama": transformers.LlamaForCausalLM, "mistral": transformers.MistralForCausalLM,
+           "qwen2": transformers.Qwen2ForCausalLM}[spec.family]
+    model = cls._from_config(spec.config(), attn_implementation="eager", dtype=torch.float32)
+    g = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * noise)
+            elif "embed_tokens" in name or "lm_head" in name:
+                p.copy_(0.5 * noise)
+            elif name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.copy_(0.3 * noise)
+            elif name.endswith(".bias"):
+                p.copy_(0.5 * noise)
+            else:
+                p.copy_(0.08 * noise)
+    return model.eval()
+
+
+def save_hf_model(model, folder: Path, *, max_shard_size: str | None = None) -> Path:
+    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(folder, **kwargs)
+    return folder
+
+
+def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute: each head's halves to adjacent pairs."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(config: dict[str, Any], head_dim: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's `rope_freqs.weight` for rope_type llama3."""
+    rope = config["rope_parameters"]
+    base, factor = rope["rope_theta"], rope["factor"]
+    low, high, old = rope["low_freq_factor"], rope["high_freq_factor"], rope["original_max_position_embeddings"]
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    factors = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def write_gguf_from_hf(model, path: Path) -> Path:
+    """An F32 GGUF of a Llama or Qwen2 transformers model, as llama.cpp's converter writes it:
+    arch 'llama' with Q/K rows permuted, arch 'qwen2' unpermuted with Q/K/V biases, llama3
+    RoPE scaling as the `rope_freqs.weight` tensor, linear and yarn as metadata."""
+    config = model.config.to_dict()
+    family = config["model_type"]
+    arch = "qwen2" if family == "qwen2" else "llama"
+    n_heads, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config["hidden_size"] // n_heads
+    rope = config.get("rope_parameters") or {}
+    tokens, types, merges = vocabulary()
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-random-{family}")
+    w.add_context_length(config["max_position_embeddings"])
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_rope_freq_base(rope["rope_theta"])
+    w.add_rope_dimension_count(head_dim)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    kind = rope.get("rope_type", "default")
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    elif kind not in ("default", "llama3"):
+        raise ValueError(f"llama.cpp's converter has no GGUF form for rope_type {kind!r}")
+    w.add_vocab_size(config["vocab_size"])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index("<|endoftext|>"))
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    w.add_add_bos_token(False)
+
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+
+    def add(name: str, value: np.ndarray) -> None:
+        w.add_tensor(name, np.ascontiguousarray(value, dtype=np.float32))
+
+    add("token_embd.weight", state["model.embed_tokens.weight"])
+    add("output_norm.weight", state["model.norm.weight"])
+    if not config["tie_word_embeddings"]:
+        add("output.weight", state["lm_head.weight"])
+    if kind == "llama3":
+        add("rope_freqs.weight", llama3_rope_factors(config, head_dim))
+    for i in range(config["num_hidden_layers"]):
+        h, b = f"model.layers.{i}.", f"blk.{i}."
+        for ours, theirs, heads in (("attn_q", "q_proj", n_heads), ("attn_k", "k_proj", n_kv), ("attn_v", "v_proj", None)):
+            for part in ("weight", "bias"):
+                value = state.get(f"{h}self_attn.{theirs}.{part}")
+                if value is None:
+                    continue
+                if arch == "llama" and heads is not None:
+                    value = llama_cpp_permute(value, heads)
+                add(f"{b}{ours}.{part}", value)
+        add(b + "attn_output.weight", state[h + "self_attn.o_proj.weight"])
+        add(b + "attn_norm.weight", state[h + "input_layernorm.weight"])
+        add(b + "ffn_norm.weight", state[h + "post_attention_layernorm.weight"])
+        add(b + "ffn_gate.weight", state[h + "mlp.gate_proj.weight"])
+        add(b + "ffn_up.weight", state[h + "mlp.up_proj.weight"])
+        add(b + "ffn_down.weight", state[h + "mlp.down_proj.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_raw_safetensors(path: Path, header: dict[str, Any], data: bytes) -> Path:
+    """A safetensors file with exactly this header and data section, valid or not."""
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path

@@ -1,0 +1,128 @@
+"""A Hugging Face checkpoint folder end to end: `engine.load(FOLDER)` and a models.toml name that
+resolves to one, against `transformers` on the same folder.
+
+The folder is what `save_pretrained` writes for a tiny random model (tests/hf_models.py) plus
+the tokenizer files a Hub repo carries: `tokenizer.json` (byte-level BPE over the tiny GGUF
+vocabulary), `tokenizer_config.json` with a ChatML template and `generation_config.json` with
+two end-of-generation ids. Tolerance: logits within 1e-4 (max abs) of transformers in float32;
+greedy continuations identical, token for token, with the same finish reason.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+from engine.backends.native import NativeModel
+from engine.hf_text import HFTokenizer
+from hf_models import HFTiny, build_hf_model, save_hf_model
+from hub_cache import add_to_cache, folder_files
+from tiny_models import SPECIALS, vocabulary
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the weather in a town"}]
+
+
+def write_tokenizer_files(folder: Path) -> Path:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tokens, _, merges = vocabulary()
+    ids = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=ids, merges=[tuple(m.split(" ")) for m in merges]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML,
+        "bos_token": None, "eos_token": "<|im_end|>", "model_max_length": 256,
+    }))
+    generation = json.loads((folder / "generation_config.json").read_text())
+    generation.update(eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], bos_token_id=ids["<|endoftext|>"])
+    (folder / "generation_config.json").write_text(json.dumps(generation))
+    return folder
+
+
+@pytest.fixture(scope="module", params=[HFTiny("qwen2", tied=True, seed=5), HFTiny("llama", seed=6)],
+                ids=["qwen2-tied", "llama"])
+def checkpoint(request, tmp_path_factory):
+    reference = build_hf_model(request.param)
+    folder = save_hf_model(reference, tmp_path_factory.mktemp(request.param.family))
+    return reference, write_tokenizer_files(folder)
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    return engine.load(checkpoint[1], device="cpu", dtype="float32")
+
+
+def test_load_picks_the_native_backend_and_the_folder_tokenizer(checkpoint, loaded):
+    assert isinstance(loaded, NativeModel) and isinstance(loaded.tokenizer, HFTokenizer)
+    assert loaded.context_length == 256 and loaded.name == checkpoint[1].name
+    assert loaded.tokenizer.eos_ids == {loaded.tokenizer.token_to_id("<|im_end|>"),
+                                        loaded.tokenizer.token_to_id("<|endoftext|>")}
+    with pytest.raises(ValueError, match="Hugging Face checkpoint"):
+        engine.load(checkpoint[1], backend="gguf")
+
+
+def test_chat_prompt_and_logits_match_transformers(checkpoint, loaded):
+    from transformers import AutoTokenizer
+
+    reference, folder = checkpoint
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    expected = hf_tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = loaded.encode_chat(MESSAGES)
+    assert ids == list(expected)
+    with torch.no_grad():
+        want = reference(torch.tensor([ids])).logits[0]
+    assert (loaded.logits(ids) - want).abs().max() < 1e-4
+
+
+def test_greedy_chat_matches_transformers_generate(checkpoint, loaded):
+    reference, _ = checkpoint
+    ids = loaded.encode_chat(MESSAGES)
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, num_beams=1)[0, len(ids):]
+    new = out.tolist()
+    eos = loaded.tokenizer.eos_ids
+    stopped = bool(new) and new[-1] in eos
+    result = list(loaded.chat(MESSAGES, max_tokens=24, temperature=0))[-1]
+    assert result.completion_tokens == len(new)
+    assert result.finish_reason == ("stop" if stopped else "length")
+    assert result.text == loaded.tokenizer.decode(new[:-1] if stopped else new, skip_special=True)
+
+
+def test_a_models_toml_entry_resolves_to_the_cached_folder(checkpoint, tmp_path, monkeypatch):
+    """A `format = "safetensors"` Hub entry, offline, from a cache laid out as huggingface_hub's."""
+    from huggingface_hub import constants
+
+    _, folder = checkpoint
+    cache = tmp_path / "hub"
+    commit = "00112233445566778899aabbccddeeff00112233"
+    add_to_cache(cache, "test-org/Tiny-HF", commit, folder_files(folder))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    registry = tmp_path / "models.toml"
+    registry.write_text(textwrap.dedent(f"""
+        [models.tiny-hf]
+        source = "hf"
+        format = "safetensors"
+        repo = "test-org/Tiny-HF"
+        revision = "{commit}"
+    """))
+    monkeypatch.setenv("CHATAPP_MODELS_TOML", str(registry))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    model = engine.load("tiny-hf", device="cpu", dtype="float32")
+    assert model.name == "tiny-hf" and model.path.parts[-2:] == ("snapshots", commit)
+    ids = model.encode_chat(MESSAGES)
+    assert torch.equal(model.logits(ids), engine.load(folder, device="cpu", dtype="float32").logits(ids))
