@@ -48,6 +48,13 @@ _GGUF_NORMAL, _GGUF_UNKNOWN, _GGUF_CONTROL, _GGUF_USER_DEFINED, _GGUF_UNUSED, _G
     1, 2, 3, 4, 5, 6)
 
 
+# Every file the text side may read: what a copy of a checkpoint's text side must carry.
+TEXT_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "generation_config.json", "config.json", "chat_template.jinja", "chat_template.json",
+)
+
+
 @dataclass(frozen=True)
 class HFTextSide:
     """What `Model._load_text_side` sets up from GGUF metadata, for a Hugging Face folder."""

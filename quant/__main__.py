@@ -1,6 +1,6 @@
 """`quant MODEL --scheme int8|int4 --out DIR` (also `python -m quant`): write a quantized checkpoint.
 
-MODEL is anything `engine.load` takes: a models.toml name or a .gguf file. The output folder
+MODEL is a models.toml name, a .gguf file or a Hugging Face checkpoint folder. The output folder
 loads with `engine.load(DIR)` (native backend); `--format gguf` adds a Q8_0/Q4_0 GGUF file in
 it for the llama.cpp fast path; `--eval FILE` prints size, perplexity, KL, top-1 and speed.
 """
@@ -16,7 +16,7 @@ GGUF_KIND = {"int8": "q8_0", "int4": "q4_0"}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quant", description="Quantize a model's weights to INT8 or INT4 for the native engine.")
-    p.add_argument("model", help="a models.toml name or a path to a .gguf file")
+    p.add_argument("model", help="a models.toml name, a .gguf file or a Hugging Face checkpoint folder")
     p.add_argument("--scheme", required=True, help="int8 (per output channel) or int4 (grouped, scale and zero-point per group)")
     p.add_argument("--group-size", type=int, default=None, help="INT4 group size: 32, 64 or 128 (default 32)")
     p.add_argument("--out", required=True, type=Path, help="the folder to write (must not exist, unless --force)")
@@ -69,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from engine.backends.native import NativeModel
     from engine.errors import ModelFormatError
     from engine.registry import resolve
 
@@ -79,12 +78,22 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec, source = resolve(args.model)
-    if source.is_dir():
-        raise ModelFormatError(f"{source} is a folder; quant reads a .gguf model (a quantized folder cannot be quantized again)")
+    hf_folder = source.is_dir()
+    if hf_folder and not (source / "config.json").is_file():
+        raise ModelFormatError(f"{source} is not a Hugging Face checkpoint folder (no config.json)"
+                               + ("; it is already quantized" if (source / "quantization.json").is_file() else ""))
+    if hf_folder and args.format == "gguf":
+        raise ValueError("--format gguf needs a .gguf source (it keeps the source's GGUF vocabulary); convert "
+                         "the folder with llama.cpp's convert_hf_to_gguf.py first")
     group_size = args.group_size or 32
-    print(f"quant: reading {source.name} ({source.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
-    model = NativeModel(source, name=spec.name if spec else None, device="cpu", dtype="float32", pack_weights=False)
-    source_info = {"name": model.name, "file": source.name, "bytes": source.stat().st_size, "sha256": sha256_of(source)}
+    print(f"quant: reading {source.name} ({source_bytes(source) / 1e6:.1f} MB)", file=sys.stderr)
+    model = open_source(source, name=spec.name if spec else None, dtype="float32", pack_weights=False)
+    if hf_folder:
+        files = sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+        source_info = {"name": model.name, "folder": source.name, "bytes": source_bytes(source),
+                       "sha256": {p.name: sha256_of(p) for p in files}}
+    else:
+        source_info = {"name": model.name, "file": source.name, "bytes": source.stat().st_size, "sha256": sha256_of(source)}
 
     extra = {}
     if args.format == "gguf":
@@ -104,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         report = quantize_model(model.model, args.scheme, group_size, hessians=hessians, progress=_ticker(bar))
     try:
         save_checkpoint(args.out, model.model, model.metadata, report, source_info, force=args.force,
-                        calibration=calibration, extra_files=extra)
+                        calibration=calibration, extra_files=extra, text_folder=source if hf_folder else None)
     finally:
         for tmp in extra.values():
             tmp.unlink(missing_ok=True)
@@ -115,6 +124,22 @@ def run(args: argparse.Namespace) -> int:
         del model
         run_eval(args, source, spec)
     return 0
+
+
+def open_source(source: Path, *, name: str | None = None, dtype: str, pack_weights: bool = True):
+    """The unquantized model on CPU, from a .gguf file or a Hugging Face checkpoint folder."""
+    from engine.backends.native import NativeModel
+
+    if source.is_dir():
+        return NativeModel.from_hf_folder(source, name=name, device="cpu", dtype=dtype, pack_weights=pack_weights)
+    return NativeModel(source, name=name, device="cpu", dtype=dtype, pack_weights=pack_weights)
+
+
+def source_bytes(source: Path) -> int:
+    """A .gguf file's size, or a checkpoint folder's weights (its *.safetensors files)."""
+    if source.is_dir():
+        return sum(p.stat().st_size for p in source.glob("*.safetensors"))
+    return source.stat().st_size
 
 
 def _ticker(bar):
@@ -156,19 +181,18 @@ def calibrate(args: argparse.Namespace, model, group_size: int) -> tuple[dict, d
 
 def run_eval(args: argparse.Namespace, source: Path, spec) -> None:
     import engine
-    from engine.backends.native import NativeModel
 
     from .checkpoint import folder_bytes
     from .evaluate import evaluate, format_table, scored_tokens
 
-    reference = NativeModel(source, device="cpu", dtype="float32")
+    reference = open_source(source, dtype="float32")
     ids = reference.tokenizer.encode(args.eval.read_text(encoding="utf-8", errors="replace"))
     if len(ids) < 32:
         raise ValueError(f"--eval: {args.eval} holds only {len(ids)} tokens; give a longer text")
-    size = source.stat().st_size
+    kind = "safetensors" if source.is_dir() else source.suffix[1:]
     models = [
-        (f"source ({source.suffix[1:]}) in float32", reference, size),
-        ("source in bfloat16", NativeModel(source, device="cpu", dtype="bfloat16"), None),
+        (f"source ({kind}) in float32", reference, source_bytes(source)),
+        ("source in bfloat16", open_source(source, dtype="bfloat16"), None),
         (f"{args.out.name} ({args.scheme})", engine.load(args.out, backend="native", device="cpu"), folder_bytes(args.out)),
     ]
     print(f"quant: evaluating on {len(ids)} tokens of {args.eval.name}", file=sys.stderr)

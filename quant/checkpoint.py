@@ -7,8 +7,11 @@ A folder `quant` writes holds:
   (float16 [out, groups], as in GGML's Q4_1); the token table as `tok_embeddings.weight_q/scale`; RMSNorm scales in
   float32; the RoPE inverse frequencies as `rope.inv_freq`. A tied head is stored once.
 - `model_args.json`: the `engine.config.ModelArgs` fields.
-- `tokenizer_metadata.json`: the source's tokenizer vocabulary, merges, special ids and chat
-  template, as GGUF metadata keys (the engine's tokenizer and template read exactly these).
+- the text side, in the source's own form: from a GGUF source, `tokenizer_metadata.json` (the
+  vocabulary, merges, special ids and chat template, as GGUF metadata keys: the engine's
+  tokenizer and template read exactly these); from a Hugging Face folder, copies of its
+  tokenizer files (`engine.hf_text.TEXT_FILES`: tokenizer.json or tokenizer.model,
+  tokenizer_config.json, generation_config.json, ...), read by `engine.hf_text`.
 - `quantization.json`: what was done, tensor by tensor: scheme, group size and rounding of each
   quantized tensor, which stayed float and why, the source file and its sha256, the tool and
   torch versions. The loader trusts this file, never the folder or file names, for the scheme.
@@ -91,13 +94,18 @@ def save_checkpoint(
     force: bool = False,
     calibration: dict | None = None,
     extra_files: dict[str, Path] | None = None,
+    text_folder: Path | None = None,
 ) -> Path:
     """Write the folder into a temporary sibling, then rename it into place.
 
     An interrupted run leaves at most a hidden `.<name>.tmp-*` folder that holds no
     `quantization.json` until the very end, so nothing that looks like a model. With `force`,
-    an existing folder is swapped out only after the new one is complete.
+    an existing folder is swapped out only after the new one is complete. `text_folder`: a
+    Hugging Face source folder whose tokenizer files are copied (else `metadata`'s tokenizer
+    keys are written).
     """
+    from engine.hf_text import TEXT_FILES
+
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -107,8 +115,13 @@ def save_checkpoint(
     try:
         save_file(_state_for_saving(model, report["tied_output"]), str(tmp / WEIGHTS), metadata={"format": FORMAT})
         _write_json(tmp / ARGS, {"architecture": "llama", **asdict(args)})
-        tokenizer = {k: v for k, v in metadata.items() if k.startswith(TOKENIZER_KEY_PREFIXES)}
-        _write_json(tmp / TOKENIZER, tokenizer)
+        if text_folder is not None:
+            text_files = [name for name in TEXT_FILES if (Path(text_folder) / name).is_file()]
+            for name in text_files:
+                shutil.copyfile(Path(text_folder) / name, tmp / name)
+        else:
+            text_files = [TOKENIZER]
+            _write_json(tmp / TOKENIZER, {k: v for k, v in metadata.items() if k.startswith(TOKENIZER_KEY_PREFIXES)})
         for name, file in (extra_files or {}).items():  # e.g. the GGUF export, moved in whole
             os.replace(file, tmp / name)
         _write_json(tmp / QUANTIZATION, {
@@ -120,7 +133,8 @@ def save_checkpoint(
             "quantized": report["quantized"],
             "kept_float": report["kept_float"],
             "calibration": calibration,
-            "files": sorted([WEIGHTS, ARGS, TOKENIZER, *(extra_files or {})]),
+            "files": sorted([WEIGHTS, ARGS, *text_files, *(extra_files or {})]),
+            "text_side": "gguf metadata" if text_folder is None else "hugging face tokenizer files",
             "source": source,
             "tool": {"name": "quant", "version": tool_version()},
             "torch": torch.__version__,
@@ -198,12 +212,16 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     path = Path(path)
     info = read_quantization(path)
     args = _read_args(path)
-    try:
-        metadata = json.loads((path / TOKENIZER).read_text(encoding="utf-8"))
-        if not isinstance(metadata, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ModelFormatError(f"{path / TOKENIZER}: cannot read it ({type(e).__name__}: {e})") from None
+    metadata, text_folder = None, None
+    if info.get("text_side") == "hugging face tokenizer files":
+        text_folder = path
+    else:
+        try:
+            metadata = json.loads((path / TOKENIZER).read_text(encoding="utf-8"))
+            if not isinstance(metadata, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ModelFormatError(f"{path / TOKENIZER}: cannot read it ({type(e).__name__}: {e})") from None
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     try:
@@ -271,4 +289,4 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
         raise ModelFormatError(f"{path}: no weights for {meta[:3]}")
     model = model.eval().requires_grad_(False)
     return NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
-                                        context_length=context_length)
+                                        context_length=context_length, text_folder=text_folder)

@@ -126,3 +126,36 @@ def test_a_models_toml_entry_resolves_to_the_cached_folder(checkpoint, tmp_path,
     assert model.name == "tiny-hf" and model.path.parts[-2:] == ("snapshots", commit)
     ids = model.encode_chat(MESSAGES)
     assert torch.equal(model.logits(ids), engine.load(folder, device="cpu", dtype="float32").logits(ids))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quant_writes_a_folder_from_a_hugging_face_checkpoint(checkpoint, loaded, tmp_path, scheme):
+    """`quant FOLDER`: the tokenizer files travel with the weights, and the result chats like the
+    source quantized in memory (logits within 1e-5)."""
+    from quant.__main__ import main as quant_main
+    from quant.checkpoint import QUANTIZATION
+    from quant.linear import quantize_model
+
+    _, folder = checkpoint
+    out = tmp_path / "q"
+    assert quant_main([str(folder), "--scheme", scheme, "--out", str(out)]) == 0
+    info = json.loads((out / QUANTIZATION).read_text())
+    assert info["text_side"] == "hugging face tokenizer files"
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(info["files"])
+    assert set(info["source"]["sha256"]) >= {"config.json", "model.safetensors"}
+
+    quantized = engine.load(out, device="cpu", dtype="float32")
+    ids = quantized.encode_chat(MESSAGES)
+    assert ids == loaded.encode_chat(MESSAGES) and quantized.tokenizer.eos_ids == loaded.tokenizer.eos_ids
+    in_memory = NativeModel.from_hf_folder(folder, device="cpu", dtype="float32", pack_weights=False)
+    quantize_model(in_memory.model, scheme)
+    assert (quantized.logits(ids) - in_memory.logits(ids)).abs().max() < 1e-5
+    assert list(quantized.chat(MESSAGES, max_tokens=4, temperature=0))[-1].completion_tokens >= 1
+
+
+def test_quant_refuses_gguf_export_from_a_folder(checkpoint, tmp_path, capsys):
+    from quant.__main__ import main as quant_main
+
+    assert quant_main([str(checkpoint[1]), "--scheme", "int8", "--format", "gguf", "--out", str(tmp_path / "q")]) == 1
+    assert "--format gguf needs a .gguf source" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -55,21 +55,29 @@ class NativeModel(Model):
     def from_transformer(
         cls,
         model: Transformer,
-        metadata: dict,
+        metadata: dict | None,
         *,
         path: Path,
         name: str | None = None,
         device: torch.device,
         dtype: torch.dtype,
         context_length: int | None = None,
+        text_folder: Path | None = None,
     ) -> NativeModel:
         """Wrap a Transformer built elsewhere (a quantized checkpoint's loader) with its tokenizer
-        and chat template, taken from GGUF-style `metadata`; packs any float linears on CPU."""
+        and chat template: from GGUF-style `metadata`, or from the Hugging Face tokenizer files in
+        `text_folder`. Packs any float linears on CPU."""
         self = cls.__new__(cls)
         self.path, self.name = Path(path), name or Path(path).name
         self.device, self.dtype = device, dtype
-        self.metadata, self.args = metadata, model.args
-        self._load_text_side(metadata)
+        self.metadata, self.args = metadata or {}, model.args
+        if text_folder is not None:
+            from ..hf_text import load_hf_text_side
+
+            side = load_hf_text_side(text_folder)
+            self.tokenizer, self.template = side.tokenizer, side.template
+        else:
+            self._load_text_side(self.metadata)
         self.model = model
         self._finish_load(True, context_length)
         return self
