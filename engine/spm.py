@@ -27,7 +27,7 @@ from numbers import Real
 from typing import Any
 
 from .errors import ModelFormatError
-from .tokenizer import (
+from .vocab import (
     _SKIPPABLE,
     BYTE,
     CONTROL,

@@ -2,7 +2,8 @@
 
 `load_tokenizer(metadata)` picks the vocabulary type: byte-level BPE (`gpt2`, here) or
 SentencePiece (`llama`, in `engine.spm`). Both share the `Tokenizer` protocol, llama.cpp's
-special-token handling and end-of-generation rules (below), and `StreamingDetokenizer`.
+special-token handling and end-of-generation rules (`engine.vocab`), and
+`StreamingDetokenizer`.
 
 For byte-level BPE the merge loop runs in Hugging Face `tokenizers` (Rust). Everything around
 it follows llama.cpp's `llama-vocab.cpp`, which is the reference we test against:
@@ -27,17 +28,29 @@ import codecs
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any, Protocol
 
 from .errors import ModelFormatError
+from .vocab import (
+    _SKIPPABLE,
+    BYTE,
+    CONTROL,
+    NORMAL,
+    UNKNOWN,
+    USER_DEFINED,
+    _end_of_generation,
+    _flag,
+    _partition_special,
+    _read_attrs,
+    _read_tokens,
+    _rstrip_ids,
+    _special_id,
+    _special_tokens,
+    _string_list,
+    bytes_to_unicode,
+)
 
 log = logging.getLogger(__name__)
-
-# GGUF token types (tokenizer.ggml.token_type) and llama.cpp's matching attribute bits.
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 4, 8, 16, 32
-_TYPE_TO_ATTR = {1: NORMAL, 2: UNKNOWN, 3: CONTROL, 4: USER_DEFINED, 5: UNUSED, 6: BYTE}
-_SKIPPABLE = UNKNOWN | CONTROL  # what decode(skip_special=True) drops; llama.cpp's special=False
 
 # --- pre-tokenizer regexes, verbatim from llama.cpp's llm_tokenizer_bpe ---------------------
 
@@ -113,51 +126,6 @@ PRE_TOKENIZERS: dict[str, _PreTokenizer] = {
     **_names(_QWEN2_PRE, "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2",
              "hunyuan", "solar-open"),
 }
-
-# --- llama.cpp's text-based special-token rules ---------------------------------------------
-
-_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-              "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>",
-              "<end_of_utterance>")
-_EOM_TEXTS = ("<|eom_id|>",)
-# FIM token kinds llama.cpp detects by text when the metadata does not name them:
-# metadata key -> (candidate texts, whether the token ends generation).
-_FIM_KINDS = {
-    "tokenizer.ggml.fim_pre_token_id": (
-        ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
-         "<|code_prefix|>", "<|prefix|>"), False),
-    "tokenizer.ggml.fim_suf_token_id": (
-        ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
-         "<|code_suffix|>", "<|suffix|>"), False),
-    "tokenizer.ggml.fim_mid_token_id": (
-        ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
-         "<|code_middle|>", "<|middle|>"), False),
-    "tokenizer.ggml.fim_pad_token_id": (
-        ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"), True),
-    "tokenizer.ggml.fim_rep_token_id": (
-        ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"), True),
-    "tokenizer.ggml.fim_sep_token_id": (("<|file_sep|>",), True),
-}
-_EOG_TEXTS = frozenset(_EOT_TEXTS + _EOM_TEXTS + (
-    "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "</s>", "[EOS]", "<eos>", "<turn|>",
-    "<|tool_response>", "[e~[",
-))
-_ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable characters."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
 
 # Placeholder text for a byte the vocabulary has no token for; no GGUF token looks like it.
 _MISSING_BYTE = "\x00missing-byte\x00"
@@ -376,93 +344,6 @@ def _piece(text: str, attr: int) -> bytes:
     return b""  # unused or undefined: llama.cpp renders nothing
 
 
-def _read_tokens(metadata: dict[str, Any]) -> list[str]:
-    tokens = _string_list(metadata, "tokenizer.ggml.tokens")
-    if not tokens:
-        raise ModelFormatError("tokenizer.ggml.tokens is missing or empty")
-    return [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
-
-
-def _read_attrs(metadata: dict[str, Any], n: int) -> list[int]:
-    """llama.cpp's token attributes from tokenizer.ggml.token_type (all NORMAL without it)."""
-    types = metadata.get("tokenizer.ggml.token_type")
-    if types is None:
-        return [NORMAL] * n
-    if not isinstance(types, list) or len(types) < n or not all(
-            type(t) is int or isinstance(t, Integral) and not isinstance(t, bool)
-            for t in types[:n]):
-        raise ModelFormatError(
-            "tokenizer.ggml.token_type must be a list of integers, one per token")
-    return [_TYPE_TO_ATTR.get(int(t), 0) for t in types[:n]]
-
-
-Specials = list[tuple[str, int]]
-
-
-def _special_tokens(tokens: list[str], attrs: list[int]) -> tuple[Specials, Specials]:
-    """(text, id) of the tokens matched in raw text, longest text (in bytes) first as in
-    llama.cpp's cache_special_tokens: all of them (for parse_special), and the user-defined
-    ones alone (matched always)."""
-    specials = [i for i, a in enumerate(attrs) if a & (CONTROL | USER_DEFINED | UNKNOWN)]
-    specials.sort(key=lambda i: (-len(tokens[i].encode()), i))
-    return ([(tokens[i], i) for i in specials],
-            [(tokens[i], i) for i in specials if not attrs[i] & _SKIPPABLE])
-
-
-# What C's isspace() accepts: llama.cpp's RSTRIP strips these bytes after a special token.
-_C_SPACE = " \t\n\v\f\r"
-
-
-def _partition_special(text: str, specials: Specials,
-                       rstrip_ids: frozenset[int] = frozenset()) -> list[str | int]:
-    """llama.cpp's tokenizer_st_partition: each special token, longest first, splits the
-    raw-text fragments left by the ones before it; tokens in `rstrip_ids` also swallow the
-    whitespace that follows them."""
-    fragments: list[str | int] = [text] if text else []
-    for special, token_id in specials:
-        if special not in text:
-            continue
-        split: list[str | int] = []
-        for fragment in fragments:
-            if isinstance(fragment, int) or special not in fragment:
-                split.append(fragment)
-                continue
-            for k, part in enumerate(fragment.split(special)):
-                if k:
-                    split.append(token_id)
-                    if token_id in rstrip_ids:
-                        part = part.lstrip(_C_SPACE)
-                if part:
-                    split.append(part)
-        fragments = split
-    return fragments
-
-
-def _rstrip_ids(metadata: dict[str, Any], tokens: list[str],
-                attrs: list[int]) -> frozenset[int]:
-    """llama.cpp gives Phi-3 models (by general.name) RSTRIP special tokens: whitespace after
-    them is dropped before tokenizing."""
-    name = metadata.get("general.name")
-    if not isinstance(name, str) or not ("phi-3" in name.lower() or "phi3" in name.lower()):
-        return frozenset()
-    ids = {i for i, a in enumerate(attrs) if a & (CONTROL | USER_DEFINED | UNKNOWN)}
-    text_to_id = {text: i for i, text in enumerate(tokens)}
-    if "</s>" in text_to_id:
-        ids.add(text_to_id["</s>"])
-    ids.difference_update(text_to_id[t] for t in ("<unk>", "<s>", "<|endoftext|>")
-                          if t in text_to_id)
-    return frozenset(ids)
-
-
-def _string_list(metadata: dict[str, Any], key: str) -> list[str]:
-    value = metadata.get(key)
-    if value is None:
-        raise ModelFormatError(f"the GGUF tokenizer lacks {key}")
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ModelFormatError(f"{key} must be a list of strings")
-    return value
-
-
 def _parse_merges(raw: list[str], tokens: list[str]) -> list[tuple[str, str]]:
     """"a b" strings -> pairs, split at the first space after the first character (as
     llama.cpp). A pair whose parts or result are not tokens cannot yield a token and is
@@ -483,72 +364,3 @@ def _parse_merges(raw: list[str], tokens: list[str]) -> list[tuple[str, str]]:
         log.warning("ignored %d unusable or repeated entries of tokenizer.ggml.merges",
                     len(raw) - len(merges))
     return merges
-
-
-def _special_id(metadata: dict[str, Any], key: str, default: int | None, n: int) -> int | None:
-    if default is not None and default >= n:
-        default = None
-    value = metadata.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ModelFormatError(f"{key} must be an integer token id, not {value!r}")
-    value = int(value)
-    if not 0 <= value < n:
-        log.warning("%s = %d is outside the vocabulary (%d tokens); using %s",
-                    key, value, n, default)
-        return default
-    return value
-
-
-def _flag(metadata: dict[str, Any], key: str, default: bool) -> bool:
-    value = metadata.get(key, default)
-    if not isinstance(value, bool):
-        raise ModelFormatError(f"{key} must be a boolean, not {value!r}")
-    return value
-
-
-def _end_of_generation(metadata: dict[str, Any], tokens: list[str], attrs: list[int],
-                       eos_id: int | None, eot_id: int | None,
-                       eom_id: int | None) -> frozenset[int]:
-    """llama.cpp's special_eog_ids. Like llama.cpp, marks the tokens it detects by text as
-    control tokens (in `attrs`). Where several texts could be one kind of token (EOT, FIM pad,
-    ...), llama.cpp takes whichever its hash map yields first; we take the lowest id."""
-    text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins, as llama.cpp
-
-    def detect(texts: Sequence[str]) -> int | None:
-        found = [text_to_id[t] for t in texts if t in text_to_id]
-        if not found:
-            return None
-        attrs[min(found)] |= CONTROL
-        return min(found)
-
-    eog: set[int] = set()
-    if eot_id is None:
-        eot_id = detect(_EOT_TEXTS)
-    if eom_id is None:
-        eom_id = detect(_EOM_TEXTS)
-    for key, (texts, ends_generation) in _FIM_KINDS.items():
-        fim_id = _special_id(metadata, key, None, len(tokens))
-        if fim_id is None:
-            fim_id = detect(texts)
-        if fim_id is not None and ends_generation:
-            eog.add(fim_id)
-    for text in _EOG_TEXTS:
-        if text in text_to_id:
-            eog.add(text_to_id[text])
-            attrs[text_to_id[text]] |= CONTROL
-    for text in _ALWAYS_RENDERED:
-        if text in text_to_id:
-            attrs[text_to_id[text]] = USER_DEFINED
-    eog.update(i for i in (eos_id, eot_id, eom_id) if i is not None)
-
-    texts = {tokens[i]: i for i in eog}
-    if "<|end|>" in texts and (("<|return|>" in texts and "<|call|>" in texts)
-                               or ("<|calls|>" in texts and "<|flush|>" in texts)):
-        eog.discard(texts["<|end|>"])  # o200k_harmony / solar-open: <|end|> ends a message only
-        attrs[texts["<|end|>"]] = USER_DEFINED
-    if "</s>" in texts and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
-        eog.discard(texts["</s>"])  # gemma4 / plamo: </s> is an ordinary token
-        attrs[texts["</s>"]] = NORMAL
-    return frozenset(eog)
