@@ -1,53 +1,34 @@
 """models.toml -> ModelSpec -> local files (bundled package, Hugging Face cache, or a path).
 
-A Hub entry is either one GGUF file (`file = ...`) or a safetensors checkpoint folder
-(`format = "safetensors"`, no `file`): the folder is the cached snapshot, fetched with
-`allow_patterns` so that only configs, tokenizers and `*.safetensors` weights come down, never
-pickled `.bin`/`.pt` files.
-
-Verification. `pull` checks everything: files present and non-empty, config.json parses, the
-GGUF magic, the safetensors headers against the file sizes, and sha256, against the models.toml
-pin or, for Hub files stored in LFS, against the blob's own name in the cache (the Hub names LFS
-blobs by their sha256). Loading (`local_file`) checks presence, sizes and the models.toml pins
-only; a file's hash is remembered in <user cache dir>/chatapp/verified-files.json keyed by its
-resolved path, size and mtime, so a multi-GB file is hashed once, not on every load, and hashed
-again when it changes on disk.
+This module reads the registry and says where a model's files are; engine.hub does the Hugging
+Face side (the cache, downloads, offline mode) and the verification of files on disk, and the
+entry points here (`local_file`, `find_local`, `pull`) are thin calls into it.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import hub
 from .bundled import distribution_file
-from .errors import EngineError, ModelFormatError, ModelNotFoundError, RegistryError
+from .errors import ModelNotFoundError, RegistryError
+from .hub import SAFETENSORS_FILES, SHA256_HEX, CheckedFile
+
+__all__ = [
+    "BACKENDS", "BUILTIN_REGISTRY", "FORMATS", "REQUIRED", "SAFETENSORS_FILES", "SOURCES",
+    "ModelSpec", "Pulled", "Registry",
+    "find_local", "load_registry", "local_file", "looks_like_path", "pull", "resolve", "user_registry_path",
+]
 
 BUILTIN_REGISTRY = Path(__file__).with_name("models.toml")
 SOURCES = ("package", "hf", "path")
 BACKENDS = ("auto", "native", "gguf")
 FORMATS = ("gguf", "safetensors")
 REQUIRED = {"package": ("package", "file"), "hf": ("repo",), "path": ("path",)}
-# What a safetensors checkpoint folder needs from its repo. `model*.safetensors` rather than
-# `*.safetensors`: Mistral's repos also carry `consolidated.safetensors`, a second full copy of the
-# weights in another layout. Pickled `.bin`/`.pt` files are never fetched.
-SAFETENSORS_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model*.safetensors",
-    "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -163,7 +144,7 @@ def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
         if set(pins) != {key}:
             raise RegistryError(f"{where}: a one-file model pins only its own file: sha256 = {{ {key!r} = \"...\" }}")
     for file, digest in pins.items():
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
+        if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest.lower()):
             raise RegistryError(f"{where}: sha256 of {file!r} must be 64 hex digits")
         if file.startswith(("/", "\\")) or ".." in Path(file).parts:
             raise RegistryError(f"{where}: sha256 key {file!r} must be a path inside the model")
@@ -218,17 +199,8 @@ def resolve(name: str | os.PathLike | None, *, registry: Registry | None = None,
 def local_file(spec: ModelSpec, *, download: bool = True) -> Path:
     """The model's file (GGUF) or folder (safetensors), downloaded first if it is not here and
     `download` allows; checked for presence, sizes and models.toml sha256 pins."""
-    if spec.source != "hf":
-        path = _local_non_hub(spec)
-    else:
-        path = _cached(spec, spec.revision)
-        complete = path is not None and not (spec.is_folder and _missing_in_folder(path))
-        if not complete and download and not hub_offline():
-            path = _download(spec, spec.revision, force=False)
-        elif path is None:
-            raise _not_downloaded(spec)
-        # else: a partial folder, which verify() reports with what is missing
-    verify(spec, path, full=False)
+    path = _local_non_hub(spec) if spec.source != "hf" else hub.cached_or_download(spec, download=download)
+    hub.verify(spec, path, full=False)
     return path
 
 
@@ -240,104 +212,7 @@ def find_local(spec: ModelSpec) -> Path | None:
             return _local_non_hub(spec)
         except ModelNotFoundError:
             return None
-    path = _cached(spec, spec.revision)
-    if path is not None and spec.is_folder and _missing_in_folder(path):
-        return None
-    return path
-
-
-def _local_non_hub(spec: ModelSpec) -> Path:
-    if spec.source == "package":
-        return distribution_file(spec.package, spec.file)
-    path = Path(os.path.expandvars(os.path.expanduser(spec.path)))
-    if not path.exists():  # a .gguf file, a safetensors folder, or a folder written by `quant`
-        raise ModelNotFoundError(f"model {spec.name!r}: file not found: {path}")
-    return path
-
-
-# --- the Hugging Face cache --------------------------------------------------------------------
-
-
-def hub_offline() -> bool:
-    """huggingface_hub's offline switch, as it read the environment at import, or as it is now."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return bool(constants.HF_HUB_OFFLINE) or env
-
-
-def _cached(spec: ModelSpec, revision: str | None) -> Path | None:
-    """The cached file or snapshot folder for this revision, or None. Never touches the network."""
-    from huggingface_hub import snapshot_download, try_to_load_from_cache
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    if not spec.is_folder:
-        cached = try_to_load_from_cache(spec.repo, spec.file, revision=revision)
-        return Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
-    try:
-        folder = snapshot_download(spec.repo, revision=revision, allow_patterns=list(SAFETENSORS_FILES), local_files_only=True)
-    except LocalEntryNotFoundError as e:
-        partial = getattr(e, "snapshot_path", None)  # huggingface_hub knows the folder is incomplete
-        return Path(partial) if partial and Path(partial).is_dir() else None
-    return Path(folder) if Path(folder).is_dir() else None
-
-
-def _not_downloaded(spec: ModelSpec) -> ModelNotFoundError:
-    why = "offline mode (HF_HUB_OFFLINE) is on" if hub_offline() else "it is not downloaded yet"
-    return ModelNotFoundError(f"model {spec.name!r} is not in the Hugging Face cache and {why}; fetch it with: {spec.hint()}")
-
-
-def _download(spec: ModelSpec, revision: str | None, *, force: bool) -> Path:
-    """Fetch into the normal HF cache with huggingface_hub's own progress bars."""
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    try:
-        if spec.is_folder:
-            return Path(snapshot_download(spec.repo, revision=revision, allow_patterns=list(SAFETENSORS_FILES), force_download=force))
-        return Path(hf_hub_download(spec.repo, spec.file, revision=revision, force_download=force))
-    except Exception as e:  # network, 404, gated repo, disk full: each becomes one clear line
-        raise _hub_error(spec, revision, e) from None
-
-
-def _hub_error(spec: ModelSpec, revision: str | None, e: Exception) -> EngineError:
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    rev = revision or "main"
-    if isinstance(e, GatedRepoError):
-        return ModelNotFoundError(f"model {spec.name!r}: {spec.repo} is gated on the Hugging Face Hub: accept its terms at "
-                                  f"https://huggingface.co/{spec.repo}, log in with `hf auth login`, then: chatapp pull {spec.name}")
-    if isinstance(e, RepositoryNotFoundError):
-        return ModelNotFoundError(f"model {spec.name!r}: no repository {spec.repo} on the Hugging Face Hub "
-                                  f"(or it is private: log in with `hf auth login`); check models.toml")
-    if isinstance(e, RevisionNotFoundError):
-        return ModelNotFoundError(f"model {spec.name!r}: {spec.repo} has no revision {rev!r}; check models.toml or --revision")
-    if isinstance(e, LocalEntryNotFoundError):  # before EntryNotFoundError: it is a subclass
-        return ModelNotFoundError(f"model {spec.name!r}: could not reach the Hugging Face Hub and it is not in the local cache "
-                                  f"({first}); check your connection, then: chatapp pull {spec.name}")
-    if isinstance(e, EntryNotFoundError):
-        return ModelNotFoundError(f"model {spec.name!r}: {spec.repo} at {rev!r} has no file {spec.file!r}; check models.toml")
-    if isinstance(e, HfHubHTTPError):
-        return ModelNotFoundError(f"model {spec.name!r}: the Hugging Face Hub refused the download ({first}); try again later")
-    return ModelNotFoundError(f"model {spec.name!r}: could not download {spec.repo} ({type(e).__name__}: {first}); "
-                              f"check your connection and disk space, then: chatapp pull {spec.name}")
-
-
-# --- pull and verification ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckedFile:
-    name: str  # relative to the model folder, or the file's name
-    size: int  # bytes
-    check: str  # what was verified, for people
+    return hub.find_cached(spec)
 
 
 @dataclass(frozen=True)
@@ -354,201 +229,15 @@ def pull(spec: ModelSpec, *, revision: str | None = None, force: bool = False) -
     force: download again even if cached, e.g. after a sha256 mismatch.
     """
     revision = revision or spec.revision
-    if spec.source != "hf":
-        path = _local_non_hub(spec)
-    elif hub_offline():
-        if force:
-            raise ValueError(f"--force downloads {spec.name!r} again, which offline mode forbids; unset HF_HUB_OFFLINE first")
-        path = _cached(spec, revision)
-        if path is None:
-            raise ModelNotFoundError(f"model {spec.name!r} is not downloaded, and offline mode (HF_HUB_OFFLINE) is on: "
-                                     f"unset HF_HUB_OFFLINE, then: chatapp pull {spec.name}")
-    else:
-        path = _download(spec, revision, force=force)
-    files = verify(spec, path, full=True)
-    return Pulled(spec=spec, path=path, revision=_snapshot_commit(path), files=tuple(files))
+    path = _local_non_hub(spec) if spec.source != "hf" else hub.fetch(spec, revision, force=force)
+    files = hub.verify(spec, path, full=True)
+    return Pulled(spec=spec, path=path, revision=hub.snapshot_commit(path), files=tuple(files))
 
 
-def _snapshot_commit(path: Path) -> str | None:
-    parts = path.parts
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "snapshots":
-            return parts[i + 1]
-    return None
-
-
-def verify(spec: ModelSpec, path: Path, *, full: bool) -> list[CheckedFile]:
-    """Check a model's files; raise ModelNotFoundError (incomplete) or ModelFormatError (corrupt).
-
-    full=False (every load): presence, non-empty files, config.json and the shard index parse,
-    models.toml pins (hashes remembered per file). full=True (`pull`): also every JSON file, the
-    GGUF magic, safetensors headers, and sha256 of every file that has an expected hash: the
-    pin, else the Hub's LFS hash (the blob's name), always recomputed.
-    """
-    if path.is_dir():
-        if not spec.is_folder:  # a `quant` folder: its own loader validates it
-            return []
-        missing = _missing_in_folder(path)
-        if missing:
-            fix = "put the missing files there"
-            if spec.source == "hf":
-                fix = f"complete it with: chatapp pull {spec.name}" + (" (with HF_HUB_OFFLINE unset)" if hub_offline() else "")
-            raise ModelNotFoundError(f"model {spec.name!r} is incomplete in {path} (missing: {', '.join(missing)}); {fix}")
-        rels = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-        rels = {r for r in rels if r in spec.sha256 or any(fnmatch.fnmatch(r, pat) for pat in SAFETENSORS_FILES)}
-        absent = sorted(set(spec.sha256) - rels)
-        if absent:
-            raise ModelNotFoundError(f"model {spec.name!r}: {', '.join(absent)}, pinned in models.toml, missing from {path}; "
-                                     f"fetch it with: {_refetch(spec)}")
-        files = [(rel, path / rel) for rel in sorted(rels)]
-    else:
-        files = [(_single_file_key(spec), path)]
-    checked = []
-    for rel, file in files:
-        size = file.stat().st_size
-        if size == 0:
-            raise _corrupt(spec, rel, file, "it is empty")
-        notes = []
-        if rel in ("config.json", "model.safetensors.index.json") or (full and rel.endswith(".json")):
-            data = _check_json(spec, rel, file)
-            if rel.endswith("index.json"):
-                _check_index(spec, rel, file, data)
-            notes.append("parses")
-        if full and rel.endswith(".safetensors"):
-            _check_safetensors_header(spec, rel, file, size)
-            notes.append("header ok")
-        if full and rel.endswith(".gguf"):
-            with open(file, "rb") as f:
-                if f.read(4) != b"GGUF":
-                    raise _corrupt(spec, rel, file, "it does not start with the GGUF magic")
-            notes.append("GGUF magic ok")
-        expected, whose = spec.sha256.get(rel), "pinned in models.toml"
-        if expected is None and full:
-            blob = file.resolve()
-            if blob.parent.name == "blobs" and _SHA256.fullmatch(blob.name):
-                expected, whose = blob.name, "the Hub's LFS hash"
-        if expected is not None:
-            actual = file_sha256(file, reuse=not full)
-            if actual != expected:
-                raise _corrupt(spec, rel, file, f"its sha256 is {actual}, expected {expected} ({whose})")
-            notes.append(f"sha256 ok ({whose})")
-        checked.append(CheckedFile(rel, size, ", ".join(notes) or "non-empty"))
-    return checked
-
-
-def _single_file_key(spec: ModelSpec) -> str:
-    """The name a one-file model's sha256 pin goes by: `file` for Hub and package entries."""
-    return spec.file if spec.source != "path" else Path(os.path.expanduser(spec.path)).name
-
-
-def _missing_in_folder(folder: Path) -> list[str]:
-    """The files a safetensors checkpoint folder lacks: config, weights (every shard the index
-    names), a tokenizer."""
-    missing = [] if (folder / "config.json").is_file() else ["config.json"]
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (ValueError, KeyError, TypeError, AttributeError, OSError):
-            shards = set()  # verify() reports the broken index itself
-        missing += sorted(s for s in shards if _is_shard_name(s) and not (folder / s).is_file())
-    elif not (folder / "model.safetensors").is_file():
-        missing.append("model.safetensors (or model.safetensors.index.json)")
-    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
-        missing.append("tokenizer.json or tokenizer.model")
-    return missing
-
-
-def _is_shard_name(name: Any) -> bool:
-    """A weight file the index may name: one that SAFETENSORS_FILES fetches, in the folder itself."""
-    return isinstance(name, str) and "/" not in name and "\\" not in name and fnmatch.fnmatch(name, "model*.safetensors")
-
-
-def _check_json(spec: ModelSpec, rel: str, file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _corrupt(spec, rel, file, f"it is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise _corrupt(spec, rel, file, "it is not a JSON object")
-    return data
-
-
-def _check_index(spec: ModelSpec, rel: str, file: Path, data: dict) -> None:
-    weight_map = data.get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise _corrupt(spec, rel, file, "it has no 'weight_map' of tensor -> shard file")
-    bad = sorted({repr(s) for s in weight_map.values() if not _is_shard_name(s)})
-    if bad:
-        raise _corrupt(spec, rel, file, f"it names shard(s) {', '.join(bad[:3])}, not model*.safetensors files in the folder")
-
-
-def _check_safetensors_header(spec: ModelSpec, rel: str, file: Path, size: int) -> None:
-    """The header's length prefix and tensor offsets must account for exactly the file's bytes:
-    this catches truncated downloads without reading the weights."""
-    with open(file, "rb") as f:
-        prefix = f.read(8)
-        n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-        if not 2 <= n <= min(size - 8, 100 << 20):
-            raise _corrupt(spec, rel, file, "its safetensors header length is out of range")
-        try:
-            header = json.loads(f.read(n))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise _corrupt(spec, rel, file, f"its safetensors header is malformed ({e})") from None
-    if not isinstance(end, int) or 8 + n + end != size:
-        raise _corrupt(spec, rel, file, f"it is {size} bytes but its safetensors header describes {8 + n + end}")
-
-
-def _refetch(spec: ModelSpec) -> str:
-    if spec.source == "hf":
-        return f"chatapp pull {spec.name} --force"
+def _local_non_hub(spec: ModelSpec) -> Path:
     if spec.source == "package":
-        return f"pip install --force-reinstall {spec.package}"
-    return f"replace {spec.path}"
-
-
-def _corrupt(spec: ModelSpec, rel: str, file: Path, why: str) -> ModelFormatError:
-    where = f" [{file.resolve()}]" if file.is_symlink() else ""
-    return ModelFormatError(f"model {spec.name!r}: {rel} is corrupt: {why}{where}; re-download it with: {_refetch(spec)}")
-
-
-# --- hashing, remembered per file --------------------------------------------------------------
-
-
-def _verified_store() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("chatapp")) / "verified-files.json"
-
-
-def _read_store(store: Path) -> dict:
-    try:
-        data = json.loads(store.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def file_sha256(path: Path, *, reuse: bool = True) -> str:
-    """The file's sha256 (hex). reuse: trust the remembered hash while the resolved file keeps
-    its size and mtime; the result is remembered either way."""
-    blob = path.resolve()
-    stat = blob.stat()
-    key, store = str(blob), _verified_store()
-    seen = _read_store(store).get(key)
-    if (reuse and isinstance(seen, dict) and seen.get("size") == stat.st_size
-            and seen.get("mtime_ns") == stat.st_mtime_ns and isinstance(seen.get("sha256"), str)):
-        return seen["sha256"]
-    with open(blob, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    entries = {k: v for k, v in _read_store(store).items() if os.path.exists(k)}  # re-read: others may write too
-    entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
-        os.replace(tmp, store)
-    except OSError:
-        pass  # a read-only cache dir only costs hashing again next time
-    return digest
+        return distribution_file(spec.package, spec.file)
+    path = Path(os.path.expandvars(os.path.expanduser(spec.path)))
+    if not path.exists():  # a .gguf file, a safetensors folder, or a folder written by `quant`
+        raise ModelNotFoundError(f"model {spec.name!r}: file not found: {path}")
+    return path

@@ -213,14 +213,14 @@ def test_a_sharded_checkpoint_needs_every_shard_its_index_names(hub, tmp_path, c
 
 
 def test_load_resolves_the_folder_and_checks_pins_once_per_file_version(hub, monkeypatch):
-    import engine.registry as registry
+    import engine.hub
 
     spec, path = resolve("tiny-hf")
     assert spec.format == "safetensors" and path == hub["folder"] and path.is_dir()
 
     hashed = []
-    file_digest = registry.hashlib.file_digest
-    monkeypatch.setattr(registry.hashlib, "file_digest", lambda f, name: hashed.append(f.name) or file_digest(f, name))
+    file_digest = engine.hub.hashlib.file_digest
+    monkeypatch.setattr(engine.hub.hashlib, "file_digest", lambda f, name: hashed.append(f.name) or file_digest(f, name))
     assert resolve("tiny-gguf")[1] == hub["gguf"] and len(hashed) == 1
     assert resolve("tiny-gguf")[1] == hub["gguf"] and len(hashed) == 1  # remembered: size and mtime unchanged
     corrupt(hub["gguf"])
