@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+import engine
+
 from engine.cache import KVCache
 from engine.config import ModelArgs, RopeScaling
 from engine.errors import ModelFormatError, ModelNotFoundError
@@ -409,6 +411,10 @@ def test_pickle_only_folder_is_refused_with_the_reason(saved, tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(ModelFormatError, match="pickle.*arbitrary code.*safetensors"):
         load(folder)
+    # Even when the config would be refused too, the pickle is the problem reported.
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    with pytest.raises(ModelFormatError, match="pickle.*arbitrary code"):
+        engine.load(folder)
 
 
 def test_folder_without_weights_or_config(saved, tmp_path):

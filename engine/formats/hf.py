@@ -75,6 +75,7 @@ def _read_json(path: Path) -> Any:
 def read_hf_config(folder: str | Path) -> tuple[ModelArgs, dict[str, Any]]:
     """The folder's config.json as ModelArgs, and the raw dict (for the caller's other needs)."""
     folder = _folder(folder)
+    _refuse_pickle_only(folder)  # before the config: that is the problem to report
     path = folder / CONFIG
     if not path.is_file():
         raise ModelFormatError(f"{folder}: no {CONFIG}, so this is not a Hugging Face model folder")
@@ -174,6 +175,14 @@ def hf_weight_files(folder: str | Path) -> dict[str, tuple[Path, SafetensorsTens
         return {name: (path, t) for name, t in read_safetensors_header(path).items()}
     if (folder / INDEX).is_file():
         return _sharded(folder / INDEX)
+    _refuse_pickle_only(folder)
+    raise ModelFormatError(f"{folder}: no {SINGLE} or {INDEX}")
+
+
+def _refuse_pickle_only(folder: Path) -> None:
+    """A folder with pickle checkpoints and no safetensors: say why it will not be opened."""
+    if (folder / SINGLE).is_file() or (folder / INDEX).is_file():
+        return
     pickles = sorted({p.name for pattern in PICKLE_PATTERNS for p in folder.glob(pattern)})
     if pickles:
         raise ModelFormatError(
@@ -181,7 +190,6 @@ def hf_weight_files(folder: str | Path) -> dict[str, tuple[Path, SafetensorsTens
             f"open: loading a pickle can run arbitrary code. Convert the checkpoint to safetensors where you trust "
             f"its source (transformers: save_pretrained(..., safe_serialization=True)), or use its safetensors release"
         )
-    raise ModelFormatError(f"{folder}: no {SINGLE} or {INDEX}")
 
 
 def _sharded(index_path: Path) -> dict[str, tuple[Path, SafetensorsTensor]]:
