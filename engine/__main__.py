@@ -46,26 +46,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .registry import load_registry, local_file
+    """Download and verify, as `chatapp pull` (which also prints a per-file report)."""
+    from .registry import load_registry, pull
 
-    spec = load_registry().get(args.name)
-    print(local_file(spec, download=True))
+    print(pull(load_registry().get(args.name)).path)
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .errors import ModelNotFoundError
-    from .registry import load_registry, local_file
+    """A short list; `chatapp models` gives the full table."""
+    from .registry import find_local, load_registry
 
     registry = load_registry()
     for name, spec in registry.models.items():
-        try:
-            local_file(spec, download=False)
-            where = "available"
-        except ModelNotFoundError:
-            where = "not downloaded"
+        where = "available" if find_local(spec) is not None else "not downloaded"
         mark = "*" if name == registry.default else " "
-        print(f"{mark} {name:<16} {where:<15} {spec.description}")
+        print(f"{mark} {name:<20} {where:<15} {spec.description}")
     return 0
 
 

@@ -247,6 +247,20 @@ def test_models_lists_what_is_local(hub, capsys):
     assert " no " in table["absent"] and table["absent"].endswith("-")
 
 
+def test_the_engine_commands_use_the_same_checks(hub, capsys, monkeypatch):
+    """`python -m engine download` verifies as `chatapp pull` does; `models` says what is local."""
+    from engine.__main__ import main as engine_main
+
+    assert engine_main(["download", "tiny-hf"]) == 0
+    assert capsys.readouterr().out.strip() == str(hub["folder"])
+    assert engine_main(["models"]) == 0
+    lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "available" in lines["tiny-gguf"] and "not downloaded" in lines["absent"]
+    corrupt(hub["gguf"])
+    assert engine_main(["download", "tiny-gguf"]) == 1
+    assert "is corrupt" in capsys.readouterr().err
+
+
 def test_a_network_error_is_one_clear_line(hub, capsys, monkeypatch):
     import huggingface_hub
 
