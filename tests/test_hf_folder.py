@@ -159,3 +159,27 @@ def test_quant_refuses_gguf_export_from_a_folder(checkpoint, tmp_path, capsys):
     assert quant_main([str(checkpoint[1]), "--scheme", "int8", "--format", "gguf", "--out", str(tmp_path / "q")]) == 1
     assert "--format gguf needs a .gguf source" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_embedding_rows_past_the_tokenizer_are_never_sampled(tmp_path):
+    """Checkpoints pad the embedding past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens).
+    Here the padded rows of the head win every argmax; generation must skip them, not crash."""
+    from hf_models import VOCAB
+
+    spec = HFTiny("qwen2", tied=False, seed=9)
+    config = spec.config()
+    config.vocab_size = VOCAB + 16
+    reference = type(build_hf_model(spec))._from_config(config, dtype=torch.float32)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+        reference.lm_head.weight[VOCAB:] = 5.0  # padded rows: by far the largest logits
+    folder = write_tokenizer_files(save_hf_model(reference.eval(), tmp_path / "padded"))
+    model = engine.load(folder, device="cpu", dtype="float32")
+    assert model.args.vocab_size == VOCAB + 16 and model.tokenizer.vocab_size == VOCAB
+    ids = model.encode_chat(MESSAGES)
+    assert int(model.logits(ids)[-1].argmax()) >= VOCAB  # the trap is real
+    for temperature in (0, 1.0):
+        result = list(model.chat(MESSAGES, max_tokens=8, temperature=temperature, seed=1))[-1]
+        assert result.completion_tokens >= 1

@@ -147,8 +147,11 @@ class NativeModel(Model):
             logits = self._forward(chunk, kv, last_only=True)
             cache.ids += chunk
         history = list(prompt_ids)
+        # Checkpoints often pad the embedding past the tokenizer (Qwen2.5: 151,936 rows for
+        # 151,665 tokens); ids with no token are never sampled.
+        n_tokens = self.tokenizer.vocab_size
         while True:
-            next_logits = logits[-1].float()
+            next_logits = logits[-1, :n_tokens].float()
             for process in processors:
                 next_logits = process(history, next_logits)
             token = sampler(next_logits)
