@@ -22,26 +22,23 @@ whole fragment at once.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
 from numbers import Real
 from typing import Any
 
 from .errors import ModelFormatError
 from .vocab import (
-    _SKIPPABLE,
     BYTE,
     CONTROL,
     NORMAL,
     UNKNOWN,
     USER_DEFINED,
+    GGUFVocabulary,
     _end_of_generation,
     _flag,
-    _partition_special,
     _read_attrs,
     _read_tokens,
     _rstrip_ids,
     _special_id,
-    _special_tokens,
 )
 
 SPACE = "▁"  # U+2581, SentencePiece's visible space
@@ -49,31 +46,19 @@ _MEMO_ENTRIES = 50_000  # merged pieces remembered (words, mostly) before the me
 _MEMO_CHARS = 64  # longer pieces are merged every time
 
 
-class SPMTokenizer:
+class SPMTokenizer(GGUFVocabulary):
     """A GGUF `llama` (SentencePiece) vocabulary. Build it with `from_gguf_metadata`."""
 
-    vocab_size: int
-    bos_id: int | None
-    eos_id: int | None
     unk_id: int | None
-    eos_ids: frozenset[int]  # every end-of-generation id, as llama.cpp's llama_vocab_is_eog
-    add_bos: bool
-    add_eos: bool
-    add_space_prefix: bool
 
     def __init__(self, *, tokens: list[str], scores: list[float], attrs: list[int],
                  bos_id: int | None, eos_id: int | None, unk_id: int | None,
                  eos_ids: frozenset[int], add_bos: bool, add_eos: bool,
                  add_space_prefix: bool, rstrip_ids: frozenset[int] = frozenset()) -> None:
-        self.vocab_size = len(tokens)
-        self.bos_id, self.eos_id, self.unk_id, self.eos_ids = bos_id, eos_id, unk_id, eos_ids
-        self.add_bos, self.add_eos, self.add_space_prefix = add_bos, add_eos, add_space_prefix
-        self._attrs = attrs
+        self._init_vocabulary(tokens, attrs, _piece, bos_id=bos_id, eos_id=eos_id, eos_ids=eos_ids,
+                              add_bos=add_bos, add_eos=add_eos, rstrip_ids=rstrip_ids)
+        self.unk_id, self.add_space_prefix = unk_id, add_space_prefix
         self._scores = scores
-        self._text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins
-        self._pieces = [_piece(text, attr) for text, attr in zip(tokens, attrs)]
-        self._specials_all, self._specials_user = _special_tokens(tokens, attrs)
-        self._rstrip_ids = rstrip_ids
         # The characters some token has right before a "▁": the only ones a merge can join to
         # the "▁" that follows them. Any token counts, whatever its type, as in llama.cpp.
         self._before_space = set()
@@ -133,31 +118,10 @@ class SPMTokenizer:
 
     # --- encoding ------------------------------------------------------------------------
 
-    def encode(self, text: str, *, add_special: bool = True,
-               parse_special: bool = False) -> list[int]:
-        """Token ids of `text`, as llama.cpp's llama_tokenize(add_special, parse_special).
-
-        add_special adds BOS/EOS only where the vocabulary asks for them (`add_bos`/`add_eos`).
-        parse_special turns control-token texts such as "<s>" into their single ids;
-        user-defined tokens are matched either way.
-        """
-        ids: list[int] = []
-        if add_special and self.add_bos:
-            ids.append(self.bos_id)
-        specials = self._specials_all if parse_special else self._specials_user
-        after_special = True  # the text's start counts as following a special token
-        for fragment in _partition_special(text, specials, self._rstrip_ids):
-            if isinstance(fragment, int):
-                ids.append(fragment)
-                after_special = True
-                continue
-            if self.add_space_prefix and after_special:
-                fragment = " " + fragment
-            self._encode_fragment(fragment.replace(" ", SPACE), ids)
-            after_special = False
-        if add_special and self.add_eos:
-            ids.append(self.eos_id)
-        return ids
+    def _encode_text(self, text: str, after_special: bool, ids: list[int]) -> None:
+        if self.add_space_prefix and after_special:
+            text = " " + text
+        self._encode_fragment(text.replace(" ", SPACE), ids)
 
     def _encode_fragment(self, text: str, ids: list[int]) -> None:
         memo, before_space = self._memo, self._before_space
@@ -237,37 +201,6 @@ class SPMTokenizer:
         # llama.cpp aborts here (the vocabulary has no token for one of the bytes); like
         # SentencePiece without byte fallback we emit one unknown token for the character.
         return [] if self.unk_id is None else [self.unk_id]
-
-    # --- decoding ------------------------------------------------------------------------
-
-    def token_bytes(self, id: int) -> bytes:
-        """The bytes llama.cpp's token_to_piece(special=True) gives for one token: "▁" as a
-        space, `<0xAB>` tokens as their byte, control, unknown and user-defined tokens as
-        their text, unused and undefined tokens as nothing."""
-        if not 0 <= id < self.vocab_size:
-            raise ValueError(f"token id {id} is outside the vocabulary (size {self.vocab_size})")
-        return self._pieces[id]
-
-    def is_special(self, id: int) -> bool:
-        """True for control and unknown tokens: the ones decode(skip_special=True) drops."""
-        return 0 <= id < self.vocab_size and bool(self._attrs[id] & _SKIPPABLE)
-
-    def token_to_id(self, text: str) -> int | None:
-        """The id of the token whose text is exactly `text` (e.g. "</s>"), if any."""
-        return self._text_to_id.get(text)
-
-    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
-        """Text of `ids` as llama.cpp's llama_detokenize(remove_special=False,
-        unparse_special=not skip_special): with `add_space_prefix`, the first token loses one
-        leading space. Invalid UTF-8 becomes U+FFFD."""
-        pieces, attrs, n = self._pieces, self._attrs, self.vocab_size
-        for i in ids:
-            if not 0 <= i < n:
-                raise ValueError(f"token id {i} is outside the vocabulary (size {n})")
-        out = [b"" if skip_special and attrs[i] & _SKIPPABLE else pieces[i] for i in ids]
-        if out and self.add_space_prefix and out[0][:1] == b" ":
-            out[0] = out[0][1:]
-        return b"".join(out).decode("utf-8", errors="replace")
 
 
 def _piece(text: str, attr: int) -> bytes:

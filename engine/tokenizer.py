@@ -32,20 +32,18 @@ from typing import Any, Protocol
 
 from .errors import ModelFormatError
 from .vocab import (
-    _SKIPPABLE,
     BYTE,
     CONTROL,
     NORMAL,
     UNKNOWN,
     USER_DEFINED,
+    GGUFVocabulary,
     _end_of_generation,
     _flag,
-    _partition_special,
     _read_attrs,
     _read_tokens,
     _rstrip_ids,
     _special_id,
-    _special_tokens,
     _string_list,
     bytes_to_unicode,
 )
@@ -136,16 +134,9 @@ _BYTE_LEVEL_TO_LATIN1 = {**dict.fromkeys(range(256), 0xFFFF),
                          **{ord(c): b for b, c in bytes_to_unicode().items()}}
 
 
-class BPETokenizer:
+class BPETokenizer(GGUFVocabulary):
     """A GGUF `gpt2` (byte-level BPE) vocabulary. Build it with `from_gguf_metadata`."""
 
-    vocab_size: int
-    bos_id: int | None
-    eos_id: int | None
-    eos_ids: frozenset[int]  # every end-of-generation id, as llama.cpp's llama_vocab_is_eog
-    add_bos: bool
-    add_eos: bool
-    add_space_prefix = False
     pre_tokenizer: str
 
     def __init__(self, *, tokens: list[str], attrs: list[int], merges: list[tuple[str, str]],
@@ -154,15 +145,9 @@ class BPETokenizer:
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
         spec = PRE_TOKENIZERS[pre]
-        self.vocab_size = len(tokens)
-        self.bos_id, self.eos_id, self.eos_ids = bos_id, eos_id, eos_ids
-        self.add_bos, self.add_eos = add_bos, add_eos
+        self._init_vocabulary(tokens, attrs, _piece, bos_id=bos_id, eos_id=eos_id, eos_ids=eos_ids,
+                              add_bos=add_bos, add_eos=add_eos, rstrip_ids=rstrip_ids)
         self.pre_tokenizer = pre
-        self._attrs = attrs
-        self._text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins, as llama.cpp
-        self._pieces = [_piece(text, attr) for text, attr in zip(tokens, attrs)]
-        self._specials_all, self._specials_user = _special_tokens(tokens, attrs)
-        self._rstrip_ids = rstrip_ids
 
         # A byte with no token of its own must still keep its neighbours from merging, as in
         # llama.cpp (which then drops it); Hugging Face's BPE would skip it before merging. So
@@ -216,60 +201,11 @@ class BPETokenizer:
 
     # --- encoding ------------------------------------------------------------------------
 
-    def encode(self, text: str, *, add_special: bool = True,
-               parse_special: bool = False) -> list[int]:
-        """Token ids of `text`, as llama.cpp's llama_tokenize(add_special, parse_special).
-
-        add_special adds BOS/EOS only where the vocabulary asks for them (`add_bos`/`add_eos`).
-        parse_special turns control-token texts such as "<|im_start|>" into their single ids;
-        user-defined tokens are matched either way (as llama.cpp and Hugging Face do).
-        """
-        ids: list[int] = []
-        if add_special and self.add_bos:
-            ids.append(self.bos_id)
-        specials = self._specials_all if parse_special else self._specials_user
-        for fragment in _partition_special(text, specials, self._rstrip_ids):
-            if isinstance(fragment, int):
-                ids.append(fragment)
-            else:
-                piece_ids = self._hf.encode(fragment, add_special_tokens=False).ids
-                if self.vocab_size in piece_ids:
-                    piece_ids = [i for i in piece_ids if i != self.vocab_size]
-                ids.extend(piece_ids)
-        if add_special and self.add_eos:
-            ids.append(self.eos_id)
-        return ids
-
-    # --- decoding ------------------------------------------------------------------------
-
-    def token_bytes(self, id: int) -> bytes:
-        """The bytes llama.cpp's token_to_piece(special=True) gives for one token: byte-level
-        text mapped back to bytes; control, unknown and user-defined tokens as their UTF-8 text;
-        unused and undefined tokens as nothing."""
-        if not 0 <= id < self.vocab_size:
-            raise ValueError(f"token id {id} is outside the vocabulary (size {self.vocab_size})")
-        return self._pieces[id]
-
-    def is_special(self, id: int) -> bool:
-        """True for control and unknown tokens: the ones decode(skip_special=True) drops."""
-        return 0 <= id < self.vocab_size and bool(self._attrs[id] & _SKIPPABLE)
-
-    def token_to_id(self, text: str) -> int | None:
-        """The id of the token whose text is exactly `text` (e.g. "<|im_end|>"), if any."""
-        return self._text_to_id.get(text)
-
-    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
-        """Text of `ids`; invalid UTF-8 becomes U+FFFD."""
-        return self._bytes(ids, skip_special).decode("utf-8", errors="replace")
-
-    def _bytes(self, ids: Sequence[int], skip_special: bool) -> bytes:
-        pieces, attrs, n = self._pieces, self._attrs, self.vocab_size
-        for i in ids:
-            if not 0 <= i < n:
-                raise ValueError(f"token id {i} is outside the vocabulary (size {n})")
-        if skip_special:
-            return b"".join(pieces[i] for i in ids if not attrs[i] & _SKIPPABLE)
-        return b"".join(pieces[i] for i in ids)
+    def _encode_text(self, text: str, after_special: bool, ids: list[int]) -> None:
+        piece_ids = self._hf.encode(text, add_special_tokens=False).ids
+        if self.vocab_size in piece_ids:
+            piece_ids = [i for i in piece_ids if i != self.vocab_size]
+        ids.extend(piece_ids)
 
 
 class StreamingDetokenizer:

@@ -4,7 +4,8 @@
 All of it follows llama.cpp's `llama-vocab.cpp`: token types and attributes, validated reading
 of the tokens, types and special-token ids from GGUF metadata, special tokens split out of raw
 text (longest first, with Phi-3's RSTRIP), and the end-of-generation set, including llama.cpp's
-detection of EOG and FIM tokens by their text.
+detection of EOG and FIM tokens by their text; and `GGUFVocabulary`, the encode/decode frame
+both GGUF tokenizers are built on.
 """
 
 from __future__ import annotations
@@ -222,3 +223,87 @@ def _end_of_generation(metadata: dict[str, Any], tokens: list[str], attrs: list[
         eog.discard(texts["</s>"])  # gemma4 / plamo: </s> is an ordinary token
         attrs[texts["</s>"]] = NORMAL
     return frozenset(eog)
+
+
+class GGUFVocabulary:
+    """What the GGUF BPE (`engine.tokenizer.BPETokenizer`) and SentencePiece (`engine.spm`)
+    tokenizers share: token texts and attributes, special tokens split out of raw text, BOS and
+    EOS, and decoding by each token's bytes (llama.cpp's token_to_piece). A subclass gives the
+    per-token bytes rule to `_init_vocabulary` and encodes raw text in `_encode_text`."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    eos_ids: frozenset[int]  # every end-of-generation id, as llama.cpp's llama_vocab_is_eog
+    add_bos: bool
+    add_eos: bool
+    # SentencePiece vocabularies put a space in front of encoded text, and decoding drops it.
+    add_space_prefix: bool = False
+
+    def _init_vocabulary(self, tokens: list[str], attrs: list[int], piece, *, bos_id: int | None,
+                         eos_id: int | None, eos_ids: frozenset[int], add_bos: bool, add_eos: bool,
+                         rstrip_ids: frozenset[int]) -> None:
+        self.vocab_size = len(tokens)
+        self.bos_id, self.eos_id, self.eos_ids = bos_id, eos_id, eos_ids
+        self.add_bos, self.add_eos = add_bos, add_eos
+        self._attrs = attrs
+        self._text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins, as llama.cpp
+        self._pieces = [piece(text, attr) for text, attr in zip(tokens, attrs)]
+        self._specials_all, self._specials_user = _special_tokens(tokens, attrs)
+        self._rstrip_ids = rstrip_ids
+
+    def _encode_text(self, text: str, after_special: bool, ids: list[int]) -> None:
+        """Append the ids of `text`, raw text with no special tokens in it; `after_special`
+        says it starts the text or follows a special token."""
+        raise NotImplementedError
+
+    def encode(self, text: str, *, add_special: bool = True,
+               parse_special: bool = False) -> list[int]:
+        """Token ids of `text`, as llama.cpp's llama_tokenize(add_special, parse_special).
+
+        add_special adds BOS/EOS only where the vocabulary asks for them (`add_bos`/`add_eos`).
+        parse_special turns control-token texts such as "<|im_start|>" or "<s>" into their
+        single ids; user-defined tokens are matched either way (as llama.cpp and Hugging Face do).
+        """
+        ids: list[int] = []
+        if add_special and self.add_bos:
+            ids.append(self.bos_id)
+        specials = self._specials_all if parse_special else self._specials_user
+        after_special = True  # the text's start counts as following a special token
+        for fragment in _partition_special(text, specials, self._rstrip_ids):
+            if isinstance(fragment, int):
+                ids.append(fragment)
+                after_special = True
+            else:
+                self._encode_text(fragment, after_special, ids)
+                after_special = False
+        if add_special and self.add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes llama.cpp's token_to_piece(special=True) gives for one token."""
+        if not 0 <= id < self.vocab_size:
+            raise ValueError(f"token id {id} is outside the vocabulary (size {self.vocab_size})")
+        return self._pieces[id]
+
+    def is_special(self, id: int) -> bool:
+        """True for control and unknown tokens: the ones decode(skip_special=True) drops."""
+        return 0 <= id < self.vocab_size and bool(self._attrs[id] & _SKIPPABLE)
+
+    def token_to_id(self, text: str) -> int | None:
+        """The id of the token whose text is exactly `text` (e.g. "<|im_end|>"), if any."""
+        return self._text_to_id.get(text)
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
+        """Text of `ids` as llama.cpp's llama_detokenize(remove_special=False,
+        unparse_special=not skip_special): with `add_space_prefix`, the first token loses one
+        leading space. Invalid UTF-8 becomes U+FFFD."""
+        pieces, attrs, n = self._pieces, self._attrs, self.vocab_size
+        for i in ids:
+            if not 0 <= i < n:
+                raise ValueError(f"token id {i} is outside the vocabulary (size {n})")
+        out = [b"" if skip_special and attrs[i] & _SKIPPABLE else pieces[i] for i in ids]
+        if out and self.add_space_prefix and out[0][:1] == b" ":
+            out[0] = out[0][1:]
+        return b"".join(out).decode("utf-8", errors="replace")
