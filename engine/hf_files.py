@@ -18,7 +18,7 @@ from .errors import ModelFormatError
 
 log = logging.getLogger(__name__)
 
-_MAX_CONFIG_BYTES = 64 << 20  # tokenizer_config.json with a long template is a few hundred KB
+_MAX_CONFIG_BYTES = 64 << 20  # config, index, tokenizer_config.json (a long template): KB to a few MB
 _MAX_TOKENIZER_BYTES = 1 << 30
 
 
@@ -49,6 +49,8 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
         value = json.loads(_read_text(path, _MAX_CONFIG_BYTES))
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ModelFormatError(f"{path} is not valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ModelFormatError(f"{path} must hold a JSON object, not {type(value).__name__}")
     return value

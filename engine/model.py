@@ -33,7 +33,8 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).to(x.dtype)
 
 
-def _plain_frequencies(base: float, rope_dim: int) -> torch.Tensor:
+def plain_frequencies(base: float, rope_dim: int) -> torch.Tensor:
+    """Unscaled RoPE inverse frequencies base^(-2i/rope_dim), float64, shape (rope_dim // 2,)."""
     return 1.0 / (base ** (torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim))  # (rope_dim // 2,)
 
 
@@ -43,7 +44,7 @@ def rope_frequencies(args: ModelArgs, freq_factors: torch.Tensor | None = None) 
     For "dynamic" scaling these are the frequencies within the original context; beyond it
     `dynamic_ntk_frequencies` gives them per forward pass.
     """
-    inv_freq = _plain_frequencies(args.rope_base, args.rope_dim)
+    inv_freq = plain_frequencies(args.rope_base, args.rope_dim)
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.to(torch.float64)
     scaling = args.rope_scaling
@@ -91,7 +92,7 @@ def dynamic_ntk_frequencies(args: ModelArgs, end: int) -> torch.Tensor:
     seq_len = max(end, scaling.original_context)
     d = args.rope_dim
     base = args.rope_base * ((scaling.factor * seq_len / scaling.original_context) - (scaling.factor - 1)) ** (d / (d - 2))
-    return _plain_frequencies(base, d).float()
+    return plain_frequencies(base, d).float()
 
 
 def rope_tables(
@@ -221,7 +222,8 @@ class Transformer(nn.Module):
         self._rope_scale = scaling.attention_factor if scaling is not None and scaling.kind == "yarn" else 1.0
         # Past this position a forward pass computes its own frequencies (dynamic NTK).
         self._dynamic_from = scaling.original_context if scaling is not None and scaling.kind == "dynamic" else None
-        self._windows = sorted({args.layer_window(i) for i in range(args.n_layers)} - {None})
+        self._layer_windows = [args.layer_window(i) for i in range(args.n_layers)]  # None: whole context
+        self._windows = sorted(set(self._layer_windows) - {None})
 
     def _rope(self, start: int, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if self._dynamic_from is not None and end > self._dynamic_from:
@@ -251,8 +253,7 @@ class Transformer(nn.Module):
         cos, sin = self._rope(start, start + T, x.dtype)
         mask = attention_mask(start, T, None, x.device)
         window_masks = {w: attention_mask(start, T, w, x.device) for w in self._windows}  # empty without windows
-        for layer in self.layers:
-            window = layer.attention.window
+        for layer, window in zip(self.layers, self._layer_windows):
             x = layer(x, cos, sin, mask if window is None else window_masks[window], cache)
         if cache is not None:
             cache.advance(T)

@@ -19,7 +19,6 @@ A folder `quant` writes holds:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -48,12 +47,12 @@ def tool_version() -> str:
         return "unknown"
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_of(path: Path) -> str:
+    """The file's sha256, remembered as `chatapp pull` remembers it (engine.hub): quantizing the
+    same multi-GB source again does not read it twice."""
+    from engine.hub import file_sha256
+
+    return file_sha256(Path(path))
 
 
 def folder_bytes(path: Path) -> int:

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.model import plain_frequencies
+
 if TYPE_CHECKING:
     from engine.config import ModelArgs
     from engine.model import Transformer
@@ -245,7 +247,7 @@ def _rope_freq_factors(model: Transformer) -> torch.Tensor | None:
     inv_freq = model.inv_freq.detach().to("cpu", torch.float64)
     if inv_freq.shape != (args.rope_dim // 2,):
         raise ValueError(f"model.inv_freq has shape {tuple(inv_freq.shape)}, expected ({args.rope_dim // 2},)")
-    plain = 1.0 / args.rope_base ** (torch.arange(0, args.rope_dim, 2, dtype=torch.float64) / args.rope_dim)
+    plain = plain_frequencies(args.rope_base, args.rope_dim)
     scaling = args.rope_scaling
     if scaling is not None and scaling.kind == "linear":
         plain = plain / scaling.factor

@@ -32,6 +32,7 @@ import torch
 
 from ..config import ModelArgs
 from ..errors import ModelFormatError, ModelNotFoundError
+from ..hf_files import _read_json
 from ..model import Transformer, rope_frequencies
 
 __all__ = ["SafetensorsTensor", "hf_weight_files", "load_hf_weights", "read_hf_config", "read_safetensors_header"]
@@ -39,7 +40,6 @@ __all__ = ["SafetensorsTensor", "hf_weight_files", "load_hf_weights", "read_hf_c
 CONFIG, SINGLE, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
-_MAX_JSON_BYTES = 64 * 1024 * 1024  # config.json and the index: a few KB to a few MB in practice
 
 # safetensors dtype -> bytes per element. Only the float ones can be weights.
 _ITEMSIZE = {
@@ -62,16 +62,6 @@ class SafetensorsTensor:
     end: int
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        size = path.stat().st_size
-        if size > _MAX_JSON_BYTES:
-            raise ModelFormatError(f"{path}: {size} bytes is too large for a config or index file")
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelFormatError(f"{path}: cannot read it as JSON ({type(e).__name__}: {e})") from None
-
-
 def read_hf_config(folder: str | Path) -> tuple[ModelArgs, dict[str, Any]]:
     """The folder's config.json as ModelArgs, and the raw dict (for the caller's other needs)."""
     folder = _folder(folder)
@@ -79,7 +69,7 @@ def read_hf_config(folder: str | Path) -> tuple[ModelArgs, dict[str, Any]]:
     path = folder / CONFIG
     if not path.is_file():
         raise ModelFormatError(f"{folder}: no {CONFIG}, so this is not a Hugging Face model folder")
-    config = _read_json(path)
+    config = _read_json(path, required=True)
     try:
         return ModelArgs.from_hf_config(config), config
     except ModelFormatError as e:
@@ -193,7 +183,7 @@ def _refuse_pickle_only(folder: Path) -> None:
 
 
 def _sharded(index_path: Path) -> dict[str, tuple[Path, SafetensorsTensor]]:
-    index = _read_json(index_path)
+    index = _read_json(index_path, required=True)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelFormatError(f"{index_path}: no weight_map object")
