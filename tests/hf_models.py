@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import torch
 
-from tiny_models import vocabulary
+from tiny_models import add_tiny_vocabulary, vocabulary
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 VOCAB = len(vocabulary()[0])  # the tiny GGUF vocabulary, so llama.cpp can load the converted files
@@ -113,7 +113,6 @@ def write_gguf_from_hf(model, path: Path) -> Path:
     n_heads, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = config["hidden_size"] // n_heads
     rope = config.get("rope_parameters") or {}
-    tokens, types, merges = vocabulary()
 
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-random-{family}")
@@ -138,14 +137,7 @@ def write_gguf_from_hf(model, path: Path) -> Path:
     elif kind not in ("default", "llama3"):
         raise ValueError(f"llama.cpp's converter has no GGUF form for rope_type {kind!r}")
     w.add_vocab_size(config["vocab_size"])
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index("<|endoftext|>"))
-    w.add_eos_token_id(tokens.index("<|im_end|>"))
-    w.add_add_bos_token(False)
+    add_tiny_vocabulary(w)
 
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
 

@@ -36,3 +36,15 @@ def add_to_cache(cache: Path, repo: str, commit: str, files: dict[str, bytes], r
 def folder_files(folder: Path) -> dict[str, bytes]:
     """Every file in a folder (e.g. what save_pretrained wrote), by name, for `add_to_cache`."""
     return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+def use_offline_cache(monkeypatch, cache: Path, user_cache: Path) -> None:
+    """Point huggingface_hub at `cache`, offline, and chatapp's remembered hashes at `user_cache`.
+    huggingface_hub reads its environment once, at import, so its constants are patched too."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(user_cache))

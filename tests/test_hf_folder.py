@@ -21,7 +21,7 @@ import engine
 from engine.backends.native import NativeModel
 from engine.hf_text import HFTokenizer
 from hf_models import HFTiny, build_hf_model, save_hf_model
-from hub_cache import add_to_cache, folder_files
+from hub_cache import add_to_cache, folder_files, use_offline_cache
 from tiny_models import SPECIALS, vocabulary
 
 CHATML = (
@@ -102,16 +102,11 @@ def test_greedy_chat_matches_transformers_generate(checkpoint, loaded):
 
 def test_a_models_toml_entry_resolves_to_the_cached_folder(checkpoint, tmp_path, monkeypatch):
     """A `format = "safetensors"` Hub entry, offline, from a cache laid out as huggingface_hub's."""
-    from huggingface_hub import constants
-
     _, folder = checkpoint
     cache = tmp_path / "hub"
     commit = "00112233445566778899aabbccddeeff00112233"
     add_to_cache(cache, "test-org/Tiny-HF", commit, folder_files(folder))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    use_offline_cache(monkeypatch, cache, tmp_path / "xdg-cache")
     registry = tmp_path / "models.toml"
     registry.write_text(textwrap.dedent(f"""
         [models.tiny-hf]
@@ -121,7 +116,6 @@ def test_a_models_toml_entry_resolves_to_the_cached_folder(checkpoint, tmp_path,
         revision = "{commit}"
     """))
     monkeypatch.setenv("CHATAPP_MODELS_TOML", str(registry))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     model = engine.load("tiny-hf", device="cpu", dtype="float32")
     assert model.name == "tiny-hf" and model.path.parts[-2:] == ("snapshots", commit)
     ids = model.encode_chat(MESSAGES)

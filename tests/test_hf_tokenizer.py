@@ -18,7 +18,7 @@ from engine.errors import ModelFormatError
 from engine.hf_text import HFTokenizer, load_hf_text_side, sentencepiece_metadata
 from engine.spm import SPMTokenizer
 from engine.tokenizer import StreamingDetokenizer
-from test_spm import TEXTS, train_sentencepiece
+from test_spm import TEXTS, train_sentencepiece, write_llama2_tokenizer_json
 
 transformers = pytest.importorskip("transformers")
 
@@ -89,16 +89,7 @@ def spm_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def llama2_folder(spm_folder, tmp_path_factory) -> Path:
     """A Llama 2-style tokenizer.json for the SentencePiece model, as on the Hub."""
-    pytest.importorskip("google.protobuf")  # transformers reads tokenizer.model with it
-    from transformers import LlamaTokenizer
-
-    converted = LlamaTokenizer.from_pretrained(spm_folder, legacy=True)
-    spec = json.loads(converted.backend_tokenizer.to_str())
-    spec["normalizer"] = {"type": "Sequence", "normalizers": [
-        {"type": "Prepend", "prepend": "▁"},
-        {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
-    spec["pre_tokenizer"] = None
-    spec["post_processor"] = {
+    bos = {
         "type": "TemplateProcessing",
         "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
                    {"Sequence": {"id": "A", "type_id": 0}}],
@@ -107,11 +98,7 @@ def llama2_folder(spm_folder, tmp_path_factory) -> Path:
                  {"SpecialToken": {"id": "<s>", "type_id": 1}},
                  {"Sequence": {"id": "B", "type_id": 1}}],
         "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
-    folder = tmp_path_factory.mktemp("hf-llama2")
-    write_json(folder / "tokenizer.json", spec)
-    config = json.loads((spm_folder / "tokenizer_config.json").read_text())
-    write_json(folder / "tokenizer_config.json",
-               {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+    folder = write_llama2_tokenizer_json(spm_folder, tmp_path_factory.mktemp("hf-llama2"), post_processor=bos)
     shutil.copy(spm_folder / "generation_config.json", folder)
     return folder
 

@@ -24,7 +24,7 @@ from safetensors.numpy import save as safetensors_bytes
 from chatapp.cli import main
 from engine.errors import ModelFormatError, ModelNotFoundError
 from engine.registry import SAFETENSORS_FILES, resolve
-from hub_cache import add_to_cache
+from hub_cache import add_to_cache, use_offline_cache
 from tiny_models import write_tiny_llama
 
 GGUF_REPO, GGUF_FILE = "test-org/Tiny-GGUF", "tiny-f32.gguf"
@@ -51,11 +51,7 @@ def hub(tmp_path, monkeypatch):
     them (plus one entry that is not downloaded). huggingface_hub reads its environment once at
     import, so its constants are patched along with the variables."""
     cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # where verified hashes are remembered
+    use_offline_cache(monkeypatch, cache, tmp_path / "xdg-cache")
     gguf = write_tiny_llama(tmp_path / GGUF_FILE).read_bytes()
     gguf_path = add_to_cache(cache, GGUF_REPO, GGUF_COMMIT, {GGUF_FILE: gguf}) / GGUF_FILE
     folder = add_to_cache(cache, ST_REPO, ST_COMMIT, checkpoint_files())

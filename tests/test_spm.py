@@ -97,6 +97,29 @@ def train_sentencepiece(folder: Path) -> Path:
     return folder
 
 
+def write_llama2_tokenizer_json(model_folder: Path, folder: Path, *, post_processor: dict | None = None) -> Path:
+    """A tokenizer.json shaped like Llama 2's on the Hub, made by transformers from
+    `model_folder`'s tokenizer.model: a Prepend("▁") + Replace(" ", "▁") normalizer, no
+    pre-tokenizer, and `post_processor` (e.g. one that adds BOS) if given; with the model's
+    tokenizer_config.json set to read tokenizer.json as it is."""
+    pytest.importorskip("google.protobuf")  # transformers reads tokenizer.model with it
+    from transformers import LlamaTokenizer
+
+    converted = LlamaTokenizer.from_pretrained(model_folder, legacy=True)
+    spec = json.loads(converted.backend_tokenizer.to_str())
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+    spec["pre_tokenizer"] = None
+    if post_processor is not None:
+        spec["post_processor"] = post_processor
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((model_folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # use tokenizer.json as it is
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
 def write_gguf(path: Path, metadata: dict, *, name: str = "tiny-spm-llama",
                weights: bool = True) -> Path:
     """`metadata`'s vocabulary in a GGUF file; with `weights`, a tiny random llama model."""
@@ -218,21 +241,10 @@ def hf_llama2_style(model_folder, tmp_path_factory):
     """transformers on a tokenizer.json shaped like Llama 2's on the Hub (made from the same
     tokenizer.model): a Prepend("▁") + Replace(" ", "▁") normalizer, applied to every piece of
     text between added tokens."""
-    pytest.importorskip("google.protobuf")  # transformers reads tokenizer.model with it
-    from transformers import AutoTokenizer, LlamaTokenizer
+    from transformers import AutoTokenizer
 
-    converted = LlamaTokenizer.from_pretrained(model_folder, legacy=True)
-    spec = json.loads(converted.backend_tokenizer.to_str())
-    spec["normalizer"] = {"type": "Sequence", "normalizers": [
-        {"type": "Prepend", "prepend": "▁"},
-        {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
-    spec["pre_tokenizer"] = None
-    folder = tmp_path_factory.mktemp("hf-llama2")
-    (folder / "tokenizer.json").write_text(json.dumps(spec))
-    config = json.loads((model_folder / "tokenizer_config.json").read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # use tokenizer.json as it is
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(
+        write_llama2_tokenizer_json(model_folder, tmp_path_factory.mktemp("hf-llama2")))
 
 
 # --- ids ------------------------------------------------------------------------------------

@@ -37,9 +37,22 @@ def vocabulary() -> tuple[list[str], list[int], list[str]]:
     return tokens + SPECIALS, [int(t) for t in types], MERGES
 
 
+def add_tiny_vocabulary(w: gguf.GGUFWriter) -> None:
+    """The tiny byte-level BPE vocabulary (`vocabulary()`), as SmolLM2's GGUF writes its own."""
+    tokens, types, merges = vocabulary()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index("<|endoftext|>"))
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    w.add_add_bos_token(False)
+
+
 def write_tiny_llama(path: Path, cfg: TinyConfig = TinyConfig()) -> Path:
     rng = np.random.default_rng(cfg.seed)
-    tokens, types, merges = vocabulary()
+    vocab = len(vocabulary()[0])
     head_dim = cfg.dim // cfg.n_heads
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-random-llama")
@@ -56,19 +69,11 @@ def write_tiny_llama(path: Path, cfg: TinyConfig = TinyConfig()) -> Path:
     if cfg.linear_rope_factor:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(cfg.linear_rope_factor)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index("<|endoftext|>"))
-    w.add_eos_token_id(tokens.index("<|im_end|>"))
-    w.add_add_bos_token(False)
+    add_tiny_vocabulary(w)
 
     def tensor(name: str, *shape: int, scale: float = 0.08) -> None:
         w.add_tensor(name, (rng.standard_normal(shape) * scale * cfg.weight_scale).astype(np.float32))
 
-    vocab = len(tokens)
     tensor("token_embd.weight", vocab, cfg.dim, scale=0.5)
     w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(cfg.dim)).astype(np.float32))
     if not cfg.tied:
