@@ -33,11 +33,10 @@ from .vocab import (
     UNKNOWN,
     USER_DEFINED,
     GGUFVocabulary,
-    _end_of_generation,
     _flag,
     _read_attrs,
     _read_tokens,
-    _rstrip_ids,
+    _special_setup,
     _special_id,
 )
 
@@ -99,22 +98,10 @@ class SPMTokenizer(GGUFVocabulary):
         scores = [float(s) for s in scores[:n]]
 
         # llama.cpp's defaults for SentencePiece vocabularies: <unk>=0, <s>=1, </s>=2, BOS added.
-        bos_id = _special_id(metadata, "tokenizer.ggml.bos_token_id", 1, n)
-        eos_id = _special_id(metadata, "tokenizer.ggml.eos_token_id", 2, n)
-        unk_id = _special_id(metadata, "tokenizer.ggml.unknown_token_id", 0, n)
-        eot_id = _special_id(metadata, "tokenizer.ggml.eot_token_id", None, n)
-        eom_id = _special_id(metadata, "tokenizer.ggml.eom_token_id", None, n)
-        add_bos = _flag(metadata, "tokenizer.ggml.add_bos_token", True)
-        add_eos = _flag(metadata, "tokenizer.ggml.add_eos_token", False)
-        add_space_prefix = _flag(metadata, "tokenizer.ggml.add_space_prefix", True)
-        if add_bos and bos_id is None or add_eos and eos_id is None:
-            raise ModelFormatError("the GGUF asks to add a BOS/EOS token but does not name one")
-
-        eos_ids = _end_of_generation(metadata, tokens, attrs, eos_id, eot_id, eom_id)
-        return cls(tokens=tokens, scores=scores, attrs=attrs, bos_id=bos_id, eos_id=eos_id,
-                   unk_id=unk_id, eos_ids=eos_ids, add_bos=add_bos, add_eos=add_eos,
-                   add_space_prefix=add_space_prefix,
-                   rstrip_ids=_rstrip_ids(metadata, tokens, attrs))
+        specials = _special_setup(metadata, tokens, attrs, bos_default=1, eos_default=2, add_bos_default=True)
+        return cls(tokens=tokens, scores=scores, attrs=attrs,
+                   unk_id=_special_id(metadata, "tokenizer.ggml.unknown_token_id", 0, n),
+                   add_space_prefix=_flag(metadata, "tokenizer.ggml.add_space_prefix", True), **specials)
 
     # --- encoding ------------------------------------------------------------------------
 

@@ -38,12 +38,9 @@ from .vocab import (
     UNKNOWN,
     USER_DEFINED,
     GGUFVocabulary,
-    _end_of_generation,
-    _flag,
     _read_attrs,
     _read_tokens,
-    _rstrip_ids,
-    _special_id,
+    _special_setup,
     _string_list,
     bytes_to_unicode,
 )
@@ -185,19 +182,9 @@ class BPETokenizer(GGUFVocabulary):
         merges = _parse_merges(_string_list(metadata, "tokenizer.ggml.merges"), tokens)
 
         # gpt2 vocabularies in llama.cpp default BOS and EOS to 11 (Falcon's <|endoftext|>).
-        bos_id = _special_id(metadata, "tokenizer.ggml.bos_token_id", 11, n)
-        eos_id = _special_id(metadata, "tokenizer.ggml.eos_token_id", 11, n)
-        eot_id = _special_id(metadata, "tokenizer.ggml.eot_token_id", None, n)
-        eom_id = _special_id(metadata, "tokenizer.ggml.eom_token_id", None, n)
-        add_bos = _flag(metadata, "tokenizer.ggml.add_bos_token", PRE_TOKENIZERS[pre].add_bos)
-        add_eos = _flag(metadata, "tokenizer.ggml.add_eos_token", False)
-        if add_bos and bos_id is None or add_eos and eos_id is None:
-            raise ModelFormatError("the GGUF asks to add a BOS/EOS token but does not name one")
-
-        eos_ids = _end_of_generation(metadata, tokens, attrs, eos_id, eot_id, eom_id)
-        return cls(tokens=tokens, attrs=attrs, merges=merges, pre=pre, bos_id=bos_id,
-                   eos_id=eos_id, eos_ids=eos_ids, add_bos=add_bos, add_eos=add_eos,
-                   rstrip_ids=_rstrip_ids(metadata, tokens, attrs))
+        specials = _special_setup(metadata, tokens, attrs, bos_default=11, eos_default=11,
+                                  add_bos_default=PRE_TOKENIZERS[pre].add_bos)
+        return cls(tokens=tokens, attrs=attrs, merges=merges, pre=pre, **specials)
 
     # --- encoding ------------------------------------------------------------------------
 

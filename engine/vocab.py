@@ -225,6 +225,25 @@ def _end_of_generation(metadata: dict[str, Any], tokens: list[str], attrs: list[
     return frozenset(eog)
 
 
+def _special_setup(metadata: dict[str, Any], tokens: list[str], attrs: list[int], *,
+                   bos_default: int | None, eos_default: int | None, add_bos_default: bool) -> dict[str, Any]:
+    """BOS, EOS, the end-of-generation set, add_bos/add_eos and RSTRIP tokens, read and checked
+    from the metadata with the defaults llama.cpp uses for this kind of vocabulary: the keyword
+    arguments `GGUFVocabulary._init_vocabulary` takes."""
+    n = len(tokens)
+    bos_id = _special_id(metadata, "tokenizer.ggml.bos_token_id", bos_default, n)
+    eos_id = _special_id(metadata, "tokenizer.ggml.eos_token_id", eos_default, n)
+    eot_id = _special_id(metadata, "tokenizer.ggml.eot_token_id", None, n)
+    eom_id = _special_id(metadata, "tokenizer.ggml.eom_token_id", None, n)
+    add_bos = _flag(metadata, "tokenizer.ggml.add_bos_token", add_bos_default)
+    add_eos = _flag(metadata, "tokenizer.ggml.add_eos_token", False)
+    if add_bos and bos_id is None or add_eos and eos_id is None:
+        raise ModelFormatError("the GGUF asks to add a BOS/EOS token but does not name one")
+    return {"bos_id": bos_id, "eos_id": eos_id, "add_bos": add_bos, "add_eos": add_eos,
+            "eos_ids": _end_of_generation(metadata, tokens, attrs, eos_id, eot_id, eom_id),
+            "rstrip_ids": _rstrip_ids(metadata, tokens, attrs)}
+
+
 class GGUFVocabulary:
     """What the GGUF BPE (`engine.tokenizer.BPETokenizer`) and SentencePiece (`engine.spm`)
     tokenizers share: token texts and attributes, special tokens split out of raw text, BOS and
