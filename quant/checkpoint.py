@@ -211,9 +211,11 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     path = Path(path)
     info = read_quantization(path)
     args = _read_args(path)
-    metadata, text_folder = None, None
+    metadata, text_side = None, None
     if info.get("text_side") == "hugging face tokenizer files":
-        text_folder = path
+        from engine.hf_text import load_hf_text_side
+
+        text_side = load_hf_text_side(path)
     else:
         try:
             metadata = json.loads((path / TOKENIZER).read_text(encoding="utf-8"))
@@ -288,4 +290,4 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
         raise ModelFormatError(f"{path}: no weights for {meta[:3]}")
     model = model.eval().requires_grad_(False)
     return NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
-                                        context_length=context_length, text_folder=text_folder)
+                                        context_length=context_length, text_side=text_side)

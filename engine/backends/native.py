@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from ..model import Transformer
 from ..packing import can_pack, pack_linears
 from ..sampling import SamplingParams
 from .base import Model
+
+if TYPE_CHECKING:
+    from ..hf_text import HFTextSide
 
 PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
 
@@ -62,24 +66,22 @@ class NativeModel(Model):
         device: torch.device,
         dtype: torch.dtype,
         context_length: int | None = None,
-        text_folder: Path | None = None,
+        text_side: HFTextSide | None = None,
+        pack_weights: bool = True,
     ) -> NativeModel:
-        """Wrap a Transformer built elsewhere (a quantized checkpoint's loader) with its tokenizer
-        and chat template: from GGUF-style `metadata`, or from the Hugging Face tokenizer files in
-        `text_folder`. Packs any float linears on CPU."""
+        """Wrap a Transformer built elsewhere (a Hugging Face folder, a quantized checkpoint) with
+        its tokenizer and chat template: `text_side` from Hugging Face tokenizer files, else
+        GGUF-style `metadata`. Packs any float linears on CPU unless `pack_weights` is False."""
         self = cls.__new__(cls)
         self.path, self.name = Path(path), name or Path(path).name
         self.device, self.dtype = device, dtype
         self.metadata, self.args = metadata or {}, model.args
-        if text_folder is not None:
-            from ..hf_text import load_hf_text_side
-
-            side = load_hf_text_side(text_folder)
-            self.tokenizer, self.template = side.tokenizer, side.template
+        if text_side is not None:
+            self.tokenizer, self.template = text_side.tokenizer, text_side.template
         else:
             self._load_text_side(self.metadata)
         self.model = model
-        self._finish_load(True, context_length)
+        self._finish_load(pack_weights, context_length)
         return self
 
     @classmethod
@@ -98,18 +100,13 @@ class NativeModel(Model):
         from ..formats.hf import load_hf_weights, read_hf_config
         from ..hf_text import load_hf_text_side
 
-        self = cls.__new__(cls)
-        self.path = Path(folder)
-        self.name = name or self.path.name
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.args, self.hf_config = read_hf_config(self.path)
-        self.metadata = {}  # no GGUF metadata: the text side comes from the tokenizer files
-        side = load_hf_text_side(self.path)  # before the weights: a bad tokenizer fails fast
-        self.tokenizer, self.template = side.tokenizer, side.template
-        self.model = load_hf_weights(self.path, self.args, dtype=self.dtype, device=self.device)
-        self._finish_load(pack_weights, context_length)
-        return self
+        device = pick_device(device)
+        dtype = pick_dtype(dtype, device)
+        args, _ = read_hf_config(folder)
+        text_side = load_hf_text_side(folder)  # before the weights: a bad tokenizer fails fast
+        model = load_hf_weights(folder, args, dtype=dtype, device=device)
+        return cls.from_transformer(model, None, path=folder, name=name, device=device, dtype=dtype,
+                                    context_length=context_length, text_side=text_side, pack_weights=pack_weights)
 
     def new_cache(self, max_seq_len: int) -> KVCache:
         return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
