@@ -40,8 +40,14 @@ class KVCache:
         shape = (args.n_layers, batch_size, args.n_kv_heads, max_seq_len, args.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self._layer_views()
         self.max_seq_len = max_seq_len
         self.offset = 0
+
+    def _layer_views(self) -> None:
+        # One view per layer, made once: indexing `keys[layer]` on every step is dispatcher work
+        # that a one-token decode step pays 60 times.
+        self._keys, self._values = self.keys.unbind(0), self.values.unbind(0)
 
     def ensure(self, capacity: int) -> None:
         """Grow the storage (doubling, up to the context length) so `capacity` positions fit."""
@@ -57,6 +63,7 @@ class KVCache:
             new[:, :, :, : self.offset] = old[:, :, :, : self.offset]
             grown.append(new)
         self.keys, self.values = grown
+        self._layer_views()
         self.max_seq_len = new_len
 
     def reserve(self, n_tokens: int) -> int:
@@ -69,10 +76,11 @@ class KVCache:
 
     def update_and_fetch(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v of shape (B, n_kv_heads, T, head_dim) at the current offset; return all filled positions."""
-        start, end = self.offset, self.offset + k.shape[2]
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        start, n = self.offset, k.shape[2]
+        keys, values = self._keys[layer], self._values[layer]
+        keys.narrow(2, start, n).copy_(k)
+        values.narrow(2, start, n).copy_(v)
+        return keys.narrow(2, 0, start + n), values.narrow(2, 0, start + n)
 
     def advance(self, n_tokens: int) -> None:
         self.offset += n_tokens

@@ -98,23 +98,27 @@ def dynamic_ntk_frequencies(args: ModelArgs, end: int) -> torch.Tensor:
 def rope_tables(
     inv_freq: torch.Tensor, end: int, *, start: int = 0, scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for positions start..end-1, shape (end - start, rope_dim), halves repeated for
-    rotate_half, both multiplied by `scale` (YaRN's attention factor; 1 otherwise)."""
+    """cos and signed sin for positions start..end-1, shape (end - start, rope_dim), halves
+    repeated for rotate_half, both multiplied by `scale` (YaRN's attention factor; 1 otherwise).
+
+    The sin table's first half is negated: rotate_half(x) = cat(-x2, x1) = roll(x, half) * [-1, 1],
+    so `apply_rope` rotates with one roll and one multiply-add instead of slicing and concatenating."""
     angles = torch.outer(torch.arange(start, end, dtype=torch.float32), inv_freq)  # (S, rope_dim/2)
-    angles = torch.cat((angles, angles), dim=-1)  # (S, rope_dim)
+    sin = angles.sin()
+    cos, sin = torch.cat((angles.cos(), angles.cos()), dim=-1), torch.cat((-sin, sin), dim=-1)  # (S, rope_dim)
     if scale == 1.0:
-        return angles.cos(), angles.sin()
-    return angles.cos() * scale, angles.sin() * scale
+        return cos, sin
+    return cos * scale, sin * scale
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, H, head_dim); cos/sin: (T, 1, rope_dim). Rotates the first rope_dim dims of each head."""
+    """x: (B, T, H, head_dim); cos and signed sin (`rope_tables`): (T, 1, rope_dim). Rotates the
+    first rope_dim dims of each head: x * cos + rotate_half(x) * sin, in three ops."""
     rope_dim = cos.shape[-1]
+    if rope_dim == x.shape[-1]:
+        return torch.addcmul(x * cos, x.roll(rope_dim // 2, dims=-1), sin)
     rot, rest = x[..., :rope_dim], x[..., rope_dim:]
-    half = rope_dim // 2
-    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    out = rot * cos + rotated * sin
-    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+    return torch.cat((torch.addcmul(rot * cos, rot.roll(rope_dim // 2, dims=-1), sin), rest), dim=-1)
 
 
 def attention_mask(start: int, T: int, window: int | None, device: torch.device) -> torch.Tensor | None:

@@ -1,4 +1,4 @@
-"""Weight quantization for the native engine: INT8 per channel and INT4 in groups.
+"""Weight quantization for the native engine: INT8 and INT4, both in groups of inputs.
 
 `quant.schemes` is the tensor math, `quant.linear` the module swap (`quantize_model`). Names are
 re-exported lazily so that importing `quant` (for example for `--help`) does not load torch.
@@ -9,6 +9,8 @@ _EXPORTS = {
     "Int8Linear": "linear",
     "Int4Linear": "linear",
     "quantize_int8_per_channel": "schemes",
+    "quantize_int8_grouped": "schemes",
+    "CPUQuantLinear": "cpu_kernel",
     "dequantize_int8": "schemes",
     "quantize_int4_grouped": "schemes",
     "pack_int4": "schemes",

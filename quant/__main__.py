@@ -17,8 +17,9 @@ GGUF_KIND = {"int8": "q8_0", "int4": "q4_0"}
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quant", description="Quantize a model's weights to INT8 or INT4 for the native engine.")
     p.add_argument("model", help="a models.toml name, a .gguf file or a Hugging Face checkpoint folder")
-    p.add_argument("--scheme", required=True, help="int8 (per output channel) or int4 (grouped, scale and zero-point per group)")
-    p.add_argument("--group-size", type=int, default=None, help="INT4 group size: 32, 64 or 128 (default 32)")
+    p.add_argument("--scheme", required=True,
+                   help="int8 (symmetric, a scale per group) or int4 (a scale and a zero-point per group)")
+    p.add_argument("--group-size", type=int, default=None, help="inputs per group: 32, 64 or 128 (default 32)")
     p.add_argument("--out", required=True, type=Path, help="the folder to write (must not exist, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--format", choices=("safetensors", "gguf"), default="safetensors",
@@ -36,15 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 def check_request(args: argparse.Namespace) -> None:
     """Everything that can be refused before any model is read."""
     from .linear import SCHEMES
-    from .schemes import INT4_GROUP_SIZES
+    from .schemes import GROUP_SIZES
 
     if args.scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {args.scheme!r}: use int8 or int4")
-    if args.group_size is not None:
-        if args.scheme != "int4":
-            raise ValueError("--group-size applies to int4 only (int8 is per output channel)")
-        if args.group_size not in INT4_GROUP_SIZES:
-            raise ValueError(f"--group-size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, got {args.group_size}")
+    if args.group_size is not None and args.group_size not in GROUP_SIZES:
+        raise ValueError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {args.group_size}")
     if args.format == "gguf" and args.scheme == "int4" and (args.group_size or 32) != 32:
         raise ValueError("--format gguf writes Q4_0, whose groups are 32 wide: use --group-size 32")
     if args.calibrate is not None:
@@ -118,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         for tmp in extra.values():
             tmp.unlink(missing_ok=True)
     print(f"quant: wrote {args.out} ({folder_bytes(args.out) / 1e6:.1f} MB): {args.scheme}"
-          + (f", group size {group_size}" if args.scheme == "int4" else "") ,
+          + f", group size {group_size}",
           file=sys.stderr)
     if args.eval is not None:
         del model

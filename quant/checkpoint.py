@@ -2,7 +2,8 @@
 
 A folder `quant` writes holds:
 - `model.safetensors`: the quantized Transformer's tensors. INT8 layers as `<name>.weight_q`
-  (int8 [out, in]) and `<name>.scale` (float32 [out]); INT4 layers as `<name>.weight_packed`
+  (int8 [out, in]) and `<name>.scale` (float32, [out, in/g] in groups of g, or [out] per row:
+  format version 1 wrote only these); INT4 layers as `<name>.weight_packed`
   (uint8 [out, in/2], two codes a byte, low nibble first), `<name>.scale` and `<name>.minimum`
   (float16 [out, groups], as in GGML's Q4_1); the token table as `tok_embeddings.weight_q/scale`; RMSNorm scales in
   float32; the RoPE inverse frequencies as `rope.inv_freq`. A tied head is stored once.
@@ -33,7 +34,8 @@ from engine.config import ModelArgs, RopeScaling
 from engine.errors import ModelFormatError
 
 FORMAT = "chatapp-quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: INT8 scales may be per group
+READABLE_VERSIONS = (1, 2)
 WEIGHTS, ARGS, TOKENIZER, QUANTIZATION = "model.safetensors", "model_args.json", "tokenizer_metadata.json", "quantization.json"
 TOKENIZER_KEY_PREFIXES = ("tokenizer.",)
 
@@ -175,8 +177,9 @@ def read_quantization(path: Path) -> dict:
         raise ModelFormatError(f"{file}: cannot read it ({type(e).__name__}: {e})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ModelFormatError(f"{file}: not a {FORMAT} checkpoint")
-    if info.get("format_version") != FORMAT_VERSION:
-        raise ModelFormatError(f"{file}: format version {info.get('format_version')!r}; this build reads {FORMAT_VERSION}")
+    if info.get("format_version") not in READABLE_VERSIONS:
+        raise ModelFormatError(f"{file}: format version {info.get('format_version')!r}; this build reads "
+                               f"{', '.join(map(str, READABLE_VERSIONS))}")
     if info.get("scheme") not in ("int8", "int4") or not isinstance(info.get("quantized"), dict):
         raise ModelFormatError(f"{file}: unknown scheme {info.get('scheme')!r} or no tensor map")
     return info
@@ -197,6 +200,16 @@ def _read_args(path: Path) -> ModelArgs:
         raise ModelFormatError(f"{file}: not a valid model config ({type(e).__name__}: {e})") from None
 
 
+def int8_scale_shape(entry: dict, rows: int, width: int) -> tuple[int, ...]:
+    """The scale shape an INT8 tensor's quantization.json entry promises: [rows, width/g] or [rows]."""
+    g = entry.get("group_size")
+    if g is None:
+        return (rows,)
+    if not isinstance(g, int) or g <= 0 or width % g:
+        raise ValueError(f"INT8 group size {g!r} does not divide the width {width}")
+    return (rows, width // g)
+
+
 def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=None, context_length: int | None = None):
     """Read a folder `save_checkpoint` wrote into a NativeModel (the entry point engine.load uses)."""
     from safetensors import SafetensorError
@@ -206,7 +219,8 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     from engine.device import pick_device, pick_dtype
     from engine.model import Transformer
 
-    from .linear import Int4Linear, Int8Embedding, Int8Linear
+    from .cpu_kernel import KERNEL_DTYPES
+    from .linear import Int4Linear, Int8Embedding, Int8Linear, pack_for_cpu
 
     path = Path(path)
     info = read_quantization(path)
@@ -248,7 +262,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
             module_name = full.removesuffix(".weight")
             if module_name == "tok_embeddings":
                 q = take("tok_embeddings.weight_q", torch.int8, (args.vocab_size, args.dim))
-                table = Int8Embedding(q, take("tok_embeddings.scale", torch.float32, (args.vocab_size,)), dtype)
+                table = Int8Embedding(q, take("tok_embeddings.scale", torch.float32, int8_scale_shape(entry, args.vocab_size, args.dim)), dtype)
                 model.tok_embeddings = table
                 if info["tied_output"]:
                     model.output = Int8Linear(table.weight_q, table.scale)
@@ -262,7 +276,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
             bias = None if old.bias is None else take(f"{module_name}.bias", torch.float32, (out,))  # Qwen2's wqkv
             if entry.get("scheme") == "int8":
                 new = Int8Linear(take(f"{module_name}.weight_q", torch.int8, (out, inp)),
-                                 take(f"{module_name}.scale", torch.float32, (out,)), bias)
+                                 take(f"{module_name}.scale", torch.float32, int8_scale_shape(entry, out, inp)), bias)
             elif entry.get("scheme") == "int4":
                 g = entry.get("group_size")
                 if not isinstance(g, int) or g <= 0 or inp % g:
@@ -289,5 +303,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     if meta:
         raise ModelFormatError(f"{path}: no weights for {meta[:3]}")
     model = model.eval().requires_grad_(False)
+    if device.type == "cpu" and dtype in KERNEL_DTYPES:
+        pack_for_cpu(model)  # the kernel's layout replaces the stored form: one copy of the weights
     return NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
                                         context_length=context_length, text_side=text_side)

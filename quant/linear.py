@@ -9,18 +9,21 @@ weights streamed from memory as in real decoding:
 | bfloat16, oneDNN prepacked (`engine.packing`)    |         11.2 |       212 MB |
 | fbgemm dynamic INT8 (`quantized.linear_dynamic`) |         14.7 |       106 MB |
 | INT8 weight-only, `aten._weight_int8pack_mm`     |          7.4 |       106 MB |
-| INT4 g32 weight-only, `_weight_int4pack_mm_for_cpu` |        8.0 |        53 MB |
-| INT4 g64 weight-only, `_weight_int4pack_mm_for_cpu` |        3.8 |        53 MB |
+| INT8 as two nibble planes, `_weight_int4pack_mm_for_cpu` | 7.0 |     106 MB |
+| INT4 g32 weight-only, `_weight_int4pack_mm_for_cpu` |        4.5 |        53 MB |
 
-So on CPU both schemes run PyTorch's own weight-only kernels: they read fewer bytes than
-bfloat16 and, unlike fbgemm's dynamic path, leave the activations alone. fbgemm quantizes each
-call's activations to 8 bits with one scale, and the default model's activation outliers (up to
-2800 at the `w2` input, against a typical 0.1) cost mean KL 0.015 per decoded token; weight-only
-INT8 measures 0.003. (Those kernels are slow in float32 activations, 62 ms for the same work, so
-a quantized model runs in bfloat16 on CPU unless told otherwise.)
+Both schemes therefore run PyTorch's INT4 CPU kernel, INT8 as two nibble planes
+(`quant.cpu_kernel`): they read fewer bytes than bfloat16 and, unlike fbgemm's dynamic path,
+leave the activations alone. fbgemm quantizes each call's activations to 8 bits with one scale,
+and the default model's activation outliers (up to 2800 at the `w2` input, against a typical
+0.1) cost mean KL 0.015 per decoded token; weight-only INT8 measures 0.003. The kernel is slow
+with float32 activations, so a quantized model runs in bfloat16 on CPU unless told otherwise;
+prefill (many rows) dequantizes and runs the dense matmul, which is faster there.
 
-Elsewhere (CUDA, MPS, float32 on a CPU without the ops) the layers dequantize the weight to the
-activation dtype and call `F.linear`, gpt-fast's weight-only form: correct everywhere, a
+`engine.load(DIR)` on CPU swaps every layer for its `CPUQuantLinear` form, which holds only the
+kernel's layout. The modules here keep the stored form (what `quant` writes) and build a
+kernel copy on first use on CPU. Elsewhere (CUDA, MPS, float32) they dequantize the weight to
+the activation dtype and call `F.linear`, gpt-fast's weight-only form: correct everywhere, a
 memory saving but not a speed-up unless `torch.compile` fuses the cast.
 """
 
@@ -30,11 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernel import KERNEL_DTYPES, CPUQuantLinear
 from .schemes import (
-    INT4_GROUP_SIZES,
+    GROUP_SIZES,
     dequantize_int4,
     dequantize_int8,
+    int8_groups,
     quantize_int4_grouped,
+    quantize_int8_grouped,
     quantize_int8_per_channel,
     unpack_int4,
 )
@@ -43,6 +49,7 @@ SCHEMES = ("int8", "int4")
 
 
 def _cpu_kernel(x: torch.Tensor) -> bool:
+    """Whether `x` goes to PyTorch's CPU weight-only kernels (else: dequantize and `F.linear`)."""
     return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -62,46 +69,62 @@ class _KernelCache(nn.Module):
 
 
 class Int8Linear(_KernelCache):
-    """y = x @ (q * scale[:, None]).T + bias, with q int8 [out, in] and one float32 scale per row."""
+    """y = x @ (q * scale).T + bias: q int8 [out, in], scale float32 per row [out] or per group [out, in/g]."""
 
     def __init__(self, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        if weight_q.dtype != torch.int8 or weight_q.dim() != 2 or scale.shape != weight_q.shape[:1]:
-            raise ValueError(f"Int8Linear needs int8 [out, in] and [out] scales, got {weight_q.dtype} "
-                             f"{tuple(weight_q.shape)} and {tuple(scale.shape)}")
+        if weight_q.dtype != torch.int8 or weight_q.dim() != 2:
+            raise ValueError(f"Int8Linear needs an int8 [out, in] weight, got {weight_q.dtype} {tuple(weight_q.shape)}")
+        try:
+            groups = int8_groups(weight_q, scale)
+        except ValueError as e:
+            raise ValueError(f"Int8Linear: {e}") from None
         self.out_features, self.in_features = weight_q.shape
+        self.group_size = self.in_features // groups if scale.dim() == 2 else None  # None: per row
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("scale", scale.float())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        self._scale_cast: torch.Tensor | None = None  # the scale in the activation dtype, built on first call
+        self._kernel: CPUQuantLinear | bool | None = None  # built on first CPU call; False: does not apply
+        self._scale_cast: torch.Tensor | None = None  # per-row scales in the activation dtype
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        q, scale = quantize_int8_per_channel(linear.weight.detach())
+    def from_linear(cls, linear: nn.Linear, group_size: int | None = None) -> Int8Linear:
+        """Per output row, or in groups of `group_size` inputs."""
+        w = linear.weight.detach()
+        q, scale = quantize_int8_per_channel(w) if group_size is None else quantize_int8_grouped(w, group_size)
         return cls(q, scale, linear.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        grid = "per row" if self.group_size is None else f"group_size={self.group_size}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {grid}, bias={self.bias is not None}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if _cpu_kernel(x):
+        if _cpu_kernel(x) and x.dtype in KERNEL_DTYPES:
+            if self._kernel is None:
+                self._kernel = self.packed_for_cpu() or False
+            if self._kernel:
+                return self._kernel(x)
+        if _cpu_kernel(x) and self.group_size is None:  # float32, or a shape the INT4 kernel does not take
             if self._scale_cast is None or self._scale_cast.dtype != x.dtype:
                 self._scale_cast = self.scale.to(x.dtype)
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_q, self._scale_cast)
             y = y.view(*x.shape[:-1], self.out_features)
             return y if bias is None else y + bias
-        return F.linear(x, self.weight_q.to(x.dtype), None) * self.scale.to(x.dtype) + (0 if bias is None else bias)
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int8(self.weight_q, self.scale, dtype)
 
+    def packed_for_cpu(self) -> CPUQuantLinear | None:
+        return CPUQuantLinear.from_int8(self.weight_q, self.scale, self.bias)
+
     def _drop_kernel_cache(self) -> None:
-        self._scale_cast = None
+        self._kernel = self._scale_cast = None
 
 
 class Int8Embedding(nn.Module):
-    """A token table stored as int8 rows with one float32 scale per row; lookups dequantize rows.
+    """A token table stored as int8 rows with float32 scales (per row or per group); lookups dequantize rows.
 
     With a tied head, `Int8Linear(table.weight_q, table.scale)` shares the same two tensors, so
     the table is held once and the logits use the fast INT8 kernel.
@@ -109,21 +132,26 @@ class Int8Embedding(nn.Module):
 
     def __init__(self, weight_q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
-        if weight_q.dtype != torch.int8 or weight_q.dim() != 2 or scale.shape != weight_q.shape[:1]:
-            raise ValueError(f"Int8Embedding needs int8 [vocab, dim] and [vocab] scales, got {weight_q.dtype} "
-                             f"{tuple(weight_q.shape)} and {tuple(scale.shape)}")
+        if weight_q.dtype != torch.int8 or weight_q.dim() != 2:
+            raise ValueError(f"Int8Embedding needs an int8 [vocab, dim] table, got {weight_q.dtype} {tuple(weight_q.shape)}")
+        try:
+            self.groups = int8_groups(weight_q, scale)
+        except ValueError as e:
+            raise ValueError(f"Int8Embedding: {e}") from None
         self.num_embeddings, self.embedding_dim = weight_q.shape
         self.dtype = dtype  # the model's activation dtype
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("scale", scale.float())
 
     @classmethod
-    def from_embedding(cls, embedding: nn.Embedding) -> Int8Embedding:
-        q, scale = quantize_int8_per_channel(embedding.weight.detach())
+    def from_embedding(cls, embedding: nn.Embedding, group_size: int | None = None) -> Int8Embedding:
+        w = embedding.weight.detach()
+        q, scale = quantize_int8_per_channel(w) if group_size is None else quantize_int8_grouped(w, group_size)
         return cls(q, scale, embedding.weight.dtype)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return (self.weight_q[tokens].float() * self.scale[tokens, None]).to(self.dtype)  # (..., dim)
+        rows = self.weight_q[tokens].float().unflatten(-1, (self.groups, -1))  # (..., groups, dim / groups)
+        return (rows * self.scale.view(self.num_embeddings, self.groups)[tokens, :, None]).flatten(-2).to(self.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8"
@@ -163,7 +191,7 @@ class Int4Linear(_KernelCache):
         self.register_buffer("scale", scale)
         self.register_buffer("minimum", minimum)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        self._kernel: tuple[torch.Tensor, torch.Tensor] | None = None  # the CPU kernel's layout, built on first call
+        self._kernel: CPUQuantLinear | bool | None = None  # built on first CPU call; False: does not apply
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 32) -> Int4Linear:
@@ -177,47 +205,55 @@ class Int4Linear(_KernelCache):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int4(self.weight_packed, self.scale, self.minimum, dtype)
 
-    def _kernel_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._kernel is None or self._kernel[1].dtype != dtype:
-            # The kernel computes (q - 8) * scale + zero per group, so zero = min + 8 * scale;
-            # scales and zeros travel as [groups, out, 2] in the activation dtype.
-            codes = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.weight_packed).to(torch.int32), 1)
-            scale, minimum = self.scale.float(), self.minimum.float()
-            scales_zeros = torch.stack((scale, minimum + 8 * scale), dim=-1).transpose(0, 1)
-            self._kernel = codes, scales_zeros.contiguous().to(dtype)
-        return self._kernel
+    def packed_for_cpu(self) -> CPUQuantLinear | None:
+        return CPUQuantLinear.from_int4(unpack_int4(self.weight_packed).to(torch.uint8), self.scale, self.minimum, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        if _cpu_kernel(x):
-            codes, scales_zeros = self._kernel_weights(x.dtype)
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features), codes, self.group_size, scales_zeros)
-            y = y.view(*x.shape[:-1], self.out_features)
-            return y if bias is None else y + bias
-        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        if _cpu_kernel(x) and x.dtype in KERNEL_DTYPES:
+            if self._kernel is None:
+                self._kernel = self.packed_for_cpu() or False
+            if self._kernel:
+                return self._kernel(x)
+        return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def _drop_kernel_cache(self) -> None:
         self._kernel = None
 
+
+HEAD_GROUP_SIZE = 32  # INT8 groups of the token table and output head, in both schemes
 
 # The per-layer linears of engine.model.Transformer, by path inside each Block.
 LAYER_LINEARS = ("attention.wqkv", "attention.wo", "feed_forward.w13", "feed_forward.w2")
 
 
 def layer_group_size(in_features: int, group_size: int) -> int:
-    """The group size an INT4 layer of this input width gets: the one asked for if it divides the
+    """The group size a layer of this input width gets: the one asked for if it divides the
     width, else the largest smaller choice that does (the default model's 576-wide inputs take
     64 when 128 is asked for). Widths no choice divides are refused."""
-    for g in sorted((g for g in INT4_GROUP_SIZES if g <= group_size), reverse=True):
+    for g in sorted((g for g in GROUP_SIZES if g <= group_size), reverse=True):
         if in_features % g == 0:
             return g
-    raise ValueError(f"input width {in_features} is not a multiple of any INT4 group size up to {group_size}")
+    raise ValueError(f"input width {in_features} is not a multiple of any group size up to {group_size}")
+
+
+def int8_group_size(in_features: int, group_size: int | None) -> int | None:
+    """An INT8 tensor's group size: as `layer_group_size`, but per row (None) where no group fits."""
+    if group_size is None:
+        return None
+    try:
+        return layer_group_size(in_features, group_size)
+    except ValueError:
+        return None
+
+
+def _int8_entry(group_size: int | None, **extra) -> dict:
+    return {"scheme": "int8", **({} if group_size is None else {"group_size": group_size}), **extra}
 
 
 def quantize_model(
     model: nn.Module,
     scheme: str,
-    group_size: int = 32,
+    group_size: int | None = 32,
     *,
     hessians: dict[str, torch.Tensor] | None = None,
     progress=None,
@@ -228,19 +264,21 @@ def quantize_model(
     with GPTQ instead of to nearest.
 
     Policy, the same for both schemes:
-    - every layer's wqkv, wo, w13 and w2 get `scheme` (INT4: `group_size` where it divides the
-      input width, else the largest smaller group size that does, recorded per tensor);
-    - the token embedding and the output head get INT8 per row. The head is the largest single
-      matrix (49152 x 576 for the default model: 21% of its weights) and the logits are
-      sensitive, so it stays at 8 bits even for INT4, as llama.cpp keeps it at 6-8 bits in its
-      4-bit types. A tied head shares the embedding's int8 table;
+    - every layer's wqkv, wo, w13 and w2 get `scheme` in groups of `group_size` inputs where it
+      divides the input width, else the largest smaller group size that does (recorded per
+      tensor). INT8 with `group_size=None`, or a width no group size divides, is per row;
+    - the token embedding and the output head get INT8 in groups of 32 (GGML's Q8_0 grid), per
+      row where 32 does not divide the width. The head is the largest single matrix (49152 x 576
+      for the default model: 21% of its weights) and the logits are sensitive, so it stays at 8
+      bits even for INT4, as llama.cpp keeps it at 6-8 bits in its 4-bit types. A tied head
+      shares the embedding's int8 table;
     - RMSNorm scales stay float32.
     All layers are checked first, so a bad request changes nothing.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
-    if scheme == "int4" and group_size not in INT4_GROUP_SIZES:
-        raise ValueError(f"INT4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    if group_size not in GROUP_SIZES and not (scheme == "int8" and group_size is None):
+        raise ValueError(f"{scheme.upper()} group size must be one of {GROUP_SIZES}, got {group_size}")
     if hessians and scheme != "int4":
         raise ValueError("GPTQ calibration applies to int4 only")
 
@@ -265,8 +303,9 @@ def quantize_model(
     steps = len(targets) + 1
     for n, (name, parent, attr, linear) in enumerate(targets):
         if scheme == "int8":
-            new = Int8Linear.from_linear(linear)
-            quantized[f"{name}.weight"] = {"scheme": "int8"}
+            g = int8_group_size(linear.in_features, group_size)
+            new = Int8Linear.from_linear(linear, g)
+            quantized[f"{name}.weight"] = _int8_entry(g)
         else:
             g = layer_group_size(linear.in_features, group_size)
             if hessians and name in hessians:
@@ -283,14 +322,15 @@ def quantize_model(
             progress(n + 1, steps)
 
     tied = model.output is None
-    table = Int8Embedding.from_embedding(model.tok_embeddings)
+    g = int8_group_size(model.tok_embeddings.embedding_dim, HEAD_GROUP_SIZE)
+    table = Int8Embedding.from_embedding(model.tok_embeddings, g)
     model.tok_embeddings = table
-    quantized["tok_embeddings.weight"] = {"scheme": "int8", "role": "token embedding" + (" and tied output head" if tied else "")}
+    quantized["tok_embeddings.weight"] = _int8_entry(g, role="token embedding" + (" and tied output head" if tied else ""))
     if tied:
         model.output = Int8Linear(table.weight_q, table.scale)
     else:
-        model.output = Int8Linear.from_linear(model.output)
-        quantized["output.weight"] = {"scheme": "int8", "role": "output head"}
+        model.output = Int8Linear.from_linear(model.output, g)
+        quantized["output.weight"] = _int8_entry(g, role="output head")
     if progress is not None:
         progress(steps, steps)
 
@@ -302,8 +342,24 @@ def quantize_model(
             kept_float[name] = "not a layer the quantizer handles"
     return {
         "scheme": scheme,
-        "group_size": group_size if scheme == "int4" else None,
+        "group_size": group_size,
         "tied_output": tied,
         "quantized": quantized,
         "kept_float": kept_float,
     }
+
+
+def pack_for_cpu(model: nn.Module) -> int:
+    """Swap every INT8/INT4 linear of `model` for its `CPUQuantLinear` form, which holds only the
+    kernel's layout (one copy of the weights); returns how many were swapped. For inference on
+    CPU in bfloat16 or float16: the packed modules do not save or move. Layers the kernel does
+    not fit stay as they are."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, (Int8Linear, Int4Linear)):
+                packed = child.packed_for_cpu()
+                if packed is not None:
+                    setattr(module, name, packed)
+                    swapped += 1
+    return swapped

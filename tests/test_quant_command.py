@@ -18,6 +18,7 @@ from engine.backends.native import NativeModel
 from engine.errors import ModelFormatError
 from quant.__main__ import main as quant_main
 from quant.checkpoint import QUANTIZATION, WEIGHTS, sha256_of
+from quant.cpu_kernel import CPUQuantLinear
 from quant.linear import Int4Linear, Int8Embedding, Int8Linear, quantize_model
 from tiny_models import TinyConfig, write_tiny_llama
 
@@ -100,7 +101,7 @@ def test_bad_requests_are_refused_before_anything_is_written(tiny_gguf, tmp_path
     cases = [
         (("--scheme", "int3"), "unknown scheme 'int3'"),
         (("--scheme", "int4", "--group-size", "48"), "--group-size must be one of 32, 64, 128"),
-        (("--scheme", "int8", "--group-size", "64"), "applies to int4 only"),
+        (("--scheme", "int8", "--group-size", "16"), "--group-size must be one of 32, 64, 128"),
         (("--scheme", "int4", "--eval", tmp_path / "missing.txt"), "no such file"),
         (("--scheme", "int4", "--group-size", "64", "--format", "gguf"), "Q4_0, whose groups are 32 wide"),
         (("--scheme", "int8", "--calibrate", tiny_gguf), "--calibrate applies to int4 only"),
@@ -191,7 +192,8 @@ def test_tampered_folders_are_refused_by_name(tiny_gguf, tmp_path):
             engine.load(variant(f"bad{i}", edit))
     # A folder named like another scheme is still read by its metadata.
     renamed = good.rename(tmp_path / "model-int8")
-    assert isinstance(engine.load(renamed).model.layers[0].attention.wo, Int4Linear)
+    wo = engine.load(renamed).model.layers[0].attention.wo  # bfloat16 on CPU: packed for the INT4 kernel
+    assert isinstance(wo, CPUQuantLinear) and wo.scheme == "int4"
     (renamed / QUANTIZATION).unlink()
     with pytest.raises(ModelFormatError, match="no config.json or quantization.json"):
         engine.load(renamed)
