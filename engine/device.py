@@ -70,3 +70,25 @@ def pick_dtype(requested: str | torch.dtype | None, device: torch.device) -> tor
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     check_dtype_name(requested)
     return getattr(torch, ALIASES.get(requested, requested))
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed while loading back to the OS (glibc's `malloc_trim`), where there is glibc.
+
+    Loading builds each weight in a few transient forms (read, converted, packed). glibc keeps
+    freed blocks of that size in its heap rather than unmapping them, so without this a loaded
+    INT8 model of the default model showed 925 MiB resident where its live tensors need about
+    350; after it, 571.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return
+    trim(0)

@@ -212,15 +212,14 @@ def int8_scale_shape(entry: dict, rows: int, width: int) -> tuple[int, ...]:
 
 def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=None, context_length: int | None = None):
     """Read a folder `save_checkpoint` wrote into a NativeModel (the entry point engine.load uses)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     from engine.backends.native import NativeModel
-    from engine.device import pick_device, pick_dtype
+    from engine.device import pick_device, pick_dtype, release_freed_memory
     from engine.model import Transformer
 
-    from .cpu_kernel import KERNEL_DTYPES
-    from .linear import Int4Linear, Int8Embedding, Int8Linear, pack_for_cpu
+    from .cpu_kernel import KERNEL_DTYPES, CPUQuantLinear
+    from .linear import Int4Linear, Int8Embedding, Int8Linear
 
     path = Path(path)
     info = read_quantization(path)
@@ -240,14 +239,29 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     try:
-        state = load_file(str(path / WEIGHTS))
+        # Tensor by tensor, not the whole file at once: with each layer packed as it is read
+        # (below), loading never holds much more than the finished model.
+        weights = safe_open(str(path / WEIGHTS), framework="pt", device="cpu")
+        state = set(weights.keys())
     except (OSError, SafetensorError) as e:
         raise ModelFormatError(f"{path / WEIGHTS}: not a readable safetensors file ({e})") from None
+    pack = device.type == "cpu" and dtype in KERNEL_DTYPES  # the kernel's layout replaces the stored form
+
+    def placed(layer: Int8Linear | Int4Linear) -> torch.nn.Module:
+        if not pack:
+            return layer
+        packed = layer.packed_for_cpu(dtype)
+        release_freed_memory()  # the packing's transients (and the last layer's stored form) go back now
+        return layer if packed is None else packed
 
     def take(key: str, dtype_: torch.dtype, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        t = state.pop(key, None)
-        if t is None:
+        if key not in state:
             raise ModelFormatError(f"{path / WEIGHTS}: tensor {key!r} is missing")
+        state.discard(key)
+        try:
+            t = weights.get_tensor(key)
+        except (OSError, SafetensorError) as e:
+            raise ModelFormatError(f"{path / WEIGHTS}: tensor {key!r} cannot be read ({e})") from None
         if t.dtype != dtype_ or (shape is not None and tuple(t.shape) != shape):
             raise ModelFormatError(f"{path / WEIGHTS}: tensor {key!r} is {t.dtype} {tuple(t.shape)}, "
                                    f"expected {dtype_} {shape if shape is not None else ''}")
@@ -265,7 +279,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
                 table = Int8Embedding(q, take("tok_embeddings.scale", torch.float32, int8_scale_shape(entry, args.vocab_size, args.dim)), dtype)
                 model.tok_embeddings = table
                 if info["tied_output"]:
-                    model.output = Int8Linear(table.weight_q, table.scale)
+                    model.output = placed(Int8Linear(table.weight_q, table.scale))
                 continue
             parent_name, attr = module_name.rsplit(".", 1) if "." in module_name else ("", module_name)
             parent = model.get_submodule(parent_name)
@@ -286,7 +300,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
                                  take(f"{module_name}.minimum", torch.float16, (out, inp // g)), bias)
             else:
                 raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} has unknown scheme {entry.get('scheme')!r}")
-            setattr(parent, attr, new)
+            setattr(parent, attr, placed(new))
         inv_freq = take("rope.inv_freq", torch.float32, (args.rope_dim // 2,))
         floats = {}
         for pname, param in model.named_parameters():
@@ -297,13 +311,11 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
         raise ModelFormatError(f"{path / WEIGHTS}: unexpected tensors {sorted(state)[:3]}")
     model.load_state_dict(floats, assign=True, strict=False)
     model.inv_freq = inv_freq
-    if info["tied_output"] is False and not isinstance(model.output, Int8Linear):
+    if info["tied_output"] is False and not isinstance(model.output, (Int8Linear, CPUQuantLinear)):
         raise ModelFormatError(f"{path / QUANTIZATION}: the model has an untied head but the checkpoint has none")
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if meta:
         raise ModelFormatError(f"{path}: no weights for {meta[:3]}")
     model = model.eval().requires_grad_(False)
-    if device.type == "cpu" and dtype in KERNEL_DTYPES:
-        pack_for_cpu(model)  # the kernel's layout replaces the stored form: one copy of the weights
     return NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
                                         context_length=context_length, text_side=text_side)

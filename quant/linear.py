@@ -4,17 +4,20 @@ Kernels, measured on the 2-core AVX-512 BF16/VNNI CPU this project targets (READ
 "Quantization"): the four layer linears of all 30 layers of the default model, one token,
 weights streamed from memory as in real decoding:
 
-| kernel (bfloat16 activations)                    | ms per token | weights read |
-|--------------------------------------------------|-------------:|-------------:|
-| bfloat16, oneDNN prepacked (`engine.packing`)    |         11.2 |       212 MB |
-| fbgemm dynamic INT8 (`quantized.linear_dynamic`) |         14.7 |       106 MB |
-| INT8 weight-only, `aten._weight_int8pack_mm`     |          7.4 |       106 MB |
-| INT8 as two nibble planes, `_weight_int4pack_mm_for_cpu` | 7.0 |     106 MB |
-| INT4 g32 weight-only, `_weight_int4pack_mm_for_cpu` |        4.5 |        53 MB |
+| kernel (bfloat16 activations)                          | ms per token | weights read |
+|--------------------------------------------------------|-------------:|-------------:|
+| bfloat16, oneDNN prepacked (`engine.packing`)          |    11.2-12.3 |       212 MB |
+| fbgemm dynamic INT8 (`quantized.linear_dynamic`)       |         14.7 |       106 MB |
+| INT8 per row, `aten._weight_int8pack_mm`               |     7.4-10.0 |       106 MB |
+| INT8 as two nibble planes, `_weight_int4pack_mm_for_cpu`, group 32 / 128 | 9.3 / 7.0 | 106 MB |
+| INT4 g32 / g64, `_weight_int4pack_mm_for_cpu`          |    4.5 / 4.2 |        53 MB |
 
-Both schemes therefore run PyTorch's INT4 CPU kernel, INT8 as two nibble planes
-(`quant.cpu_kernel`): they read fewer bytes than bfloat16 and, unlike fbgemm's dynamic path,
-leave the activations alone. fbgemm quantizes each call's activations to 8 bits with one scale,
+These streaming figures move by 20% from run to run on this VM; in the whole model, alternated
+in one process, INT8 decoded at 17.4 ms a token (median 19.0) through the nibble planes against
+19.7 (median 22.5) through `_weight_int8pack_mm`, and the planes take per-group scales, which
+`_weight_int8pack_mm` cannot. Both schemes therefore run PyTorch's INT4 CPU kernel, INT8 as two
+nibble planes (`quant.cpu_kernel`): they read fewer bytes than bfloat16 and, unlike fbgemm's
+dynamic path, leave the activations alone. fbgemm quantizes each call's activations to 8 bits with one scale,
 and the default model's activation outliers (up to 2800 at the `w2` input, against a typical
 0.1) cost mean KL 0.015 per decoded token; weight-only INT8 measures 0.003. The kernel is slow
 with float32 activations, so a quantized model runs in bfloat16 on CPU unless told otherwise;
@@ -101,8 +104,8 @@ class Int8Linear(_KernelCache):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if _cpu_kernel(x) and x.dtype in KERNEL_DTYPES:
-            if self._kernel is None:
-                self._kernel = self.packed_for_cpu() or False
+            if self._kernel is None or (self._kernel and self._kernel.dtype != x.dtype):
+                self._kernel = self.packed_for_cpu(x.dtype) or False
             if self._kernel:
                 return self._kernel(x)
         if _cpu_kernel(x) and self.group_size is None:  # float32, or a shape the INT4 kernel does not take
@@ -116,8 +119,8 @@ class Int8Linear(_KernelCache):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int8(self.weight_q, self.scale, dtype)
 
-    def packed_for_cpu(self) -> CPUQuantLinear | None:
-        return CPUQuantLinear.from_int8(self.weight_q, self.scale, self.bias)
+    def packed_for_cpu(self, dtype: torch.dtype) -> CPUQuantLinear | None:
+        return CPUQuantLinear.from_int8(self.weight_q, self.scale, self.bias, dtype=dtype)
 
     def _drop_kernel_cache(self) -> None:
         self._kernel = self._scale_cast = None
@@ -205,13 +208,14 @@ class Int4Linear(_KernelCache):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int4(self.weight_packed, self.scale, self.minimum, dtype)
 
-    def packed_for_cpu(self) -> CPUQuantLinear | None:
-        return CPUQuantLinear.from_int4(unpack_int4(self.weight_packed).to(torch.uint8), self.scale, self.minimum, self.bias)
+    def packed_for_cpu(self, dtype: torch.dtype) -> CPUQuantLinear | None:
+        return CPUQuantLinear.from_int4(unpack_int4(self.weight_packed).to(torch.uint8), self.scale, self.minimum,
+                                        self.bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _cpu_kernel(x) and x.dtype in KERNEL_DTYPES:
-            if self._kernel is None:
-                self._kernel = self.packed_for_cpu() or False
+            if self._kernel is None or (self._kernel and self._kernel.dtype != x.dtype):
+                self._kernel = self.packed_for_cpu(x.dtype) or False
             if self._kernel:
                 return self._kernel(x)
         return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -349,16 +353,16 @@ def quantize_model(
     }
 
 
-def pack_for_cpu(model: nn.Module) -> int:
-    """Swap every INT8/INT4 linear of `model` for its `CPUQuantLinear` form, which holds only the
-    kernel's layout (one copy of the weights); returns how many were swapped. For inference on
-    CPU in bfloat16 or float16: the packed modules do not save or move. Layers the kernel does
-    not fit stay as they are."""
+def pack_for_cpu(model: nn.Module, dtype: torch.dtype) -> int:
+    """Swap every INT8/INT4 linear of `model` for its `CPUQuantLinear` form for activations in
+    `dtype` (bfloat16 or float16), which holds only the kernel's layout (one copy of the
+    weights); returns how many were swapped. For inference on CPU: the packed modules do not
+    save or move. Layers the kernel does not fit stay as they are."""
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, (Int8Linear, Int4Linear)):
-                packed = child.packed_for_cpu()
+                packed = child.packed_for_cpu(dtype)
                 if packed is not None:
                     setattr(module, name, packed)
                     swapped += 1

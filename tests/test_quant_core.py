@@ -281,6 +281,7 @@ def test_int8_default_model_keeps_top1(default_gguf, english_text):
     quantize_model(model.model, "int8")
     top1, kl = compare_logits(ref, model.logits(ids))
     print(f"default model int8: top-1 {top1:.3f}, mean KL {kl:.5f} over {len(ids)} positions")
-    # Issue 5's INT8 target is mean KL <= 0.005. Measured: KL 0.0036, top-1 0.944 with the head
-    # and token table in INT8 too (0.0026 / 0.964 with them in float).
-    assert top1 >= 0.93 and kl < 0.005
+    # Issue 5's INT8 target is mean KL <= 0.005. Measured in groups of 32 (the default), head and
+    # token table included, float32 activations: KL 0.00098, top-1 0.982. Per row it measured
+    # KL 0.0036, top-1 0.944, so this bound also fails if the groups stop being applied.
+    assert top1 >= 0.97 and kl < 0.002

@@ -10,7 +10,7 @@ import torch
 
 from ..cache import KVCache, PromptCache, common_prefix
 from ..config import ModelArgs
-from ..device import pick_device, pick_dtype
+from ..device import pick_device, pick_dtype, release_freed_memory
 from ..formats.gguf import read_gguf
 from ..loader import load_gguf_model
 from ..model import Transformer
@@ -53,6 +53,8 @@ class NativeModel(Model):
         # command asks for the plain modules, since it swaps them itself.
         if pack_weights and can_pack(self.device, self.dtype):
             pack_linears(self.model)
+        if self.device.type == "cpu":
+            release_freed_memory()
         self.context_length = min(context_length or self.args.context_length, self.args.context_length)
 
     @classmethod
