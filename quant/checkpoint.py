@@ -2,8 +2,8 @@
 
 A folder `quant` writes holds:
 - `model.safetensors`: the quantized Transformer's tensors. INT8 layers as `<name>.weight_q`
-  (int8 [out, in]) and `<name>.scale` (float32, [out, in/g] in groups of g, or [out] per row:
-  format version 1 wrote only these); INT4 layers as `<name>.weight_packed`
+  (int8 [out, in]) and `<name>.scale` (float16 [out, in/g] in groups of g, or float32 [out]
+  per row: format version 1 wrote only these); INT4 layers as `<name>.weight_packed`
   (uint8 [out, in/2], two codes a byte, low nibble first), `<name>.scale` and `<name>.minimum`
   (float16 [out, groups], as in GGML's Q4_1); the token table as `tok_embeddings.weight_q/scale`; RMSNorm scales in
   float32; the RoPE inverse frequencies as `rope.inv_freq`. A tied head is stored once.
@@ -210,6 +210,11 @@ def int8_scale_shape(entry: dict, rows: int, width: int) -> tuple[int, ...]:
     return (rows, width // g)
 
 
+def int8_scale_dtype(shape: tuple[int, ...]) -> torch.dtype:
+    """Per-group INT8 scales are stored in float16, per-row ones in float32 (`Int8Linear`)."""
+    return torch.float16 if len(shape) == 2 else torch.float32
+
+
 def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=None, context_length: int | None = None):
     """Read a folder `save_checkpoint` wrote into a NativeModel (the entry point engine.load uses)."""
     from safetensors import SafetensorError, safe_open
@@ -276,7 +281,8 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
             module_name = full.removesuffix(".weight")
             if module_name == "tok_embeddings":
                 q = take("tok_embeddings.weight_q", torch.int8, (args.vocab_size, args.dim))
-                table = Int8Embedding(q, take("tok_embeddings.scale", torch.float32, int8_scale_shape(entry, args.vocab_size, args.dim)), dtype)
+                shape = int8_scale_shape(entry, args.vocab_size, args.dim)
+                table = Int8Embedding(q, take("tok_embeddings.scale", int8_scale_dtype(shape), shape), dtype)
                 model.tok_embeddings = table
                 if info["tied_output"]:
                     model.output = placed(Int8Linear(table.weight_q, table.scale))
@@ -289,8 +295,9 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
             out, inp = old.out_features, old.in_features
             bias = None if old.bias is None else take(f"{module_name}.bias", torch.float32, (out,))  # Qwen2's wqkv
             if entry.get("scheme") == "int8":
+                shape = int8_scale_shape(entry, out, inp)
                 new = Int8Linear(take(f"{module_name}.weight_q", torch.int8, (out, inp)),
-                                 take(f"{module_name}.scale", torch.float32, int8_scale_shape(entry, out, inp)), bias)
+                                 take(f"{module_name}.scale", int8_scale_dtype(shape), shape), bias)
             elif entry.get("scheme") == "int4":
                 g = entry.get("group_size")
                 if not isinstance(g, int) or g <= 0 or inp % g:

@@ -71,6 +71,18 @@ class _KernelCache(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
+def int8_scale_storage(scale: torch.Tensor) -> torch.Tensor:
+    """INT8 scales as stored: per-group scales [out, groups] in float16 (half a byte per weight
+    less at group 32 than float32; `quantize_int8_grouped` already rounds them there), per-row
+    scales [out] in float32, as format version 1 wrote them."""
+    if scale.dim() == 1:
+        return scale.float()
+    stored = scale.to(torch.float16)
+    if not stored.isfinite().all():
+        raise ValueError("INT8 group scales overflow float16: the weights are too large for this scheme")
+    return stored
+
+
 class Int8Linear(_KernelCache):
     """y = x @ (q * scale).T + bias: q int8 [out, in], scale float32 per row [out] or per group [out, in/g]."""
 
@@ -85,7 +97,7 @@ class Int8Linear(_KernelCache):
         self.out_features, self.in_features = weight_q.shape
         self.group_size = self.in_features // groups if scale.dim() == 2 else None  # None: per row
         self.register_buffer("weight_q", weight_q)
-        self.register_buffer("scale", scale.float())
+        self.register_buffer("scale", int8_scale_storage(scale))
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self._kernel: CPUQuantLinear | bool | None = None  # built on first CPU call; False: does not apply
         self._scale_cast: torch.Tensor | None = None  # per-row scales in the activation dtype
@@ -144,7 +156,7 @@ class Int8Embedding(nn.Module):
         self.num_embeddings, self.embedding_dim = weight_q.shape
         self.dtype = dtype  # the model's activation dtype
         self.register_buffer("weight_q", weight_q)
-        self.register_buffer("scale", scale.float())
+        self.register_buffer("scale", int8_scale_storage(scale))
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, group_size: int | None = None) -> Int8Embedding:
@@ -224,6 +236,7 @@ class Int4Linear(_KernelCache):
         self._kernel = None
 
 
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 HEAD_GROUP_SIZE = 32  # INT8 groups of the token table and output head, in both schemes
 
 # The per-layer linears of engine.model.Transformer, by path inside each Block.
@@ -300,6 +313,12 @@ def quantize_model(
                 layer_group_size(linear.in_features, group_size)
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from None
+        # Scales (and INT4 minimums) are stored in float16: refuse weights they cannot hold now,
+        # before any layer is swapped.
+        limit = FLOAT16_MAX if scheme == "int4" else FLOAT16_MAX * 127
+        if (scheme == "int4" or int8_group_size(linear.in_features, group_size)) and linear.weight.abs().max() > limit:
+            raise ValueError(f"{name}: weights up to {float(linear.weight.abs().max()):.3g} do not fit the float16 "
+                             f"scales of {scheme.upper()} (limit {limit:.3g})")
     if not isinstance(model.tok_embeddings, nn.Embedding) or not (model.output is None or isinstance(model.output, nn.Linear)):
         raise ValueError("the token embedding or output head is not a float module: is the model already quantized?")
 

@@ -46,14 +46,22 @@ def quantize_int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def quantize_int8_grouped(w: torch.Tensor, group_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """w: [out, in] float -> (q int8 [out, in], scale float32 [out, in/g]): `quantize_int8_per_channel`
-    applied to each group of `group_size` consecutive inputs. Each element is off by at most
+    """w: [out, in] float -> (q int8 [out, in], scale float32 [out, in/g]): absmax / 127 for each
+    group of `group_size` consecutive inputs, rounded to float16 (how `Int8Linear` stores grouped
+    scales, as GGML's Q8_0 does) before the codes are chosen. Each element is off by at most
     scale / 2 of its group."""
     _check_matrix(w)
     out, in_features = w.shape
     _check_group_size(in_features, group_size, "INT8")
-    q, scale = quantize_int8_per_channel(w.reshape(-1, group_size))
-    return q.reshape(out, in_features), scale.reshape(out, in_features // group_size)
+    g = w.float().reshape(out, in_features // group_size, group_size)
+    scale = (g.abs().amax(dim=-1) / 127).to(torch.float16)
+    if not scale.isfinite().all():
+        raise ValueError("INT8 group scales overflow float16: the weights are too large for this scheme")
+    # Round the scale up where float16 rounded it down, so absmax still maps inside [-127, 127].
+    scale = torch.where(scale.float() * 127 < g.abs().amax(dim=-1), torch.nextafter(scale, torch.tensor(torch.inf, dtype=torch.float16)), scale).float()
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(g / safe[..., None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(out, in_features), scale
 
 
 def int8_groups(q: torch.Tensor, scale: torch.Tensor) -> int:

@@ -73,6 +73,8 @@ def test_int8_grouped_refuses_bad_group_sizes():
         quantize_int8_grouped(weight(64, 96), 128)
     with pytest.raises(ValueError, match="do not divide the input width"):
         dequantize_int8(torch.zeros(4, 96, dtype=torch.int8), torch.ones(4, 5))
+    with pytest.raises(ValueError, match="overflow float16"):  # grouped scales are stored in float16
+        quantize_int8_grouped(torch.full((64, 64), 1e7), 32)
 
 
 def test_kernel_layout_round_trips_and_refuses_what_it_cannot_hold():
@@ -141,6 +143,8 @@ def test_grouped_int8_linear_and_embedding_modules():
     w = weight(128, 96, seed=5)
     layer = Int8Linear(*quantize_int8_grouped(w, 32))
     assert layer.group_size == 32 and "group_size=32" in repr(layer)
+    assert layer.scale.dtype == torch.float16  # as GGML's Q8_0 stores them; per-row scales stay float32
+    assert Int8Linear(*quantize_int8_per_channel(w)).scale.dtype == torch.float32
     x = torch.randn(3, 96)
     assert rel_err(layer(x), F.linear(x, layer.dequantized_weight())) < 1e-6  # float32: the dense path
     assert rel_err(layer(x.bfloat16()), F.linear(x, layer.dequantized_weight())) < 0.01  # bfloat16: the kernel

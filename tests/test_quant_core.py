@@ -253,7 +253,13 @@ def test_quantize_model_refuses_bad_requests_and_changes_nothing(tiny):
         quantize_model(m, "int3")
     with pytest.raises(ValueError, match="group size must be one of"):
         quantize_model(m, "int4", group_size=48)
+    with torch.no_grad():  # a weight no float16 scale can hold, in the last layer: refused before any swap
+        m.layers[-1].feed_forward.w2.weight[0, 0] = 1e9
+    for scheme in ("int8", "int4"):
+        with pytest.raises(ValueError, match=r"layers\.1\.feed_forward\.w2: weights up to 1e\+09 do not fit the float16"):
+            quantize_model(m, scheme)
     assert isinstance(m.layers[0].attention.wqkv, nn.Linear) and isinstance(m.tok_embeddings, nn.Embedding)
+    m = copy.deepcopy(model.model)
     quantize_model(m, "int8")
     with pytest.raises(ValueError, match="already quantized"):
         quantize_model(m, "int8")
