@@ -80,15 +80,21 @@ def release_freed_memory() -> None:
     INT8 model of the default model showed 925 MiB resident where its live tensors need about
     350; after it, 571.
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (`find_library` runs a subprocess), or None."""
     import ctypes
     import ctypes.util
     import sys
 
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
-        return
-    trim(0)
+        return None

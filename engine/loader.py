@@ -76,11 +76,9 @@ def load_gguf_model(gguf: GGUFFile, args: ModelArgs, *, dtype: torch.dtype, devi
     if "rope_freqs.weight" in gguf.tensors:
         freq_factors = tensor("rope_freqs.weight", (args.rope_dim // 2,), torch.float32).cpu()
 
-    with torch.device("meta"):
-        model = Transformer(args)
+    # inv_freq is a non-persistent buffer, not in the state dict: built here on the real device.
+    model = Transformer.empty(args, rope_frequencies(args, freq_factors).to(device))
     model.load_state_dict(state, assign=True, strict=False)
-    # Non-persistent buffers are not in the state dict: rebuild them on the real device.
-    model.inv_freq = rope_frequencies(args, freq_factors).to(device)
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ModelFormatError(f"{gguf.path.name}: no weights for {missing[:3]}")

@@ -212,15 +212,21 @@ class Block(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def _no_init(module: nn.Module) -> None:
+    pass
+
+
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs, freq_factors: torch.Tensor | None = None) -> None:
+    def __init__(self, args: ModelArgs, *, inv_freq: torch.Tensor | None = None) -> None:
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = None if args.tied_output else nn.Linear(args.dim, args.vocab_size, bias=False)
-        self.register_buffer("inv_freq", rope_frequencies(args, freq_factors), persistent=False)
+        if inv_freq is None:  # loaders pass their own, with any GGUF frequency factors applied
+            inv_freq = rope_frequencies(args)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._rope_len = 0
         scaling = args.rope_scaling
         self._rope_scale = scaling.attention_factor if scaling is not None and scaling.kind == "yarn" else 1.0
@@ -228,6 +234,21 @@ class Transformer(nn.Module):
         self._dynamic_from = scaling.original_context if scaling is not None and scaling.kind == "dynamic" else None
         self._layer_windows = [args.layer_window(i) for i in range(args.n_layers)]  # None: whole context
         self._windows = sorted(set(self._layer_windows) - {None})
+
+    @classmethod
+    def empty(cls, args: ModelArgs, inv_freq: torch.Tensor) -> Transformer:
+        """The module tree with its weights on the meta device, for a loader to fill with
+        `load_state_dict(..., assign=True)`, and `inv_freq` (already on the run device) as
+        its RoPE frequencies. Nothing is computed on meta tensors: PyTorch runs meta ops such
+        as the default initializers' `normal_` through its Python references, whose first use
+        imports torch._dynamo, 1-2 s of start-up for nothing."""
+        saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+        nn.Linear.reset_parameters = nn.Embedding.reset_parameters = _no_init
+        try:
+            with torch.device("meta"):
+                return cls(args, inv_freq=inv_freq)
+        finally:
+            nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
     def _rope(self, start: int, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if self._dynamic_from is not None and end > self._dynamic_from:

@@ -210,21 +210,16 @@ def int8_scale_shape(entry: dict, rows: int, width: int) -> tuple[int, ...]:
     return (rows, width // g)
 
 
-def int8_scale_dtype(shape: tuple[int, ...]) -> torch.dtype:
-    """Per-group INT8 scales are stored in float16, per-row ones in float32 (`Int8Linear`)."""
-    return torch.float16 if len(shape) == 2 else torch.float32
-
-
 def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=None, context_length: int | None = None):
     """Read a folder `save_checkpoint` wrote into a NativeModel (the entry point engine.load uses)."""
     from safetensors import SafetensorError, safe_open
 
     from engine.backends.native import NativeModel
-    from engine.device import pick_device, pick_dtype, release_freed_memory
+    from engine.device import pick_device, pick_dtype
     from engine.model import Transformer
 
     from .cpu_kernel import KERNEL_DTYPES, CPUQuantLinear
-    from .linear import Int4Linear, Int8Embedding, Int8Linear
+    from .linear import Int4Linear, Int8Embedding, Int8Linear, int8_scale_dtype
 
     path = Path(path)
     info = read_quantization(path)
@@ -256,7 +251,6 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
         if not pack:
             return layer
         packed = layer.packed_for_cpu(dtype)
-        release_freed_memory()  # the packing's transients (and the last layer's stored form) go back now
         return layer if packed is None else packed
 
     def take(key: str, dtype_: torch.dtype, shape: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -274,8 +268,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
         # offsets, and PyTorch's INT8/INT4 CPU kernels crash on unaligned weights.
         return t.to(device, copy=True)
 
-    with torch.device("meta"):
-        model = Transformer(args)
+    model = Transformer.empty(args, take("rope.inv_freq", torch.float32, (args.rope_dim // 2,)))
     try:
         for full, entry in info["quantized"].items():
             module_name = full.removesuffix(".weight")
@@ -308,7 +301,6 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
             else:
                 raise ModelFormatError(f"{path / QUANTIZATION}: {full!r} has unknown scheme {entry.get('scheme')!r}")
             setattr(parent, attr, placed(new))
-        inv_freq = take("rope.inv_freq", torch.float32, (args.rope_dim // 2,))
         floats = {}
         for pname, param in model.named_parameters():
             floats[pname] = take(pname, torch.float32, tuple(param.shape))
@@ -317,7 +309,6 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     if state:
         raise ModelFormatError(f"{path / WEIGHTS}: unexpected tensors {sorted(state)[:3]}")
     model.load_state_dict(floats, assign=True, strict=False)
-    model.inv_freq = inv_freq
     if info["tied_output"] is False and not isinstance(model.output, (Int8Linear, CPUQuantLinear)):
         raise ModelFormatError(f"{path / QUANTIZATION}: the model has an untied head but the checkpoint has none")
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

@@ -293,9 +293,7 @@ def load_hf_weights(folder: str | Path, args: ModelArgs, *, dtype: torch.dtype, 
         state[p + "ffn_norm.weight"] = tensor(h + "post_attention_layernorm.weight", torch.float32)
     handles.clear()
 
-    with torch.device("meta"):
-        model = Transformer(args)
+    # inv_freq is a non-persistent buffer, not in the state dict: built here on the real device.
+    model = Transformer.empty(args, rope_frequencies(args).to(device))
     model.load_state_dict(state, assign=True, strict=True)
-    # Non-persistent buffers are not in the state dict: rebuild them on the real device.
-    model.inv_freq = rope_frequencies(args).to(device)
     return model.eval().requires_grad_(False)
