@@ -34,8 +34,7 @@ from .vocab import (
     USER_DEFINED,
     GGUFVocabulary,
     _flag,
-    _read_attrs,
-    _read_tokens,
+    _read_vocabulary,
     _special_setup,
     _special_id,
 )
@@ -81,13 +80,8 @@ class SPMTokenizer(GGUFVocabulary):
     @classmethod
     def from_gguf_metadata(cls, metadata: dict[str, Any]) -> SPMTokenizer:
         """Build from GGUF metadata (key -> value, arrays as lists), validating what it reads."""
-        model = metadata.get("tokenizer.ggml.model")
-        if model != "llama":
-            raise ModelFormatError(
-                f"tokenizer.ggml.model is {model!r}; SPMTokenizer reads only 'llama' vocabularies")
-        tokens = _read_tokens(metadata)
+        tokens, attrs = _read_vocabulary(metadata, "llama", "SPMTokenizer")
         n = len(tokens)
-        attrs = _read_attrs(metadata, n)
         scores = metadata.get("tokenizer.ggml.scores")
         if scores is None:
             scores = [0.0] * n

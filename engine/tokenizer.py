@@ -38,8 +38,7 @@ from .vocab import (
     UNKNOWN,
     USER_DEFINED,
     GGUFVocabulary,
-    _read_attrs,
-    _read_tokens,
+    _read_vocabulary,
     _special_setup,
     _string_list,
     bytes_to_unicode,
@@ -163,10 +162,7 @@ class BPETokenizer(GGUFVocabulary):
     @classmethod
     def from_gguf_metadata(cls, metadata: dict[str, Any]) -> BPETokenizer:
         """Build from GGUF metadata (key -> value, arrays as lists), validating what it reads."""
-        model = metadata.get("tokenizer.ggml.model")
-        if model != "gpt2":
-            raise ModelFormatError(
-                f"tokenizer.ggml.model is {model!r}; BPETokenizer reads only 'gpt2' vocabularies")
+        tokens, attrs = _read_vocabulary(metadata, "gpt2", "BPETokenizer")
         pre = metadata.get("tokenizer.ggml.pre")
         if pre is None or pre == "":
             log.warning("GGUF has no tokenizer.ggml.pre; using llama.cpp's 'default' pre-tokenizer")
@@ -176,9 +172,6 @@ class BPETokenizer(GGUFVocabulary):
                 f"unsupported BPE pre-tokenizer tokenizer.ggml.pre={pre!r}; supported: "
                 + ", ".join(sorted(PRE_TOKENIZERS)))
 
-        tokens = _read_tokens(metadata)
-        n = len(tokens)
-        attrs = _read_attrs(metadata, n)
         merges = _parse_merges(_string_list(metadata, "tokenizer.ggml.merges"), tokens)
 
         # gpt2 vocabularies in llama.cpp default BOS and EOS to 11 (Falcon's <|endoftext|>).

@@ -69,6 +69,15 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+def _read_vocabulary(metadata: dict[str, Any], model: str, reader: str) -> tuple[list[str], list[int]]:
+    """A GGUF vocabulary of kind `model` (tokenizer.ggml.model): its tokens and their attributes."""
+    found = metadata.get("tokenizer.ggml.model")
+    if found != model:
+        raise ModelFormatError(f"tokenizer.ggml.model is {found!r}; {reader} reads only {model!r} vocabularies")
+    tokens = _read_tokens(metadata)
+    return tokens, _read_attrs(metadata, len(tokens))
+
+
 def _read_tokens(metadata: dict[str, Any]) -> list[str]:
     tokens = _string_list(metadata, "tokenizer.ggml.tokens")
     if not tokens:

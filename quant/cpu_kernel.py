@@ -102,7 +102,8 @@ class CPUQuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, packed.shape[0]
         self.group_size, self.planes = group_size, planes
         self.packed, self.scales_zeros = packed, scales_zeros
-        self.bias = None if bias is None else bias.detach().float()
+        # In the activation dtype the layer is built for, like the scales: no cast per token.
+        self.bias = None if bias is None else bias.detach().to(scales_zeros.dtype)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -71,14 +71,17 @@ class _KernelCache(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
+def int8_scale_dtype(shape: tuple[int, ...]) -> torch.dtype:
+    """How INT8 scales are stored: per group ([out, groups]) in float16, half a byte per weight
+    less at group 32 than float32 (`quantize_int8_grouped` already rounds them there); per row
+    ([out]) in float32, as format version 1 wrote them."""
+    return torch.float16 if len(shape) == 2 else torch.float32
+
+
 def int8_scale_storage(scale: torch.Tensor) -> torch.Tensor:
-    """INT8 scales as stored: per-group scales [out, groups] in float16 (half a byte per weight
-    less at group 32 than float32; `quantize_int8_grouped` already rounds them there), per-row
-    scales [out] in float32, as format version 1 wrote them."""
-    if scale.dim() == 1:
-        return scale.float()
-    stored = scale.to(torch.float16)
-    if not stored.isfinite().all():
+    """`scale` in its stored dtype (`int8_scale_dtype`), refusing what float16 cannot hold."""
+    stored = scale.to(int8_scale_dtype(tuple(scale.shape)))
+    if stored.dtype == torch.float16 and not stored.isfinite().all():
         raise ValueError("INT8 group scales overflow float16: the weights are too large for this scheme")
     return stored
 

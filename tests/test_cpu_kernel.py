@@ -37,6 +37,7 @@ from quant.schemes import (
     quantize_int8_per_channel,
     unpack_int4,
 )
+from test_quant_core import rel_err
 from tiny_models import TinyConfig, write_tiny_llama
 
 
@@ -46,10 +47,6 @@ def weight(out: int, inn: int, seed: int = 0) -> torch.Tensor:
     w[0, :32] *= 40  # one loud group: per-row scales waste levels on the rest of its row
     w[3] = 0  # an all-zero row
     return w
-
-
-def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y.float() - ref.float()).norm() / ref.float().norm())
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
