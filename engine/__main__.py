@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for torch and llama.cpp (default: all cores)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps, for the native configs (default: auto)")
     p.add_argument("--configs", help="comma list of native-f32, native-bf16, gguf, llama.cpp (default: all)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per config; the best is reported (default: 3)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds; each runs every config once, and the best round is reported (default: 3)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     p.add_argument("--quantized", action="append", type=Path, default=[], metavar="DIR",
                    help="a folder written by `quant`: adds a native row for it (repeatable)")

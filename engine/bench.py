@@ -2,13 +2,20 @@
 
 For each configuration: load time, time to first token (TTFT), prefill tokens/s (prompt tokens
 over the time to the first token's logits), decode tokens/s (tokens after the first over the time
-they took, greedy), and peak memory. Each figure is the best of --repeats runs; ratios are to raw
-llama-cpp-python, the reference. The native bfloat16 and GGUF configurations also run a scripted
-8-turn chat through ChatSession, to show that a late turn prefills only its new tokens.
+they took, greedy), and peak memory. Ratios are to raw llama-cpp-python, the reference. The native
+bfloat16 and GGUF configurations also run a scripted 8-turn chat through ChatSession, to show that
+a late turn prefills only its new tokens.
 
 Every configuration runs in its own subprocess (`--worker CONFIG`, which prints one JSON line),
 so that its peak RSS and thread settings are its own. The parent tokenizes the prompt once and
 hands the same ids, and the same context window, to every worker on stdin.
+
+--repeats R runs R rounds, and each round starts every configuration's worker once, in table
+order: a slow spell of a shared machine then lands on every configuration of a round, not on all
+the runs of one. A worker makes one untimed warm-up generation before its timed one (as
+llama-bench does), so a figure is not the cost of first-call set-up. The table gives each figure's
+best round; the JSON also keeps every round's decode rate and, per configuration, the median over
+rounds of its decode ratio to the reference in the same round.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -49,7 +57,9 @@ CHAT_QUESTIONS = (
 )
 # The JSON fields of one configuration, in the order they are printed ("gpu" only on CUDA).
 ROW_KEYS = ("backend", "device", "gpu", "dtype", "load_seconds", "ttft_seconds", "prefill_tokens_per_second", "prefill_vs_ref",
-            "decode_tokens_per_second", "decode_vs_ref", "generated_tokens", "peak_rss_mib", "cuda_max_allocated_mib", "chat")
+            "decode_tokens_per_second", "decode_vs_ref", "decode_runs", "decode_vs_ref_median", "generated_tokens",
+            "peak_rss_mib", "cuda_max_allocated_mib", "chat")
+WARMUP_TOKENS = 8  # an untimed generation of the same prompt before each worker's timed one
 MIN_CONTEXT = 2048  # the context window every configuration gets (more if prompt + reply need it)
 
 # Plain English, repeated to the prompt length: a raw prompt like this keeps a small model writing
@@ -95,19 +105,24 @@ def run_bench(args: argparse.Namespace) -> int:
     jobs = [(c, c, None) for c in configs if CONFIGS[c][0] == "native"]
     jobs += [(f"native {folder.name}", "quantized", str(folder)) for folder in args.quantized]
     jobs += [(c, c, None) for c in configs if CONFIGS[c][0] != "native"]
-    results = {}
-    for i, (label, config, model) in enumerate(jobs, 1):
-        if sys.stderr.isatty():
-            print(f"bench: {label} ({i}/{len(jobs)})…", file=sys.stderr, end="\r", flush=True)
-        results[label] = _run_worker(config, args, prompt, context, model=model)
+    rounds: dict[str, list[dict]] = {label: [] for label, _, _ in jobs}
+    for round_ in range(1, args.repeats + 1):
+        for i, (label, config, model) in enumerate(jobs, 1):
+            if sys.stderr.isatty():
+                print(f"bench: round {round_}/{args.repeats}, {label} ({i}/{len(jobs)})…", file=sys.stderr, end="\r", flush=True)
+            rounds[label].append(_run_worker(config, args, prompt, context, model=model))
     if sys.stderr.isatty():
-        print(" " * 60, file=sys.stderr, end="\r", flush=True)
+        print(" " * 72, file=sys.stderr, end="\r", flush=True)
 
+    results = {label: _merge_rounds(rows) for label, rows in rounds.items()}
     ref = results.get(REFERENCE)
     for name, row in results.items():
         for key in ("prefill", "decode"):
             rate = f"{key}_tokens_per_second"
             row[f"{key}_vs_ref"] = round(row[rate] / ref[rate], 3) if ref and ref[rate] > 0 else None
+        ref_runs = ref["decode_runs"] if ref else []
+        ratios = [ours / theirs for ours, theirs in zip(row["decode_runs"], ref_runs) if theirs > 0]
+        row["decode_vs_ref_median"] = round(statistics.median(ratios), 3) if ratios else None
         results[name] = {key: row[key] for key in ROW_KEYS if key in row}
     report = {
         "machine": machine_info(),
@@ -159,8 +174,9 @@ def _prompt_and_context(path: Path, n_tokens: int) -> tuple[list[int], int]:
 
 
 def _run_worker(config: str, args: argparse.Namespace, prompt: list[int], context: int, *, model: str | None = None) -> dict:
+    """One round of one configuration: a fresh process, a warm-up, then one timed run."""
     cmd = [sys.executable, "-m", "engine", "bench", "--worker", config, "--gen-tokens", str(args.gen_tokens),
-           "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats)]
+           "--threads", str(args.threads), "--device", args.device, "--repeats", "1"]
     if model or args.model:
         cmd += ["--model", str(model or args.model)]
     # The worker must import this same engine package, wherever the parent was started from.
@@ -207,7 +223,7 @@ def format_report(report: dict) -> str:
         f"machine: {m['cpu']}{''.join(f', {gpu}' for gpu in gpus)}, {s['threads']} threads ({m['cpus']} CPUs), "
         f"{m['platform']}, Python {m['python']}, torch {m['torch']}, llama-cpp-python {m['llama_cpp_python']}",
         f"model: {s['model']}, {s['prompt_tokens']} prompt tokens, {s['gen_tokens']} generated (greedy), "
-        f"best of {s['repeats']}, context {s['context']}; x ref = ratio to raw llama-cpp-python",
+        f"best of {s['repeats']} round(s), context {s['context']}; x ref = ratio to raw llama-cpp-python",
         "",
     ]
     cuda = any(r["cuda_max_allocated_mib"] is not None for r in rows.values())
@@ -224,6 +240,10 @@ def format_report(report: dict) -> str:
             f"{r['decode_tokens_per_second']:>14.1f}{_ratio(r['decode_vs_ref']):>7}{r['peak_rss_mib']:>14.0f}"
             + ((f"{cuda_mib:>10.0f}" if cuda_mib is not None else f"{'-':>10}") if cuda else "")
         )
+    if s["repeats"] > 1 and report["reference"]:
+        lines += ["", "decode tok/s in each round, and the median over rounds of the ratio to the reference in the same round:"]
+        lines += [f"{name:<{w}} {' '.join(f'{rate:7.1f}' for rate in r['decode_runs'])}   median x ref {_ratio(r['decode_vs_ref_median'])}"
+                  for name, r in rows.items()]
     short = [f"{name} {r['generated_tokens']}" for name, r in rows.items() if r["generated_tokens"] < s["gen_tokens"]]
     if short:
         lines.append(f"note: an end token stopped generation early ({', '.join(short)} of {s['gen_tokens']} tokens)")
@@ -298,6 +318,7 @@ def _ours(args: argparse.Namespace, backend: str, dtype: str | None, prompt: lis
         def forget() -> None:  # each generate() without a cache allocates a fresh one
             pass
 
+    _last(model.generate(prompt, max_tokens=WARMUP_TOKENS, temperature=0))  # untimed: first-call set-up
     runs = []
     for _ in range(args.repeats):
         forget()
@@ -329,6 +350,8 @@ def _reference(args: argparse.Namespace, prompt: list[int], context: int) -> dic
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=512, n_threads=args.threads,
                           n_threads_batch=args.threads, verbose=False)
     load_seconds = time.perf_counter() - start
+    for _n, _token in zip(range(WARMUP_TOKENS), llm.generate(prompt, temp=0.0, reset=True)):  # untimed warm-up
+        pass
     runs = []
     for _ in range(args.repeats):
         llm.reset()  # forget the last run's tokens, so the whole prompt is prefilled
@@ -353,6 +376,28 @@ def _reference(args: argparse.Namespace, prompt: list[int], context: int) -> dic
         "cuda_max_allocated_mib": None,
         "chat": None,
     }
+
+
+def _merge_rounds(rows: list[dict]) -> dict:
+    """One configuration's rounds -> its row: each figure's best round, every round's decode rate."""
+    best = dict(rows[0])
+    best.update(
+        load_seconds=min(r["load_seconds"] for r in rows),
+        ttft_seconds=min(r["ttft_seconds"] for r in rows),
+        prefill_tokens_per_second=max(r["prefill_tokens_per_second"] for r in rows),
+        decode_tokens_per_second=max(r["decode_tokens_per_second"] for r in rows),
+        decode_runs=[r["decode_tokens_per_second"] for r in rows],
+        generated_tokens=min(r["generated_tokens"] for r in rows),
+        peak_rss_mib=max(r["peak_rss_mib"] for r in rows),
+    )
+    cuda = [r["cuda_max_allocated_mib"] for r in rows if r["cuda_max_allocated_mib"] is not None]
+    best["cuda_max_allocated_mib"] = max(cuda) if cuda else None
+    chats = [r["chat"] for r in rows if r.get("chat")]
+    if chats:
+        first = min((c["turn1"] for c in chats), key=lambda t: t["ttft_seconds"])
+        last = min((c["turn8"] for c in chats), key=lambda t: t["ttft_seconds"])
+        best["chat"] = {"turn1": first, "turn8": last, "turn8_vs_turn1": round(last["ttft_seconds"] / first["ttft_seconds"], 3)}
+    return best
 
 
 def _best(runs: list[tuple[float, float, float, int]]) -> dict:

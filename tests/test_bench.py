@@ -74,12 +74,22 @@ def test_bench_adds_a_row_per_quantized_folder(tmp_path):
     out = tmp_path / "smol-int8"
     assert quant_main([str(source), "--scheme", "int8", "--out", str(out)]) == 0
     run = bench("--json", "--model", str(source), "--configs", "native-bf16,llama.cpp", "--quantized", str(out), "--prompt-tokens", "32",
-                "--gen-tokens", "8", "--repeats", "1", "--threads", "2")
+                "--gen-tokens", "8", "--repeats", "2", "--threads", "2")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert list(report["configs"]) == ["native-bf16", "native smol-int8", "llama.cpp"]
     row = report["configs"]["native smol-int8"]
     assert row["backend"] == "native" and row["dtype"] == "bfloat16"
     assert all(row[key] > 0 for key in POSITIVE) and 2 <= row["generated_tokens"] <= 8
+    # Two rounds: every config ran once in each, the best round is the headline figure, and the
+    # per-round ratios to the reference's run in the same round give a median.
+    for name, r in report["configs"].items():
+        assert len(r["decode_runs"]) == 2 and r["decode_tokens_per_second"] == max(r["decode_runs"]), name
+        assert r["decode_vs_ref_median"] > 0, name
+    assert report["configs"]["llama.cpp"]["decode_vs_ref_median"] == 1.0
+    table = bench("--model", str(source), "--configs", "native-bf16,llama.cpp", "--prompt-tokens", "16",
+                  "--gen-tokens", "4", "--repeats", "2", "--threads", "2")
+    assert table.returncode == 0, table.stderr
+    assert "best of 2 round(s)" in table.stdout and "median x ref 1.00" in table.stdout
     bad = bench("--quantized", str(tmp_path))
     assert bad.returncode == 1 and "not a folder written by `quant`" in bad.stderr
