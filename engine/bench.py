@@ -3,8 +3,8 @@
 For each configuration: load time, time to first token (TTFT), prefill tokens/s (prompt tokens
 over the time to the first token's logits), decode tokens/s (tokens after the first over the time
 they took, greedy), and peak memory. Ratios are to raw llama-cpp-python, the reference. The native
-bfloat16 and GGUF configurations also run a scripted 8-turn chat through ChatSession, to show that
-a late turn prefills only its new tokens.
+bfloat16, GGUF and quantized configurations also run a scripted 8-turn chat through ChatSession, to
+show that a late turn prefills only its new tokens.
 
 Every configuration runs in its own subprocess (`--worker CONFIG`, which prints one JSON line),
 so that its peak RSS and thread settings are its own. The parent tokenizes the prompt once and
@@ -43,7 +43,7 @@ CONFIGS = {
 }
 REFERENCE = "llama.cpp"
 WORKER_CONFIGS = {**CONFIGS, "quantized": ("native", None)}  # "quantized": a folder from `quant`, via --quantized
-CHAT_CONFIGS = ("native-bf16", "gguf")
+CHAT_CONFIGS = ("native-bf16", "gguf", "quantized")  # every --quantized folder too
 CHAT_MAX_TOKENS = 32
 CHAT_QUESTIONS = (
     "What is the capital of France?",

@@ -16,7 +16,11 @@ decoded token for the whole INT8 default model, alternated in one process), and 
 group of inputs, which `_weight_int8pack_mm` does not take. Neither
 WOQ kernel is good at many rows: at 256 rows `_weight_int8pack_mm` takes 7.0 ms for the
 3072 x 576 gate/up matrix where dequantizing to bfloat16 and calling oneDNN takes 2.9 ms, so
-from `PREFILL_ROWS` rows on (prefill) the layer dequantizes and calls `F.linear`.
+from `PREFILL_ROWS` rows on (prefill) the layer dequantizes and calls `F.linear`. Below that the
+kernel wins, because dequantizing has a fixed cost: a forward pass of the INT8 default model
+over 32 tokens took 112-119 ms through the kernel and 216-233 ms dequantized; the two met at
+about 96 tokens (INT8) and 256 (INT4 g32, 500-520 ms either way). A chat turn's new tokens
+(a few dozen) therefore run through the kernel.
 
 `CPUQuantLinear` is an inference-only module (like `engine.packing.PackedLinear`): it holds
 only the kernel's layout, which `unpack_codes` reads back for prefill, and its scales in the
@@ -37,7 +41,11 @@ from torch import nn
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # the group sizes the kernel takes, largest first
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # the kernel is ~10x slower with float32 inputs
 BLOCK_N = 64  # output rows per block of the kernel's layout
-PREFILL_ROWS = 32  # from this many input rows on, dequantize and run the dense matmul
+# From this many input rows on (prefill) a layer dequantizes and runs the dense matmul: the
+# kernel's cost grows with every row (it unpacks the weights again for each few rows), the dense
+# path pays one unpacking and then oneDNN's bfloat16 GEMM. Crossovers measured on the whole
+# default model, alternating both paths in one process (2 threads; module docstring).
+PREFILL_ROWS = {"int8": 96, "int4": 256}
 PACK_ROWS = 1024  # rows packed at a time (a multiple of BLOCK_N)
 
 
@@ -192,7 +200,7 @@ class CPUQuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if x2.shape[0] >= PREFILL_ROWS or x.dtype != self.dtype or x.dtype not in KERNEL_DTYPES or x.device.type != "cpu":
+        if x2.shape[0] >= PREFILL_ROWS[self.scheme] or x.dtype != self.dtype or x.dtype not in KERNEL_DTYPES or x.device.type != "cpu":
             return F.linear(x, self.dequantized_weight(x.dtype), bias)
         if self.planes == 2:
             x2 = torch.cat((x2, x2), dim=1)

@@ -81,6 +81,7 @@ def test_bench_adds_a_row_per_quantized_folder(tmp_path):
     row = report["configs"]["native smol-int8"]
     assert row["backend"] == "native" and row["dtype"] == "bfloat16"
     assert all(row[key] > 0 for key in POSITIVE) and 2 <= row["generated_tokens"] <= 8
+    assert 0 < row["chat"]["turn8"]["prefilled_tokens"] < row["chat"]["turn8"]["prompt_tokens"]  # quantized chats reuse the cache
     # Two rounds: every config ran once in each, the best round is the headline figure, and the
     # per-round ratios to the reference's run in the same round give a median.
     for name, r in report["configs"].items():

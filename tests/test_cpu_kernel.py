@@ -104,7 +104,8 @@ def test_int4_layout_reproduces_every_weight(group_size):
     assert torch.equal(layer.dequantized_weight(), dequantize_int4(packed, scale, minimum))
 
 
-@pytest.mark.parametrize("rows", [1, 5, PREFILL_ROWS, 70])  # kernel below PREFILL_ROWS, dense from there on
+# The kernel below PREFILL_ROWS[scheme] rows (INT8 96, INT4 256), the dense path from there on.
+@pytest.mark.parametrize("rows", [1, 5, PREFILL_ROWS["int8"] - 1, PREFILL_ROWS["int8"], PREFILL_ROWS["int4"]])
 @pytest.mark.parametrize("scheme", ["int8", "int8-rows", "int4"])
 def test_packed_layers_match_the_dequantized_weight(scheme, rows):
     w, bias = weight(192, 256, seed=3), torch.randn(192) * 0.1
@@ -167,7 +168,7 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
-def test_pack_for_cpu_keeps_the_model(tiny, scheme, tmp_path):
+def test_pack_for_cpu_keeps_the_model(tiny, scheme, tmp_path, monkeypatch):
     path, ids = tiny
     model, packed = (NativeModel(path, dtype="float32", pack_weights=False) for _ in range(2))
     report = quantize_model(model.model, scheme, 32)
@@ -182,6 +183,7 @@ def test_pack_for_cpu_keeps_the_model(tiny, scheme, tmp_path):
     # Written and loaded in bfloat16 on CPU (engine.load's default there): packed at load.
     loaded = engine.load(save_checkpoint(tmp_path / "q", model.model, model.metadata, report, {"name": "tiny"}))
     assert loaded.dtype == torch.bfloat16 and isinstance(loaded.model.layers[1].feed_forward.w2, CPUQuantLinear)
+    monkeypatch.setitem(PREFILL_ROWS, scheme, 32)  # so that the tiny model's prompt takes both paths
     for n in (20, len(ids)):  # under PREFILL_ROWS rows: the kernel; above: dequantize and matmul
         out = loaded.logits(ids[:n]).float()
         assert rel_err(out, reference[:n]) < 0.03
