@@ -58,7 +58,7 @@ CHAT_QUESTIONS = (
 # The JSON fields of one configuration, in the order they are printed ("gpu" only on CUDA).
 ROW_KEYS = ("backend", "device", "gpu", "dtype", "load_seconds", "ttft_seconds", "prefill_tokens_per_second", "prefill_vs_ref",
             "decode_tokens_per_second", "decode_vs_ref", "decode_runs", "decode_vs_ref_median", "generated_tokens",
-            "peak_rss_mib", "cuda_max_allocated_mib", "chat")
+            "peak_rss_mib", "cuda_max_allocated_mib", "step", "chat")
 WARMUP_TOKENS = 8  # an untimed generation of the same prompt before each worker's timed one
 MIN_CONTEXT = 2048  # the context window every configuration gets (more if prompt + reply need it)
 
@@ -247,6 +247,12 @@ def format_report(report: dict) -> str:
     short = [f"{name} {r['generated_tokens']}" for name, r in rows.items() if r["generated_tokens"] < s["gen_tokens"]]
     if short:
         lines.append(f"note: an end token stopped generation early ({', '.join(short)} of {s['gen_tokens']} tokens)")
+    steps = {name: r["step"] for name, r in rows.items() if r.get("step")}
+    if steps:
+        lines += ["", "native decode step (best of 5 x 32 steps after the prompt), and its part outside the matrix products "
+                      "(every linear layer a no-op):"]
+        lines += [f"{name:<{w}} {st['step_ms']:6.2f} ms a token, {st['outside_matmuls_ms']:5.2f} ms outside "
+                  f"{st['linears']} matrix products ({st['outside_matmuls_ms'] / st['step_ms']:.0%})" for name, st in steps.items()]
     chats = {name: r["chat"] for name, r in rows.items() if r.get("chat")}
     if chats:
         lines += ["", f"chat: {s['chat_turns']} turns through ChatSession, up to {s['chat_max_tokens']} tokens a reply "
@@ -335,9 +341,65 @@ def _ours(args: argparse.Namespace, backend: str, dtype: str | None, prompt: lis
         "cuda_max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "chat": _chat(model, args.repeats, forget) if args.worker in CHAT_CONFIGS else None,
     }
+    if backend == "native":
+        row["step"] = _step_split(model, prompt)
     if device.type == "cuda":
         row["gpu"] = torch.cuda.get_device_name(device)
     return row
+
+
+def _step_split(model, prompt: list[int], steps: int = 32) -> dict:
+    """A native decode step's time, and how much of it is spent outside the matrix products.
+
+    The same steps (one token at a time, after the prompt, best of 5 passes of `steps`) run as
+    they are and then with every linear layer's forward replaced by a no-op that returns a
+    preallocated output: what remains is the per-token cost of everything else (norms, RoPE,
+    attention, cache writes, the Python and dispatch cost of some 2,000 small ops)."""
+    import torch
+
+    def best_step_ms() -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for token in tokens:
+                model.model(token, cache, last_only=True)
+            _sync(model)
+            best = min(best, (time.perf_counter() - start) / steps)
+            cache.trim(steps)
+        return round(best * 1000, 3)
+
+    linears = [m for m in model.model.modules() if hasattr(m, "in_features") and hasattr(m, "out_features")
+               and not list(m.children())]
+    with torch.inference_mode():
+        cache = model.new_cache(len(prompt) + steps)
+        model.model(torch.tensor([prompt], device=model.device), cache, last_only=True)
+        tokens = [torch.tensor([[t]], device=model.device) for t in prompt[:steps]]
+        step = best_step_ms()
+        outputs: dict = {}
+
+        def no_op(layer):
+            def forward(x):
+                key = (tuple(x.shape[:-1]), layer.out_features, x.dtype)
+                if key not in outputs:
+                    outputs[key] = torch.zeros(*x.shape[:-1], layer.out_features, dtype=x.dtype, device=x.device)
+                return outputs[key]
+            return forward
+
+        for layer in linears:
+            layer.forward = no_op(layer)
+        try:
+            other = best_step_ms()
+        finally:
+            for layer in linears:
+                del layer.forward  # back to the class's forward
+    return {"step_ms": step, "outside_matmuls_ms": other, "linears": len(linears)}
+
+
+def _sync(model) -> None:
+    if model.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(model.device)
 
 
 def _reference(args: argparse.Namespace, prompt: list[int], context: int) -> dict:
@@ -392,6 +454,9 @@ def _merge_rounds(rows: list[dict]) -> dict:
     )
     cuda = [r["cuda_max_allocated_mib"] for r in rows if r["cuda_max_allocated_mib"] is not None]
     best["cuda_max_allocated_mib"] = max(cuda) if cuda else None
+    steps = [r["step"] for r in rows if r.get("step")]
+    if steps:
+        best["step"] = min(steps, key=lambda st: st["step_ms"])
     chats = [r["chat"] for r in rows if r.get("chat")]
     if chats:
         first = min((c["turn1"] for c in chats), key=lambda t: t["ttft_seconds"])

@@ -37,6 +37,13 @@ def test_bench_json_has_every_config_with_ratios_and_chat_turns():
         assert row["cuda_max_allocated_mib"] is None  # tests run on CPU
     ref = report["configs"]["llama.cpp"]
     assert ref["prefill_vs_ref"] == ref["decode_vs_ref"] == 1.0
+    # The native decode step, split: the default model's 30 layers have 4 matrix products each,
+    # plus the head; with those no-ops, the rest of the step is left, and it costs something.
+    for name in ("native-f32", "native-bf16"):
+        step = report["configs"][name]["step"]
+        assert step["linears"] == 4 * 30 + 1, step
+        assert 0 < step["outside_matmuls_ms"] < step["step_ms"], step
+    assert "step" not in report["configs"]["gguf"] and "step" not in ref
 
     for name in CONFIGS:
         chat = report["configs"][name]["chat"]
