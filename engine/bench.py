@@ -253,6 +253,10 @@ def format_report(report: dict) -> str:
                       "(every linear layer a no-op):"]
         lines += [f"{name:<{w}} {st['step_ms']:6.2f} ms a token, {st['outside_matmuls_ms']:5.2f} ms outside "
                   f"{st['linears']} matrix products ({st['outside_matmuls_ms'] / st['step_ms']:.0%})" for name, st in steps.items()]
+        lines += ["", "memory roofline: a step's reads (weights, norms, KV cache) against a plain 256 MB sum's bandwidth:"]
+        lines += [f"{name:<{w}} {st['mb_read_per_token']:7.1f} MB a token at {st['gb_per_s']:5.1f} GB/s, stream "
+                  f"{st['stream_gb_per_s']:5.1f} GB/s: roofline {st['roofline_tokens_per_second']:7.1f} tok/s, step at "
+                  f"{1000 / st['step_ms'] / st['roofline_tokens_per_second']:.0%} of it" for name, st in steps.items()]
     chats = {name: r["chat"] for name, r in rows.items() if r.get("chat")}
     if chats:
         lines += ["", f"chat: {s['chat_turns']} turns through ChatSession, up to {s['chat_max_tokens']} tokens a reply "
@@ -392,7 +396,60 @@ def _step_split(model, prompt: list[int], steps: int = 32) -> dict:
         finally:
             for layer in linears:
                 del layer.forward  # back to the class's forward
-    return {"step_ms": step, "outside_matmuls_ms": other, "linears": len(linears)}
+    read = _bytes_read_per_token(model, linears, len(prompt) + steps // 2)
+    stream = _stream_gb_per_s(model.device)
+    return {
+        "step_ms": step,
+        "outside_matmuls_ms": other,
+        "linears": len(linears),
+        "mb_read_per_token": round(read / 1e6, 1),
+        "gb_per_s": round(read / step / 1e6, 1),
+        "stream_gb_per_s": round(stream, 1),
+        "roofline_tokens_per_second": round(stream * 1e9 / read, 1),
+    }
+
+
+def _bytes_read_per_token(model, linears: list, position: int) -> int:
+    """What one decode step must read at `position`: every tensor the linear layers hold (weights,
+    packed codes, scales; a tied head that is no module is its embedding table), the RMSNorm
+    weights, and the keys and values of every earlier position."""
+    import torch
+
+    tensors = {}
+
+    def add(t: torch.Tensor) -> None:
+        if t.is_mkldnn:  # oneDNN-packed (engine.packing): opaque, no storage to share
+            tensors[id(t)] = t.numel() * t.element_size()
+        else:
+            tensors[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    modules = [*linears, *(m for m in model.model.modules() if type(m).__name__ == "RMSNorm")]
+    for module in modules:
+        for value in {id(v): v for v in [*module.parameters(recurse=False), *module.buffers(recurse=False),
+                                          *vars(module).values()] if isinstance(v, torch.Tensor)}.values():
+            add(value)
+    if model.model.output is None and not any(m.out_features == model.args.vocab_size for m in linears):
+        add(model.model.tok_embeddings.weight)
+    args = model.args
+    kv = 2 * args.n_layers * args.n_kv_heads * args.head_dim * position * model.dtype.itemsize
+    return sum(tensors.values()) + kv
+
+
+def _stream_gb_per_s(device) -> float:
+    """Read bandwidth this process sees on `device`: a sum over 256 MB of bfloat16 (larger than
+    any cache here), best of 5. The decode roofline is this over the bytes a step reads."""
+    import torch
+
+    data = torch.ones(128 * 2**20, dtype=torch.bfloat16, device=device)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        data.sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    del data
+    return 256 * 2**20 / best / 1e9
 
 
 def _sync(model) -> None:

@@ -39,10 +39,15 @@ def test_bench_json_has_every_config_with_ratios_and_chat_turns():
     assert ref["prefill_vs_ref"] == ref["decode_vs_ref"] == 1.0
     # The native decode step, split: the default model's 30 layers have 4 matrix products each,
     # plus the head; with those no-ops, the rest of the step is left, and it costs something.
-    for name in ("native-f32", "native-bf16"):
+    for name, weight_bytes in (("native-f32", 4), ("native-bf16", 2)):
         step = report["configs"][name]["step"]
         assert step["linears"] == 4 * 30 + 1, step
         assert 0 < step["outside_matmuls_ms"] < step["step_ms"], step
+        # The roofline's bytes: 134.5 M weights (layers and the 49152 x 576 head) at 2 or 4 bytes,
+        # plus a few MB of norms and cache; the stream bandwidth is whatever this machine gives.
+        assert 134.5 * weight_bytes < step["mb_read_per_token"] < 134.5 * weight_bytes + 10, step
+        assert step["stream_gb_per_s"] > 0 and step["roofline_tokens_per_second"] > 0, step
+        assert step["gb_per_s"] == pytest.approx(step["mb_read_per_token"] / step["step_ms"], rel=0.02)
     assert "step" not in report["configs"]["gguf"] and "step" not in ref
 
     for name in CONFIGS:
