@@ -286,7 +286,7 @@ def run_worker(args: argparse.Namespace) -> int:
         row = _reference(args, prompt, context)
     else:
         row = _ours(args, backend, dtype, prompt, context)
-    row["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    row.setdefault("peak_rss_mib", round(peak_rss_mib(), 1))
     print(json.dumps(row))
     return 0
 
@@ -346,6 +346,7 @@ def _ours(args: argparse.Namespace, backend: str, dtype: str | None, prompt: lis
         "chat": _chat(model, args.repeats, forget) if args.worker in CHAT_CONFIGS else None,
     }
     if backend == "native":
+        row["peak_rss_mib"] = round(peak_rss_mib(), 1)  # before the step split's 256 MB bandwidth probe
         row["step"] = _step_split(model, prompt)
     if device.type == "cuda":
         row["gpu"] = torch.cuda.get_device_name(device)
