@@ -40,9 +40,13 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench, run_worker
+    if args.worker:
+        from .bench_worker import run_worker
 
-    return run_worker(args) if args.worker else run_bench(args)
+        return run_worker(args)
+    from .bench import run_bench
+
+    return run_bench(args)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
