@@ -36,6 +36,7 @@ from .hf_files import (
     _read_text,
     _token_text,
 )
+from .spm import SPMTokenizer
 from .spm_model import sentencepiece_metadata
 from .template import ChatTemplate
 from .tokenizer import Tokenizer
@@ -81,8 +82,6 @@ def load_hf_text_side(folder: str | Path) -> HFTextSide:
             extra_eos_ids=extra_eos,
             clean_up_spaces=_bool(config, "clean_up_tokenization_spaces", False, folder))
     elif (folder / "tokenizer.model").is_file():
-        from .spm import SPMTokenizer
-
         metadata = sentencepiece_metadata(folder)
         tokenizer = SPMTokenizer.from_gguf_metadata(metadata)
         tokenizer.eos_ids = tokenizer.eos_ids | {i for i in extra_eos

@@ -27,11 +27,6 @@ from typing import Any
 
 from .errors import ModelFormatError
 from .vocab import (
-    BYTE,
-    CONTROL,
-    NORMAL,
-    UNKNOWN,
-    USER_DEFINED,
     GGUFVocabulary,
     _flag,
     _read_vocabulary,
@@ -53,7 +48,7 @@ class SPMTokenizer(GGUFVocabulary):
                  bos_id: int | None, eos_id: int | None, unk_id: int | None,
                  eos_ids: frozenset[int], add_bos: bool, add_eos: bool,
                  add_space_prefix: bool, rstrip_ids: frozenset[int] = frozenset()) -> None:
-        self._init_vocabulary(tokens, attrs, _piece, bos_id=bos_id, eos_id=eos_id, eos_ids=eos_ids,
+        self._init_vocabulary(tokens, attrs, _normal_bytes, bos_id=bos_id, eos_id=eos_id, eos_ids=eos_ids,
                               add_bos=add_bos, add_eos=add_eos, rstrip_ids=rstrip_ids)
         self.unk_id, self.add_space_prefix = unk_id, add_space_prefix
         self._scores = scores
@@ -184,17 +179,6 @@ class SPMTokenizer(GGUFVocabulary):
         return [] if self.unk_id is None else [self.unk_id]
 
 
-def _piece(text: str, attr: int) -> bytes:
-    """One token's bytes, following llama.cpp's token_to_piece for SPM vocabularies."""
-    if attr & (CONTROL | UNKNOWN | USER_DEFINED):
-        return text.encode("utf-8")
-    if attr & NORMAL:
-        return text.replace(SPACE, " ").encode("utf-8")
-    if attr & BYTE:  # "<0xAB>"; like C's strtol, read the hex digits that are there
-        digits = ""
-        for c in text[3:5]:
-            if c not in "0123456789abcdefABCDEF":
-                break
-            digits += c
-        return bytes([int(digits, 16) if digits else 0])
-    return b""  # unused or undefined: llama.cpp renders nothing
+def _normal_bytes(text: str) -> bytes:
+    """A NORMAL SentencePiece token's bytes: its visible spaces are spaces."""
+    return text.replace(SPACE, " ").encode("utf-8")

@@ -31,12 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import ModelFormatError
+from .spm import SPMTokenizer
 from .vocab import (
-    BYTE,
-    CONTROL,
-    NORMAL,
-    UNKNOWN,
-    USER_DEFINED,
     GGUFVocabulary,
     _read_vocabulary,
     _special_setup,
@@ -141,7 +137,7 @@ class BPETokenizer(GGUFVocabulary):
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
         spec = PRE_TOKENIZERS[pre]
-        self._init_vocabulary(tokens, attrs, _piece, bos_id=bos_id, eos_id=eos_id, eos_ids=eos_ids,
+        self._init_vocabulary(tokens, attrs, _normal_bytes, bos_id=bos_id, eos_id=eos_id, eos_ids=eos_ids,
                               add_bos=add_bos, add_eos=add_eos, rstrip_ids=rstrip_ids)
         self.pre_tokenizer = pre
 
@@ -200,7 +196,7 @@ class StreamingDetokenizer:
         self._tokenizer = tokenizer
         self._skip_special = skip_special
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._strip_space = bool(getattr(tokenizer, "add_space_prefix", False))
+        self._strip_space = tokenizer.add_space_prefix
         self.text = ""
 
     def add(self, token_id: int) -> str:
@@ -230,8 +226,6 @@ def load_tokenizer(metadata: dict[str, Any]) -> Tokenizer:
     if model == "gpt2":
         return BPETokenizer.from_gguf_metadata(metadata)
     if model == "llama":
-        from .spm import SPMTokenizer
-
         return SPMTokenizer.from_gguf_metadata(metadata)
     if model is None:
         raise ModelFormatError("the GGUF file has no tokenizer (tokenizer.ggml.model is missing)")
@@ -241,23 +235,14 @@ def load_tokenizer(metadata: dict[str, Any]) -> Tokenizer:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _piece(text: str, attr: int) -> bytes:
-    """One token's bytes, following llama.cpp's token_to_piece for BPE vocabularies."""
-    if attr & (CONTROL | UNKNOWN | USER_DEFINED):
+def _normal_bytes(text: str) -> bytes:
+    """A NORMAL byte-level BPE token's bytes: GPT-2's byte alphabet back to bytes."""
+    try:
+        return text.translate(_BYTE_LEVEL_TO_LATIN1).encode("latin-1")
+    except UnicodeEncodeError:
+        # A character outside GPT-2's byte alphabet: llama.cpp emits an "[UNK_BYTE_...]"
+        # marker here; like Hugging Face's ByteLevel decoder we keep the text as UTF-8.
         return text.encode("utf-8")
-    if attr & NORMAL:
-        try:
-            return text.translate(_BYTE_LEVEL_TO_LATIN1).encode("latin-1")
-        except UnicodeEncodeError:
-            # A character outside GPT-2's byte alphabet: llama.cpp emits an "[UNK_BYTE_...]"
-            # marker here; like Hugging Face's ByteLevel decoder we keep the text as UTF-8.
-            return text.encode("utf-8")
-    if attr & BYTE:  # "<0xAB>"
-        try:
-            return bytes([int(text[3:5], 16)])
-        except ValueError:
-            return b""
-    return b""  # unused or undefined: llama.cpp renders nothing
 
 
 def _parse_merges(raw: list[str], tokens: list[str]) -> list[tuple[str, str]]:

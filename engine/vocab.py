@@ -101,6 +101,23 @@ def _read_attrs(metadata: dict[str, Any], n: int) -> list[int]:
 Specials = list[tuple[str, int]]
 
 
+def _token_piece(text: str, attr: int, normal_bytes) -> bytes:
+    """One token's bytes, as llama.cpp's token_to_piece. BPE and SentencePiece vocabularies
+    differ only in how a NORMAL token's text maps to bytes (`normal_bytes`)."""
+    if attr & (CONTROL | UNKNOWN | USER_DEFINED):
+        return text.encode("utf-8")
+    if attr & NORMAL:
+        return normal_bytes(text)
+    if attr & BYTE:  # "<0xAB>"; like C's strtol, read the hex digits that are there
+        digits = ""
+        for c in text[3:5]:
+            if c not in "0123456789abcdefABCDEF":
+                break
+            digits += c
+        return bytes([int(digits, 16) if digits else 0])
+    return b""  # unused or undefined: llama.cpp renders nothing
+
+
 def _special_tokens(tokens: list[str], attrs: list[int]) -> tuple[Specials, Specials]:
     """(text, id) of the tokens matched in raw text, longest text (in bytes) first as in
     llama.cpp's cache_special_tokens: all of them (for parse_special), and the user-defined
@@ -268,7 +285,7 @@ class GGUFVocabulary:
     # SentencePiece vocabularies put a space in front of encoded text, and decoding drops it.
     add_space_prefix: bool = False
 
-    def _init_vocabulary(self, tokens: list[str], attrs: list[int], piece, *, bos_id: int | None,
+    def _init_vocabulary(self, tokens: list[str], attrs: list[int], normal_bytes, *, bos_id: int | None,
                          eos_id: int | None, eos_ids: frozenset[int], add_bos: bool, add_eos: bool,
                          rstrip_ids: frozenset[int]) -> None:
         self.vocab_size = len(tokens)
@@ -276,7 +293,7 @@ class GGUFVocabulary:
         self.add_bos, self.add_eos = add_bos, add_eos
         self._attrs = attrs
         self._text_to_id = {text: i for i, text in enumerate(tokens)}  # last one wins, as llama.cpp
-        self._pieces = [piece(text, attr) for text, attr in zip(tokens, attrs)]
+        self._pieces = [_token_piece(text, attr, normal_bytes) for text, attr in zip(tokens, attrs)]
         self._specials_all, self._specials_user = _special_tokens(tokens, attrs)
         self._rstrip_ids = rstrip_ids
 

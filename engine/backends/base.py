@@ -104,14 +104,12 @@ class Model(ABC):
         """
         text = self.render_chat(messages, tools=tools)
         tok = self.tokenizer
-        if tok.add_bos and tok.bos_id is not None:
-            bos = tok.token_bytes(tok.bos_id).decode("utf-8", "replace")
-            if bos and text.startswith(bos):
-                text = text[len(bos):]
-        if tok.add_eos and tok.eos_id is not None:
-            eos = tok.token_bytes(tok.eos_id).decode("utf-8", "replace")
-            if eos and text.endswith(eos):
-                text = text[: -len(eos)]
+        # The texts the template renders for `bos_token` / `eos_token`, set once at load.
+        bos, eos = self.template.bos_token, self.template.eos_token
+        if tok.add_bos and tok.bos_id is not None and bos and text.startswith(bos):
+            text = text[len(bos):]
+        if tok.add_eos and tok.eos_id is not None and eos and text.endswith(eos):
+            text = text[: -len(eos)]
         return tok.encode(text, add_special=True, parse_special=True)
 
     def count_prompt_tokens(self, messages: list[dict], *, tools: list[dict] | None = None) -> int:
