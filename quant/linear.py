@@ -59,8 +59,22 @@ def _cpu_kernel(x: torch.Tensor) -> bool:
 class _KernelCache(nn.Module):
     """A module holding a kernel-ready copy of its buffers, dropped whenever the buffers change."""
 
+    _kernel: CPUQuantLinear | bool | None  # built on first CPU call; False: the kernel does not apply
+
     def _drop_kernel_cache(self) -> None:
         raise NotImplementedError
+
+    def packed_for_cpu(self, dtype: torch.dtype) -> CPUQuantLinear | None:
+        raise NotImplementedError
+
+    def _cpu_kernel_for(self, x: torch.Tensor) -> CPUQuantLinear | None:
+        """The kernel copy for `x` (built on first use, rebuilt for another dtype), or None
+        where `x` does not go to the CPU kernel or the layer does not fit it."""
+        if not (_cpu_kernel(x) and x.dtype in KERNEL_DTYPES):
+            return None
+        if self._kernel is None or (self._kernel and self._kernel.dtype != x.dtype):
+            self._kernel = self.packed_for_cpu(x.dtype) or False
+        return self._kernel or None
 
     def _apply(self, fn, recurse=True):
         self._drop_kernel_cache()  # moved or cast: the cached copy is stale
@@ -102,7 +116,7 @@ class Int8Linear(_KernelCache):
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("scale", int8_scale_storage(scale))
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        self._kernel: CPUQuantLinear | bool | None = None  # built on first CPU call; False: does not apply
+        self._kernel = None
         self._scale_cast: torch.Tensor | None = None  # per-row scales in the activation dtype
 
     @classmethod
@@ -117,12 +131,10 @@ class Int8Linear(_KernelCache):
         return f"in_features={self.in_features}, out_features={self.out_features}, {grid}, bias={self.bias is not None}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self._cpu_kernel_for(x)
+        if kernel is not None:
+            return kernel(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if _cpu_kernel(x) and x.dtype in KERNEL_DTYPES:
-            if self._kernel is None or (self._kernel and self._kernel.dtype != x.dtype):
-                self._kernel = self.packed_for_cpu(x.dtype) or False
-            if self._kernel:
-                return self._kernel(x)
         if _cpu_kernel(x) and self.group_size is None:  # float32, or a shape the INT4 kernel does not take
             if self._scale_cast is None or self._scale_cast.dtype != x.dtype:
                 self._scale_cast = self.scale.to(x.dtype)
@@ -209,7 +221,7 @@ class Int4Linear(_KernelCache):
         self.register_buffer("scale", scale)
         self.register_buffer("minimum", minimum)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        self._kernel: CPUQuantLinear | bool | None = None  # built on first CPU call; False: does not apply
+        self._kernel = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 32) -> Int4Linear:
@@ -228,11 +240,9 @@ class Int4Linear(_KernelCache):
                                         self.bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_kernel(x) and x.dtype in KERNEL_DTYPES:
-            if self._kernel is None or (self._kernel and self._kernel.dtype != x.dtype):
-                self._kernel = self.packed_for_cpu(x.dtype) or False
-            if self._kernel:
-                return self._kernel(x)
+        kernel = self._cpu_kernel_for(x)
+        if kernel is not None:
+            return kernel(x)
         return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def _drop_kernel_cache(self) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 
 GROUP_SIZES = (32, 64, 128)  # for INT4, and for INT8 when grouped
-INT4_GROUP_SIZES = GROUP_SIZES
 
 
 def _check_matrix(w: torch.Tensor) -> None:
