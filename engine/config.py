@@ -251,7 +251,7 @@ def _args_from_hf_config(cls: type[ModelArgs], config: dict[str, Any]) -> ModelA
     partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
         raise ModelFormatError(f"config.json: partial_rotary_factor {partial!r} (partial RoPE) is not supported")
-    scaling = _hf_rope_scaling(rope, max_positions, head_dim, number)
+    scaling = _hf_rope_scaling(rope, max_positions, number)
     context = max_positions
     if scaling is not None and scaling.kind == "dynamic":
         # Dynamic NTK exists to run past the trained length: allow `factor` times it.
@@ -280,7 +280,7 @@ def _args_from_hf_config(cls: type[ModelArgs], config: dict[str, Any]) -> ModelA
     )
 
 
-def _hf_rope_scaling(rope: dict[str, Any], max_positions: int, head_dim: int, number) -> RopeScaling | None:
+def _hf_rope_scaling(rope: dict[str, Any], max_positions: int, number) -> RopeScaling | None:
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind in ("default", None):
         return None

@@ -86,7 +86,7 @@ def _family(name: str, tmp_path_factory) -> Family:
         return _BUILT[name]
     hf = build_hf_model(SPECS[name])
     folder = save_hf_model(hf, tmp_path_factory.mktemp(name), max_shard_size=SHARDED.get(name))
-    args, _ = read_hf_config(folder)
+    args = read_hf_config(folder)
     ours = load_hf_weights(folder, args, dtype=torch.float32, device="cpu")
     ids = torch.randint(0, args.vocab_size, (1, SEQ), generator=torch.Generator().manual_seed(100))
     with torch.inference_mode():
@@ -171,7 +171,7 @@ def test_each_switch_changes_the_logits(name, tmp_path):
     """Without its RoPE scaling or window the same weights give other logits: the tests above
     compare something that matters."""
     hf = build_hf_model(SPECS[name])
-    args, _ = read_hf_config(save_hf_model(hf, tmp_path))
+    args = read_hf_config(save_hf_model(hf, tmp_path))
     ours = load_hf_weights(tmp_path, args, dtype=torch.float32, device="cpu")
     plain = Transformer(dataclasses.replace(args, **SWITCHED_OFF[name]))
     plain.load_state_dict(ours.state_dict())
@@ -361,7 +361,7 @@ def test_quantized_checkpoint_round_trips_bias_and_window(tmp_path):
                                                               "original_max_position_embeddings": 64})
     hf = build_hf_model(spec)
     folder = save_hf_model(hf, tmp_path / "hf")
-    args, _ = read_hf_config(folder)
+    args = read_hf_config(folder)
     model = load_hf_weights(folder, args, dtype=torch.float32, device="cpu")
     with read_gguf(write_gguf_from_hf(build_hf_model(SPECS["qwen2-tied"]), tmp_path / "vocab.gguf")) as f:
         metadata = f.metadata  # only its tokenizer keys are kept
@@ -395,7 +395,7 @@ def copy_of(folder: Path, tmp_path: Path) -> Path:
 
 
 def load(folder: Path) -> Transformer:
-    args, _ = read_hf_config(folder)
+    args = read_hf_config(folder)
     return load_hf_weights(folder, args, dtype=torch.float32, device="cpu")
 
 

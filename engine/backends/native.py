@@ -104,7 +104,7 @@ class NativeModel(Model):
 
         device = pick_device(device)
         dtype = pick_dtype(dtype, device)
-        args, _ = read_hf_config(folder)
+        args = read_hf_config(folder)
         text_side = load_hf_text_side(folder)  # before the weights: a bad tokenizer fails fast
         model = load_hf_weights(folder, args, dtype=dtype, device=device)
         return cls.from_transformer(model, None, path=folder, name=name, device=device, dtype=dtype,

@@ -62,8 +62,8 @@ class SafetensorsTensor:
     end: int
 
 
-def read_hf_config(folder: str | Path) -> tuple[ModelArgs, dict[str, Any]]:
-    """The folder's config.json as ModelArgs, and the raw dict (for the caller's other needs)."""
+def read_hf_config(folder: str | Path) -> ModelArgs:
+    """The folder's config.json as ModelArgs."""
     folder = _folder(folder)
     _refuse_pickle_only(folder)  # before the config: that is the problem to report
     path = folder / CONFIG
@@ -71,7 +71,7 @@ def read_hf_config(folder: str | Path) -> tuple[ModelArgs, dict[str, Any]]:
         raise ModelFormatError(f"{folder}: no {CONFIG}, so this is not a Hugging Face model folder")
     config = _read_json(path, required=True)
     try:
-        return ModelArgs.from_hf_config(config), config
+        return ModelArgs.from_hf_config(config)
     except ModelFormatError as e:
         raise ModelFormatError(f"{path}: {str(e).removeprefix(CONFIG + ': ')}") from None
 
