@@ -96,8 +96,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
         return engine.load(name, backend=args.backend, device=args.device, dtype=args.dtype, context_length=args.ctx)
 
     with Store(args.db) as store:
-        ChatApp(store=store, model=args.model, load_model=load, allowed_dirs=args.allow_dir).run()
-    return 0
+        app = ChatApp(store=store, model=args.model, load_model=load, allowed_dirs=args.allow_dir)
+        app.run()
+    # Textual prints a crash's traceback after leaving the alternate screen and sets the code to 1:
+    # a shell or a script must see that the app failed.
+    return app.return_code or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
