@@ -135,6 +135,7 @@ class ChatApp(ModelLoading, App):
         self.query_one(Sidebar).show(self.store.list_conversations(search or None), self.conversation_id)
 
     def open_conversation(self, conversation_id: int | None) -> None:
+        switched = conversation_id != self.conversation_id  # not a reload of the one shown
         self.conversation_id = conversation_id
         chat = self.query_one("#chat", VerticalScroll)
         chat.remove_children()
@@ -143,7 +144,8 @@ class ChatApp(ModelLoading, App):
             chat.mount_all([self._view(m) for m in self.store.messages(conversation_id)])
             chat.scroll_end(animate=False)
             self._label_alternatives()
-            self._announce_conversation_model(conversation_id)
+            if switched:
+                self._announce_conversation_model(conversation_id)
         self.refresh_sidebar()
         self.count_context()
 
@@ -151,8 +153,8 @@ class ChatApp(ModelLoading, App):
         """A conversation last answered by another model says so, with the key to go back to it."""
         used, using = self.store.get_conversation(conversation_id).model, model_label(self.model_name)
         if used and used != using:
-            self.on_notice(Notice(f"This conversation used {used}; replies now come from {using}. "
-                                  f"Press ctrl+o to choose {used} again.", "information"))
+            self.on_notice(Notice(f"This conversation used {used}; replies now come from {using} "
+                                  "(ctrl+o changes the model).", "information"))
 
     def _label_alternatives(self) -> None:
         """Mark the last reply with which of its alternatives is shown ("2/3")."""
@@ -276,6 +278,8 @@ class ChatApp(ModelLoading, App):
         self.refresh_sidebar()
         if self.conversation_id is not None:
             self._label_alternatives()
+            if self.model is not None:  # the conversation's model is the one that answered it last
+                self.store.update_conversation(self.conversation_id, model=model_label(self.model_name))
 
     @on(Button.Pressed, "#stop")
     def _stop_pressed(self) -> None:

@@ -232,6 +232,9 @@ def test_a_reopened_conversation_says_which_model_it_used_and_counts_its_context
             assert expected > 10
             # Answered by the default model from now on, and recorded so.
             assert app.store.get_conversation(conv_id).model == "smollm2-135m"
+            app.open_conversation(conv_id)  # a reload (regenerate, tool results) does not say it again
+            await pilot.pause()
+            assert [str(n.render()) for n in app.query(".notice")] == []
 
     run(main())
 
