@@ -83,7 +83,6 @@ class ModelPickerScreen(ModalScreen[str | None]):
             yield ProgressBar(id="pull-progress", show_eta=False)
 
     def on_mount(self) -> None:
-        self.query_one("#pull-progress").display = False
         if not all(self.local.values()):
             self._check_hub()
 
