@@ -24,6 +24,7 @@ from .screens.help import HelpScreen
 from .screens.models import ModelPickerScreen
 from .screens.settings import SettingsScreen
 from .export import export_to_file
+from .model_loading import ModelLoading, model_label
 from .store import Store
 from .tools.approval import ApprovalPolicy
 from .tools.builtin import FileAccess
@@ -49,13 +50,15 @@ _DEFAULTS = SamplingParams()
 DEFAULT_SAMPLING = {"temperature": _DEFAULTS.temperature, "top_p": _DEFAULTS.top_p, "max_tokens": _DEFAULTS.max_tokens}
 
 
-class ChatApp(App):
+class ChatApp(ModelLoading, App):
     CSS_PATH = "app.tcss"
     TITLE = "chatapp"
     BINDINGS = [
         Binding("ctrl+n", "new_conversation", "New", tooltip="Start a new conversation"),
         Binding("escape", "stop", "Stop", tooltip="Stop the reply being generated (the partial reply is kept)"),
         Binding("ctrl+r,f5", "regenerate", "Regenerate", tooltip="Generate the last reply again"),
+        Binding("alt+left", "browse_reply(-1)", "Previous reply", show=False, tooltip="Show the previous alternative of the last reply"),
+        Binding("alt+right", "browse_reply(1)", "Next reply", show=False, tooltip="Show the next alternative of the last reply"),
         Binding("f3", "edit_message", "Edit", tooltip="Edit the focused user message (Tab to focus one; default: the last) and resend from there"),
         Binding("ctrl+o", "pick_model", "Model", tooltip="Choose a model from models.toml"),
         Binding("ctrl+s,f7", "settings", "Settings", tooltip="System prompt and sampling for this conversation"),
@@ -111,34 +114,13 @@ class ChatApp(App):
         if interrupted:
             self.notify(f"{interrupted} reply(s) cut off last time are kept, marked as stopped.")
         recent = self.store.most_recent()
-        if recent is not None:
-            self.model_name = self.model_name or recent.model
+        if recent is not None:  # answered by the model asked for on the command line (or the default)
             self.open_conversation(recent.id)
         else:
             self.refresh_sidebar()
         self.query_one("#prompt", Input).focus()
         # Load after the first paint: torch is imported in the worker, never before the UI shows.
         self.call_after_refresh(self.start_loading, self.model_name)
-
-    # ---- model loading ------------------------------------------------------------------
-
-    def start_loading(self, name: str | None) -> None:
-        self.model, self.model_error = None, None
-        self.model_ready.clear()
-        status = self.query_one(StatusBar)
-        status.model_name = name or "default model"
-        status.state = "loading…"
-        self._load_worker(name)
-
-    class ModelLoaded(Message):
-        def __init__(self, model) -> None:
-            super().__init__()
-            self.model = model
-
-    class ModelFailed(Message):
-        def __init__(self, error: str) -> None:
-            super().__init__()
-            self.error = error
 
     class ApprovalRequested(Message):
         """From the generation worker: ask the user about a tool call, answer through `answer`."""
@@ -147,34 +129,13 @@ class ChatApp(App):
             super().__init__()
             self.call, self.tool, self.answer = call, tool, answer
 
-    @work(thread=True, exclusive=True, group="load")
-    def _load_worker(self, name: str | None) -> None:
-        try:
-            model = self._load_model(name)
-        except (EngineError, ValueError, OSError) as e:
-            self.model_error = str(e)
-            self.post_message(self.ModelFailed(str(e)))
-        else:
-            self.model = model
-            self.post_message(self.ModelLoaded(model))
-        finally:
-            self.model_ready.set()
-
-    def on_chat_app_model_loaded(self, event: ModelLoaded) -> None:
-        status = self.query_one(StatusBar)
-        status.model_name, status.state = f"{event.model.name} · {event.model.backend}", "ready"
-        status.context_size = event.model.context_length
-
-    def on_chat_app_model_failed(self, event: ModelFailed) -> None:
-        self.query_one(StatusBar).state = "no model"
-        self.notify(event.error, title="Model failed to load", severity="error", timeout=15, markup=False)
-
     # ---- conversations ------------------------------------------------------------------
 
     def refresh_sidebar(self, search: str | None = None) -> None:
         self.query_one(Sidebar).show(self.store.list_conversations(search or None), self.conversation_id)
 
     def open_conversation(self, conversation_id: int | None) -> None:
+        switched = conversation_id != self.conversation_id  # not a reload of the one shown
         self.conversation_id = conversation_id
         chat = self.query_one("#chat", VerticalScroll)
         chat.remove_children()
@@ -182,7 +143,28 @@ class ChatApp(App):
         if conversation_id is not None:
             chat.mount_all([self._view(m) for m in self.store.messages(conversation_id)])
             chat.scroll_end(animate=False)
+            self._label_alternatives()
+            if switched:
+                self._announce_conversation_model(conversation_id)
         self.refresh_sidebar()
+        self.count_context()
+
+    def _announce_conversation_model(self, conversation_id: int) -> None:
+        """A conversation last answered by another model says so, with the key to go back to it."""
+        used, using = self.store.get_conversation(conversation_id).model, model_label(self.model_name)
+        if used and used != using:
+            self.on_notice(Notice(f"This conversation used {used}; replies now come from {using} "
+                                  "(ctrl+o changes the model).", "information"))
+
+    def _label_alternatives(self) -> None:
+        """Mark the last reply with which of its alternatives is shown ("2/3")."""
+        alternatives = self.store.reply_alternatives(self.conversation_id)
+        messages = self.store.messages(self.conversation_id)
+        last_user = max((m.seq for m in messages if m.role == "user"), default=None)
+        reply = next((m for m in messages if last_user is not None and m.seq == last_user + 1), None)
+        view = self.views.get(reply.id) if reply is not None else None
+        if view is not None:
+            view.set_alternatives(alternatives.shown + 1, alternatives.count)
 
     def _view(self, message) -> MessageView:
         view = MessageView(message)
@@ -208,7 +190,7 @@ class ChatApp(App):
             self.notify("Wait for the reply to finish, or press Esc to stop it.", severity="warning")
             return
         if self.conversation_id is None:
-            conv = self.store.create_conversation(model=self.model_name, settings=dict(DEFAULT_SAMPLING))
+            conv = self.store.create_conversation(model=model_label(self.model_name), settings=dict(DEFAULT_SAMPLING))
             self.conversation_id = conv.id
         # Stored before generation starts: a crash from here on never loses the message.
         message = self.store.add_message(self.conversation_id, "user", text)
@@ -283,7 +265,7 @@ class ChatApp(App):
         self.open_conversation(self.conversation_id)
 
     def on_notice(self, event: Notice) -> None:
-        self.notify(inert(event.text), severity=event.severity, timeout=10, markup=False)
+        # In the chat only, where it stays beside the replies it is about; a toast would repeat it.
         chat = self.query_one("#chat", VerticalScroll)
         chat.mount(Static(inert(event.text), classes=f"notice {event.severity}", markup=False))
         chat.scroll_end(animate=False)
@@ -294,6 +276,10 @@ class ChatApp(App):
         self.query_one("#send", Button).disabled = False
         self.query_one(StatusBar).state = "ready" if self.model is not None else "no model"
         self.refresh_sidebar()
+        if self.conversation_id is not None:
+            self._label_alternatives()
+            if self.model is not None:  # the conversation's model is the one that answered it last
+                self.store.update_conversation(self.conversation_id, model=model_label(self.model_name))
 
     @on(Button.Pressed, "#stop")
     def _stop_pressed(self) -> None:
@@ -340,9 +326,23 @@ class ChatApp(App):
         users = [m for m in messages if m.role == "user"]
         if not users:
             return
-        self.store.delete_messages_from(self.conversation_id, users[-1].seq + 1)
+        self.store.set_reply_aside(self.conversation_id)  # kept: alt+left shows it again
         self.open_conversation(self.conversation_id)
         self.start_generation()
+
+    def action_browse_reply(self, step: int) -> None:
+        """Show another alternative of the last reply; the shown one is what the model sees next."""
+        if self.conversation_id is None:
+            return
+        if self.job is not None:
+            self.notify("Wait for the reply to finish, or press Esc to stop it.", severity="warning")
+            return
+        before = self.store.reply_alternatives(self.conversation_id)
+        if before.count == 1:
+            self.notify("The last reply has no alternatives yet: ctrl+r generates one.", markup=False)
+            return
+        if self.store.show_alternative(self.conversation_id, step) != before:
+            self.open_conversation(self.conversation_id)
 
     def action_edit_message(self) -> None:
         """Edit the focused user message (else the last one) and resend from there."""
@@ -381,10 +381,7 @@ class ChatApp(App):
         def chosen(name: str | None) -> None:
             if name is None or (self.model is not None and name == self.model.name):
                 return
-            self.model_name = name
-            if self.conversation_id is not None:
-                self.store.update_conversation(self.conversation_id, model=name)
-            self.start_loading(name)
+            self.start_loading(name)  # the current model stays until this one has loaded
 
         self.push_screen(ModelPickerScreen(registry, self.model.name if self.model else self.model_name), chosen)
 
@@ -395,7 +392,7 @@ class ChatApp(App):
             if result is None:
                 return
             if self.conversation_id is None:
-                self.conversation_id = self.store.create_conversation(model=self.model_name).id
+                self.conversation_id = self.store.create_conversation(model=model_label(self.model_name)).id
             self.store.update_conversation(self.conversation_id, system_prompt=result[0], settings=result[1])
             self.refresh_sidebar()
             self.notify("Settings saved for this conversation.")

@@ -91,6 +91,23 @@ def m002_messages_fts(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
 
 
+
+@_migration
+def m003_reply_alternatives(db: sqlite3.Connection) -> None:
+    # The replies to a user message that are not shown: regenerate sets the shown one aside here
+    # instead of deleting it. A reply is every message after its user message (the assistant's
+    # text, its tool calls and their results), kept as one JSON list. Positions number all the
+    # replies 0..n; the shown one, living in `messages`, holds the one position missing here.
+    db.execute("""
+        CREATE TABLE reply_alternatives (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            messages TEXT NOT NULL,              -- JSON list of message rows (no ids, no seqs)
+            created_at REAL NOT NULL,
+            UNIQUE (user_message_id, position)
+        )""")
+
 def migrate(db: sqlite3.Connection, path: Path) -> set[str]:
     """Apply pending migrations in one IMMEDIATE transaction (two instances starting at once
     serialise here); return the names of the tables that exist afterwards."""

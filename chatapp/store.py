@@ -30,6 +30,7 @@ from chatapp.migrations import SchemaError, migrate
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 STATUSES = frozenset({"complete", "streaming", "stopped", "error"})
 DEFAULT_TITLE = "New conversation"
+_ALTERNATIVE_KEYS = frozenset({"role", "content", "status", "tool_calls", "tool_call_id", "name", "meta", "created_at"})
 TITLE_CHARS = 60
 BUSY_TIMEOUT_S = 5.0
 
@@ -77,6 +78,14 @@ class Message:
         if self.name is not None:
             out["name"] = self.name
         return out
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    """The replies to one user message: which is shown (0-based) and how many there are."""
+
+    shown: int
+    count: int
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -417,6 +426,80 @@ class Store:
         with self._write() as db:
             self._touch(db, conversation_id)
             db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq >= ?", (conversation_id, int(seq)))
+
+    # --- reply alternatives: regenerate keeps the old reply; the shown one is what the model sees ---
+
+    def set_reply_aside(self, conversation_id: int) -> None:
+        """Move the last reply (every message after the last user message) into the alternatives
+        of that user message, at the position it was shown at; the next reply becomes the newest.
+        A reply that is only errors is dropped: there is nothing in it to come back to."""
+        with self._write() as db:
+            user = self._last_user_message(db, conversation_id)
+            if user is None:
+                return
+            self._touch(db, conversation_id)
+            self._set_tail_aside(db, user, self._alternatives(db, user["id"]).shown, always=False)
+
+    def reply_alternatives(self, conversation_id: int) -> Alternatives:
+        """Which of the last user message's replies is shown, and how many there are."""
+        with self._read() as db:
+            user = self._last_user_message(db, conversation_id)
+            return Alternatives(0, 1) if user is None else self._alternatives(db, user["id"])
+
+    def show_alternative(self, conversation_id: int, step: int) -> Alternatives:
+        """Show the reply `step` places away (-1: the previous one) in place of the last reply;
+        at either end nothing changes. The shown reply is what `messages` (and so the model and
+        export) sees from then on."""
+        with self._write() as db:
+            user = self._last_user_message(db, conversation_id)
+            if user is None:
+                return Alternatives(0, 1)
+            now = self._alternatives(db, user["id"])
+            target = now.shown + step
+            if step == 0 or not 0 <= target < now.count:
+                return now
+            self._touch(db, conversation_id)
+            self._set_tail_aside(db, user, now.shown, always=True)
+            row = db.execute("SELECT id, messages FROM reply_alternatives WHERE user_message_id = ? AND position = ?",
+                             (user["id"], target)).fetchone()
+            db.execute("DELETE FROM reply_alternatives WHERE id = ?", (row["id"],))
+            for seq, m in enumerate(self._json(row["messages"], list, "reply alternative"), start=user["seq"] + 1):
+                if not (isinstance(m, dict) and _ALTERNATIVE_KEYS <= m.keys() and m["role"] in ROLES and m["status"] in STATUSES):
+                    raise StoreError(f"chat history {self.path}: a stored reply alternative is malformed: {str(m)[:80]!r}")
+                db.execute(
+                    "INSERT INTO messages (conversation_id, seq, role, content, status, tool_calls, tool_call_id,"
+                    " name, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (conversation_id, seq, m["role"], m["content"], m["status"],
+                     None if m["tool_calls"] is None else json.dumps(m["tool_calls"], ensure_ascii=False),
+                     m["tool_call_id"], m["name"], json.dumps(m["meta"], ensure_ascii=False), m["created_at"]))
+            return Alternatives(target, now.count)
+
+    @staticmethod
+    def _last_user_message(db: sqlite3.Connection, conversation_id: int) -> sqlite3.Row | None:
+        return db.execute("SELECT id, seq FROM messages WHERE conversation_id = ? AND role = 'user'"
+                          " ORDER BY seq DESC LIMIT 1", (conversation_id,)).fetchone()
+
+    @staticmethod
+    def _alternatives(db: sqlite3.Connection, user_message_id: int) -> Alternatives:
+        stored = {r[0] for r in db.execute("SELECT position FROM reply_alternatives WHERE user_message_id = ?",
+                                           (user_message_id,))}
+        shown = next(p for p in range(len(stored) + 1) if p not in stored)  # the one position not stored
+        return Alternatives(shown, len(stored) + 1)
+
+    def _set_tail_aside(self, db: sqlite3.Connection, user: sqlite3.Row, position: int, *, always: bool) -> None:
+        """Delete the messages after `user`, first storing them as the reply at `position` (always,
+        or when they hold more than errors)."""
+        rows = db.execute("SELECT * FROM messages WHERE conversation_id = (SELECT conversation_id FROM messages"
+                          " WHERE id = ?) AND seq > ? ORDER BY seq", (user["id"], user["seq"])).fetchall()
+        tail = [self._message(r) for r in rows]
+        if always or any(m.status != "error" for m in tail):
+            kept = [{"role": m.role, "content": m.content, "status": m.status, "tool_calls": m.tool_calls,
+                     "tool_call_id": m.tool_call_id, "name": m.name, "meta": m.meta, "created_at": m.created_at}
+                    for m in tail]
+            db.execute("INSERT INTO reply_alternatives (user_message_id, position, messages, created_at)"
+                       " VALUES (?, ?, ?, ?)", (user["id"], position, _to_json(kept, "reply"), time.time()))
+        db.execute("DELETE FROM messages WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = ?)"
+                   " AND seq > ?", (user["id"], user["seq"]))
 
     def recover_interrupted(self) -> int:
         """Mark replies left "streaming" by an app that died as "stopped"; return how many. Call it

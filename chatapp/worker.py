@@ -146,11 +146,13 @@ def _one_reply(job: Job, store: Store, post) -> list:
             else:
                 result = event
     except Exception as e:
-        store.update_message(reply.id, content=text, status="error", meta={"error": str(e), "model": model.name})
+        # Shown once, on the reply it stopped (and kept with it): not again as a notice.
+        error = str(e) if isinstance(e, EngineError) else f"Generation failed: {type(e).__name__}: {e}"
+        store.update_message(reply.id, content=text, status="error", meta={"error": error, "model": model.name})
         if unposted:
             post(ReplyDelta(reply.id, unposted))
         post(ReplyFinished(reply.id, "error", None))
-        raise
+        return []
     if unposted:
         post(ReplyDelta(reply.id, unposted))
     if result is not None:
@@ -177,9 +179,6 @@ def _one_reply(job: Job, store: Store, post) -> list:
             calls, content = parsed.tool_calls, parsed.content
     store.update_message(reply.id, content=content, status=status, meta=meta,
                          tool_calls=[c.to_openai() for c in calls] or None)
-    post(ReplyFinished(reply.id, status, result))
-    return calls
-    store.update_message(reply.id, content=text, status=status, meta=meta)
     post(ReplyFinished(reply.id, status, result))
     return calls
 

@@ -27,6 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import EngineError, ModelFormatError, ModelNotFoundError
@@ -61,6 +62,26 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env
 
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to the Hub's endpoint opens within `timeout` seconds: a cheap
+    "are we online" for UIs that mark what can be downloaded. Blocks up to `timeout`."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all; 0 while unknown)
+
+
 def find_cached(spec: ModelSpec) -> Path | None:
     """The cached file or folder for spec.revision, without touching the network or hashing
     anything; None when it is not (fully) there. A folder counts once its required files are."""
@@ -83,9 +104,10 @@ def cached_or_download(spec: ModelSpec, *, download: bool) -> Path:
     return path
 
 
-def fetch(spec: ModelSpec, revision: str | None, *, force: bool) -> Path:
+def fetch(spec: ModelSpec, revision: str | None, *, force: bool, progress: Progress | None = None) -> Path:
     """For `pull`: download (or, with force, download again); under HF_HUB_OFFLINE, the local
-    cache only. Not verified: the caller does that."""
+    cache only. Not verified: the caller does that. `progress` replaces the terminal progress
+    bars with calls (bytes done, bytes in all), from the downloading thread."""
     if hub_offline():
         if force:
             raise ValueError(f"--force downloads {spec.name!r} again, which offline mode forbids; unset HF_HUB_OFFLINE first")
@@ -94,7 +116,7 @@ def fetch(spec: ModelSpec, revision: str | None, *, force: bool) -> Path:
             raise ModelNotFoundError(f"model {spec.name!r} is not downloaded, and offline mode (HF_HUB_OFFLINE) is on: "
                                      f"unset HF_HUB_OFFLINE, then: chatapp pull {spec.name}")
         return path
-    return _download(spec, revision, force=force)
+    return _download(spec, revision, force=force, progress=progress)
 
 
 def _cached(spec: ModelSpec, revision: str | None) -> Path | None:
@@ -127,16 +149,40 @@ def _not_downloaded(spec: ModelSpec) -> ModelNotFoundError:
     return ModelNotFoundError(f"model {spec.name!r} is not in the Hugging Face cache and {why}; fetch it with: {spec.hint()}")
 
 
-def _download(spec: ModelSpec, revision: str | None, *, force: bool) -> Path:
-    """Fetch into the normal HF cache with huggingface_hub's own progress bars."""
+def _download(spec: ModelSpec, revision: str | None, *, force: bool, progress: Progress | None = None) -> Path:
+    """Fetch into the normal HF cache with huggingface_hub's own progress bars, or `progress`."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
+    bars = {} if progress is None else {"tqdm_class": _reporting_tqdm(progress)}
     try:
         if spec.is_folder:
-            return Path(snapshot_download(spec.repo, revision=revision, allow_patterns=list(SAFETENSORS_FILES), force_download=force))
-        return Path(hf_hub_download(spec.repo, spec.file, revision=revision, force_download=force))
+            return Path(snapshot_download(spec.repo, revision=revision, allow_patterns=list(SAFETENSORS_FILES),
+                                          force_download=force, **bars))
+        return Path(hf_hub_download(spec.repo, spec.file, revision=revision, force_download=force, **bars))
     except Exception as e:  # network, 404, gated repo, disk full: each becomes one clear line
         raise _hub_error(spec, revision, e) from None
+
+
+def _reporting_tqdm(progress: Progress) -> type:
+    """A tqdm class that draws nothing and reports its byte counts to `progress`. A plain tqdm
+    subclass: huggingface_hub then passes it only tqdm's own arguments. Bars counting files
+    rather than bytes (snapshot_download's) are not reported."""
+    from tqdm import tqdm
+
+    class ReportingTqdm(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["disable"] = True  # the caller shows progress; nothing goes to the terminal
+            super().__init__(*args, **kwargs)
+            self._bytes = kwargs.get("unit") == "B"
+            self._done = int(kwargs.get("initial") or 0)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._bytes and n:
+                self._done += int(n)
+                progress(self._done, int(self.total or 0))
+            return super().update(n)
+
+    return ReportingTqdm
 
 
 def _hub_error(spec: ModelSpec, revision: str | None, e: Exception) -> EngineError:

@@ -223,13 +223,14 @@ class Pulled:
     files: tuple[CheckedFile, ...]
 
 
-def pull(spec: ModelSpec, *, revision: str | None = None, force: bool = False) -> Pulled:
+def pull(spec: ModelSpec, *, revision: str | None = None, force: bool = False, progress: hub.Progress | None = None) -> Pulled:
     """Download (Hub entries; the local cache only under HF_HUB_OFFLINE) and verify everything.
 
     force: download again even if cached, e.g. after a sha256 mismatch.
+    progress: called with (bytes done, bytes in all) instead of drawing terminal progress bars.
     """
     revision = revision or spec.revision
-    path = _local_non_hub(spec) if spec.source != "hf" else hub.fetch(spec, revision, force=force)
+    path = _local_non_hub(spec) if spec.source != "hf" else hub.fetch(spec, revision, force=force, progress=progress)
     files = hub.verify(spec, path, full=True)
     return Pulled(spec=spec, path=path, revision=hub.snapshot_commit(path), files=tuple(files))
 

@@ -33,7 +33,9 @@ def app(tmp_path, default_gguf):
 
 async def ready(pilot) -> None:
     app = pilot.app
-    while not app.model_ready.is_set() or app.query_one("StatusBar").state != "ready":
+    status = app.query_one("StatusBar")
+    # Ready, and the reopened conversation's context counted (it arrives from a worker).
+    while not app.model_ready.is_set() or status.state != "ready" or status.context_used is None:
         await pilot.pause(0.05)
     # A blinking cursor is drawn or not depending on when the screenshot lands (a slow CI machine
     # caught it off): hold it on, as the stored snapshots show it.

@@ -21,6 +21,7 @@ class MessageView(Vertical, can_focus=True):
         super().__init__(classes=f"message {message.role}")
         self.message = message
         self._stream = None
+        self._alternatives = ""  # "reply 2/3": which alternative of the last reply is shown
 
     def compose(self) -> ComposeResult:
         m = self.message
@@ -49,7 +50,15 @@ class MessageView(Vertical, can_focus=True):
             parts.append(f"{m.meta.get('completion_tokens', 0)} tokens · {m.meta['tokens_per_second']:.1f} tok/s")
         if m.meta.get("error"):
             parts.append(str(m.meta["error"]))
+        if self._alternatives:
+            parts.append(self._alternatives)
         return inert(" · ".join(parts))
+
+    def set_alternatives(self, shown: int, count: int) -> None:
+        """Show "reply 2/3" (1-based) in the footer; nothing when there is only one reply."""
+        self._alternatives = f"reply {shown}/{count} (alt+←/→)" if count > 1 else ""
+        for footer in self.query(".message-footer").results(Label):  # none yet while composing
+            footer.update(self._footer())
 
     async def append(self, text: str) -> None:
         """Add streamed text: Textual's Markdown stream re-renders only the last block."""

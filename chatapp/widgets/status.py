@@ -17,7 +17,7 @@ class StatusBar(Static):
     def render(self) -> Content:
         speed = f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second else "– tok/s"
         if self.context_size:
-            used = self.context_used if self.context_used is not None else 0
+            used = self.context_used if self.context_used is not None else "?"  # not counted yet
             ctx = f"ctx {used}/{self.context_size}"
         else:
             ctx = "ctx –"

@@ -1,0 +1,41 @@
+"""engine.hub's helpers for UIs: progress reported through a silent tqdm class, and the quick
+"can the Hub be reached" check (against closed local ports: tests never reach the Hub)."""
+
+import socket
+
+from huggingface_hub import constants
+from huggingface_hub.utils.tqdm import _create_progress_bar
+
+from engine import hub
+
+
+def test_byte_bars_report_progress_and_draw_nothing(capsys):
+    seen = []
+    cls = hub._reporting_tqdm(lambda done, total: seen.append((done, total)))
+    # Built the way huggingface_hub builds its bars for a caller's tqdm class.
+    bar = _create_progress_bar(cls=cls, log_level=0, name="x", total=1000, initial=100, unit="B", unit_scale=True)
+    bar.update(400)
+    bar.total = 2000  # snapshot_download grows the total as it learns file sizes
+    bar.update(500)
+    bar.close()
+    files = _create_progress_bar(cls=cls, log_level=0, total=3)  # counts files, not bytes
+    files.update(1)
+    assert seen == [(500, 1000), (1000, 2000)]
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_hub_reachable_is_false_when_nothing_listens(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub.hub_reachable(timeout=0.5) is False
+
+
+def test_hub_reachable_is_true_when_the_endpoint_answers(monkeypatch):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub.hub_reachable(timeout=0.5) is True
