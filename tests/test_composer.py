@@ -119,3 +119,20 @@ def test_the_composer_grows_to_eight_lines_then_scrolls(tmp_path, default_gguf):
             assert composer.outer_size.height == one_line
 
     run(main())
+
+
+def test_the_app_keys_f5_f6_f7_still_work_from_the_composer(tmp_path, default_gguf):
+    # TextArea binds F5/F6/F7 to selections; in the composer they stay the app's keys.
+    from chatapp.screens.settings import SettingsScreen
+
+    async def main():
+        app = make_app(tmp_path, ScriptedModel(default_gguf, []))
+        async with app.run_test(size=(100, 30)) as pilot:
+            app.query_one("#prompt", Composer).text = "draft"
+            await pilot.press("f6")
+            assert app.focused.id == "search"
+            app.query_one("#prompt", Composer).focus()
+            await pilot.press("f7")
+            assert isinstance(app.screen, SettingsScreen)
+
+    run(main())

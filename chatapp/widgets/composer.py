@@ -7,6 +7,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
+_APP_KEYS_WIN = frozenset({"select_word", "select_line", "select_all"})
 PLACEHOLDER = "Message (Enter to send, ctrl+j or shift+enter for a new line, F1 for help)"
 
 
@@ -45,6 +46,13 @@ class Composer(TextArea):
             self.post_message(self.Submitted(self, self.text))
             return
         await super()._on_key(event)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # TextArea binds F5/F6/F7 to select word/line/all; in the composer those keys are the
+        # app's regenerate, search and settings, as they were with the one-line Input.
+        if action in _APP_KEYS_WIN:
+            return False
+        return super().check_action(action, parameters)
 
     def action_newline(self) -> None:
         self.insert("\n")
