@@ -467,8 +467,8 @@ class ChatApp(App):
         rows += [
             ("ctrl+p", "Command palette (every action, themes)"),
             ("enter", "Send the message"),
-            ("ctrl+j / shift+enter", "New line in the message (many terminals send shift+enter as enter: ctrl+j always works)"),
-            ("enter / down (in search)", "Move from the search field into the results"),
+            ("ctrl+j", "New line in the message (shift+enter too, if the terminal sends it)"),
+            ("enter / down", "In the search field: move into the results"),
         ]
         self.push_screen(HelpScreen(rows))
 

@@ -93,7 +93,7 @@ def test_palette_titles_are_unique_and_keys_opens_our_help(tmp_path, default_ggu
             assert isinstance(app.screen, HelpScreen)
             rows = dict(app.screen.rows)
             assert "Send the message" in rows["enter"]
-            assert "ctrl+j" in "".join(rows)
+            assert "New line" in rows["ctrl+j"] and "shift+enter" in rows["ctrl+j"]
 
     run(main())
 

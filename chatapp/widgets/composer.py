@@ -8,7 +8,7 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 _APP_KEYS_WIN = frozenset({"select_word", "select_line", "select_all"})
-PLACEHOLDER = "Message (Enter to send, ctrl+j or shift+enter for a new line, F1 for help)"
+PLACEHOLDER = "Message (Enter sends, ctrl+j adds a line, F1 help)"
 
 
 class Composer(TextArea):
