@@ -162,3 +162,23 @@ def test_an_unwritable_path_is_one_clear_line_and_the_dialog_stays(tmp_path, def
             assert not any("Exported" in n for n in notifications(app))
 
     run(main())
+
+
+def test_the_palette_command_opens_the_dialog_and_a_relative_path_is_reported_in_full(tmp_path, default_gguf, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    async def main():
+        app = app_with_conversation(tmp_path, default_gguf)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("ctrl+p", *"export as markdown")
+            await pilot.pause(0.5)  # the palette searches in a worker
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, ExportScreen)
+            app.screen.query_one("#path", Input).value = "out/sky.md"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert "Blue." in (tmp_path / "out" / "sky.md").read_text()
+            assert f"Exported to {tmp_path / 'out' / 'sky.md'}" in notifications(app)
+
+    run(main())

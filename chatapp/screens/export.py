@@ -46,7 +46,7 @@ class ExportScreen(ModalScreen[Path | None]):
         if not typed:
             self._error("Enter a file path to export to.")
             return
-        path = Path(typed).expanduser()
+        path = Path(typed).expanduser().absolute()  # the notification then says exactly where
         if path.is_dir():
             path = path / self.default.name
         if path.exists():
