@@ -20,16 +20,18 @@ from engine.sampling import SamplingParams
 
 from .screens.approval import ApprovalScreen
 from .screens.dialogs import ConfirmScreen, TextPromptScreen
+from .screens.export import ExportScreen
 from .screens.help import HelpScreen
 from .screens.models import ModelPickerScreen
 from .screens.settings import SettingsScreen
-from .export import export_to_file
+from .export import default_export_path, export_to_file
 from .model_loading import ModelLoading, model_label
 from .store import Store
 from .tools.approval import ApprovalPolicy
 from .tools.builtin import FileAccess
 from .tools.registry import ToolRegistry
 from .tools.runner import ToolRunner
+from .widgets.composer import Composer
 from .widgets.inert import inert
 from .widgets.message import MessageView
 from .widgets.sidebar import Sidebar
@@ -103,7 +105,7 @@ class ChatApp(ModelLoading, App):
             with Vertical(id="main"):
                 yield VerticalScroll(id="chat")
                 with Horizontal(id="composer"):
-                    yield Input(placeholder="Message (Enter to send, F1 for help)", id="prompt")
+                    yield Composer(id="prompt")
                     yield Button("Send", variant="primary", id="send")
                     yield Button("Stop", variant="error", id="stop", disabled=True)
                 yield StatusBar(id="status")
@@ -118,7 +120,7 @@ class ChatApp(ModelLoading, App):
             self.open_conversation(recent.id)
         else:
             self.refresh_sidebar()
-        self.query_one("#prompt", Input).focus()
+        self.query_one("#prompt", Composer).focus()
         # Load after the first paint: torch is imported in the worker, never before the UI shows.
         self.call_after_refresh(self.start_loading, self.model_name)
 
@@ -179,11 +181,11 @@ class ChatApp(ModelLoading, App):
 
     # ---- sending and generation ---------------------------------------------------------
 
-    @on(Input.Submitted, "#prompt")
+    @on(Composer.Submitted, "#prompt")
     @on(Button.Pressed, "#send")
     def action_send(self) -> None:
-        prompt = self.query_one("#prompt", Input)
-        text = prompt.value.strip()
+        prompt = self.query_one("#prompt", Composer)
+        text = prompt.text.strip()
         if not text:
             return
         if self.job is not None:
@@ -194,7 +196,7 @@ class ChatApp(ModelLoading, App):
             self.conversation_id = conv.id
         # Stored before generation starts: a crash from here on never loses the message.
         message = self.store.add_message(self.conversation_id, "user", text)
-        prompt.value = ""
+        prompt.clear()
         chat = self.query_one("#chat", VerticalScroll)
         chat.mount(self._view(message))
         chat.scroll_end(animate=False)
@@ -317,7 +319,7 @@ class ChatApp(ModelLoading, App):
         if self.job is not None:
             self.action_stop()
         self.open_conversation(None)
-        self.query_one("#prompt", Input).focus()
+        self.query_one("#prompt", Composer).focus()
 
     def action_regenerate(self) -> None:
         if self.job is not None or self.conversation_id is None:
@@ -444,16 +446,30 @@ class ChatApp(ModelLoading, App):
         if self.conversation_id is None:
             self.notify("Nothing to export yet.", severity="warning")
             return
-        path = export_to_file(self.store, self.conversation_id, fmt, Path.cwd())
-        self.notify(f"Exported to {path}", markup=False)
+        conv = self.store.get_conversation(self.conversation_id)
+
+        def exported(path: Path | None) -> None:
+            if path is not None:
+                self.notify(f"Exported to {path}", title="Exported", markup=False)
+
+        label = "Markdown" if fmt == "markdown" else "JSON"
+        self.push_screen(
+            ExportScreen(f"Export “{inert(conv.title)}” as {label}", default_export_path(conv.title, fmt),
+                         lambda path: export_to_file(self.store, conv.id, fmt, path)),
+            exported,
+        )
 
     def action_help(self) -> None:
         rows = [(b.key.replace(",", " / "), b.tooltip or b.description) for b in self.BINDINGS]
-        rows += [("ctrl+p", "Command palette (every action, themes)"), ("enter", "Send the message")]
+        rows += [
+            ("ctrl+p", "Command palette (every action, themes)"),
+            ("enter", "Send the message"),
+            ("ctrl+j", "New line in the message (shift+enter too, if the terminal sends it)"),
+            ("enter / down", "In the search field: move into the results"),
+        ]
         self.push_screen(HelpScreen(rows))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
         commands = [
             ("New conversation", "Start a new conversation (ctrl+n)", self.action_new_conversation),
             ("Stop generation", "Stop the reply being generated (Esc)", self.action_stop),
@@ -465,21 +481,25 @@ class ChatApp(ModelLoading, App):
             ("Delete conversation", "Delete the current conversation (F8)", self.action_delete_conversation),
             ("Search conversations", "Search titles and messages (F6)", self.action_search),
             ("Toggle sidebar", "Show or hide the conversation list (ctrl+b)", self.action_toggle_sidebar),
-            ("Export as Markdown", "Write the conversation to a .md file", lambda: self.action_export("markdown")),
-            ("Export as JSON", "Write the conversation to a .json file", lambda: self.action_export("json")),
+            ("Export as Markdown", "Write the conversation to a .md file (asks where)", lambda: self.action_export("markdown")),
+            ("Export as JSON", "Write the conversation to a .json file (asks where)", lambda: self.action_export("json")),
             ("Keys", "Show every key binding (F1)", self.action_help),
         ]
+        ours = {title for title, _, _ in commands}
+        # Textual's own "Keys" (its key panel) would sit beside ours: one title, one command.
+        yield from (command for command in super().get_system_commands(screen) if command.title not in ours)
         for title, help_text, callback in commands:
             yield SystemCommand(title, help_text, callback)
 
     @on(Sidebar.Selected)
     def _conversation_selected(self, event: Sidebar.Selected) -> None:
-        if event.conversation_id == self.conversation_id:
-            return
-        if self.job is not None:
-            self.notify("Stop the current reply (Esc) before switching conversations.", severity="warning")
-            return
-        self.open_conversation(event.conversation_id)
+        if event.conversation_id != self.conversation_id:
+            if self.job is not None:
+                self.notify("Stop the current reply (Esc) before switching conversations.", severity="warning")
+                return
+            self.open_conversation(event.conversation_id)
+        # Chosen from the list or from search results: the next thing to do is write.
+        self.query_one("#prompt", Composer).focus()
 
     @on(Sidebar.SearchChanged)
     def _search_changed(self, event: Sidebar.SearchChanged) -> None:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import platformdirs
+
 if TYPE_CHECKING:  # the store imports this module; at run time only the objects' attributes are used
     from chatapp.store import Conversation, Message
 
@@ -66,14 +68,44 @@ def _fence(text: str, info: str = "") -> str:
     return f"{ticks}{info}\n{text}\n{ticks}"
 
 
-def export_to_file(store, conversation_id: int, fmt: str, directory: Path) -> Path:
-    """Write a conversation as `chat-<id>-<title>.md` or `.json` in `directory`; returns the path."""
-    conv = store.get_conversation(conversation_id)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", conv.title).strip("-").lower()[:40] or "conversation"
-    path = Path(directory) / f"chat-{conv.id}-{slug}.{'md' if fmt == 'markdown' else 'json'}"
+SUFFIXES = {"markdown": ".md", "json": ".json"}
+
+
+class ExportError(Exception):
+    """The export file cannot be written where asked; the message names the path and the reason."""
+
+
+def default_export_dir() -> Path:
+    """The user's documents folder, or `<user data>/chatapp/exports` on systems without one."""
+    documents = platformdirs.user_documents_dir()
+    if documents and Path(documents).is_dir():
+        return Path(documents)
+    return Path(platformdirs.user_data_dir("chatapp")) / "exports"
+
+
+def default_export_path(title: str, fmt: str, directory: Path | None = None) -> Path:
+    """`<directory>/<title-slug>.md` (or .json), numbered `-2`, `-3`… past files that exist."""
+    directory = default_export_dir() if directory is None else Path(directory)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", title).strip("-").lower()[:40] or "conversation"
+    path = directory / f"{slug}{SUFFIXES[fmt]}"
+    n = 2
+    while path.exists():
+        path = directory / f"{slug}-{n}{SUFFIXES[fmt]}"
+        n += 1
+    return path
+
+
+def export_to_file(store, conversation_id: int, fmt: str, path: Path) -> Path:
+    """Write a conversation as Markdown or JSON to `path` (replacing it), creating its folders."""
     if fmt == "markdown":
-        text = store.export_markdown(conv.id)
+        text = store.export_markdown(conversation_id)
     else:
-        text = json.dumps(store.export_json(conv.id), indent=2, ensure_ascii=False)
-    path.write_text(text, encoding="utf-8")
+        text = json.dumps(store.export_json(conversation_id), indent=2, ensure_ascii=False)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ExportError(f"Cannot write {path}: {reason}. Choose another folder or file name.") from None
     return path

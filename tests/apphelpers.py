@@ -20,7 +20,7 @@ async def send(pilot, text: str) -> None:
     app = pilot.app
     prompt = app.query_one("#prompt")
     prompt.focus()
-    prompt.value = text
+    prompt.text = text
     await pilot.press("enter")
 
 

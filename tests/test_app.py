@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from textual.widgets import Input, Markdown
+from textual.widgets import Markdown
 
 from apphelpers import make_app, messages, send, wait_for
 from chatapp.app import ChatApp
 from chatapp.screens.approval import ApprovalScreen
 from chatapp.screens.dialogs import ConfirmScreen, TextPromptScreen
 from chatapp.store import Store
+from chatapp.widgets.composer import Composer
 from chatapp.widgets.message import MessageView
 from scripted import ScriptedModel
 
@@ -33,7 +34,7 @@ def test_send_streams_a_reply_and_stores_it(tmp_path, default_gguf):
     async def main():
         app = make_app(tmp_path, model)
         async with app.run_test(size=(100, 30)) as pilot:
-            assert isinstance(app.focused, Input) and app.focused.id == "prompt"
+            assert isinstance(app.focused, Composer) and app.focused.id == "prompt"
             await send(pilot, "Hi there")
             await wait_for(pilot, reply_done(app), what="the reply")
             user, reply = messages(app)
@@ -230,10 +231,11 @@ def test_chained_tool_calls_are_limited(tmp_path, default_gguf):
 def test_rename_search_settings_and_export(tmp_path, default_gguf, monkeypatch):
     import json
 
+    from chatapp.screens.export import ExportScreen
     from chatapp.screens.settings import SettingsScreen
     from chatapp.widgets.sidebar import ConversationItem
 
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DOCUMENTS_DIR", str(tmp_path))
     model = ScriptedModel(default_gguf, ["Paris.", "Blue."])
 
     async def main():
@@ -269,10 +271,14 @@ def test_rename_search_settings_and_export(tmp_path, default_gguf, monkeypatch):
             conv = app.store.get_conversation(app.conversation_id)
             assert conv.settings["temperature"] == 0.2 and conv.system_prompt == "Answer in one word."
 
-            app.action_export("markdown")
-            app.action_export("json")
-            (md,) = tmp_path.glob("chat-*.md")
-            (js,) = tmp_path.glob("chat-*.json")
+            for fmt in ("markdown", "json"):
+                app.action_export(fmt)
+                await pilot.pause()
+                assert isinstance(app.screen, ExportScreen)
+                await pilot.press("enter")  # the suggested path, in the documents dir
+                await pilot.pause()
+                assert not isinstance(app.screen, ExportScreen)
+            md, js = tmp_path / "sky-talk.md", tmp_path / "sky-talk.json"
             assert "Colour of the sky?" in md.read_text() and "Blue." in md.read_text()
             exported = json.loads(js.read_text())
             assert [m["content"] for m in exported["messages"]] == ["Colour of the sky?", "Blue."]

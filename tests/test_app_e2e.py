@@ -91,7 +91,7 @@ KILL_SCRIPT = textwrap.dedent(
         app = ChatApp(store=store, load_model=lambda name: model)
         async with app.run_test() as pilot:
             prompt = app.query_one("#prompt")
-            prompt.value = "Write a very long story about the sea."
+            prompt.text = "Write a very long story about the sea."
             await pilot.press("enter")
             while True:
                 await pilot.pause(0.1)

@@ -299,7 +299,11 @@ def test_regenerate_keeps_alternatives_and_the_chosen_one_is_what_the_model_sees
             assert [m.content for m in messages(app)] == ["Question", "first answer"]
             await wait_for(pilot, lambda: "reply 1/2" in last_footer(app))
             app.action_export("json")
-            exported = (tmp_path / f"chat-{app.conversation_id}-question.json").read_text()
+            await pilot.pause()
+            app.screen.query_one("#path").value = str(tmp_path / "alternatives.json")
+            await pilot.press("enter")
+            await pilot.pause()
+            exported = (tmp_path / "alternatives.json").read_text()
             assert "first answer" in exported and "second answer" not in exported
 
             await send(pilot, "Go on")

@@ -39,7 +39,7 @@ async def ready(pilot) -> None:
         await pilot.pause(0.05)
     # A blinking cursor is drawn or not depending on when the screenshot lands (a slow CI machine
     # caught it off): hold it on, as the stored snapshots show it.
-    for field in app.query("Input"):
+    for field in app.query("Input, TextArea"):
         field.cursor_blink = False
     await pilot.pause()
 

@@ -18,7 +18,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, markup=False)
+            yield Label(self.question, classes="dialog-question", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button(self.yes, variant="error", id="yes")
                 yield Button("Cancel", id="no")
@@ -42,7 +42,7 @@ class TextPromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide" if self.multiline else "dialog"):
-            yield Label(self.title_text, markup=False)
+            yield Label(self.title_text, classes="dialog-question", markup=False)
             if self.multiline:
                 yield TextArea(self.value, id="value")
             else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
@@ -52,6 +52,24 @@ class Sidebar(Vertical):
     def _search(self, event: Input.Changed) -> None:
         event.stop()
         self.post_message(self.SearchChanged(event.value))
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.focus_results()
+
+    def on_key(self, event: events.Key) -> None:
+        # Down from the search field steps into the results, as in a browser's address bar.
+        if event.key == "down" and self.query_one("#search", Input).has_focus:
+            event.stop()
+            self.focus_results()
+
+    def focus_results(self) -> None:
+        """Focus the list, highlighting its first conversation if none is."""
+        view = self.query_one(ListView)
+        if view.index is None and view.children:
+            view.index = 0
+        view.focus()
 
     def highlighted_id(self) -> int | None:
         item = self.query_one(ListView).highlighted_child
