@@ -44,9 +44,8 @@ class SettingsScreen(ModalScreen[tuple[str | None, dict] | None]):
     def compose(self) -> ComposeResult:
         effective = SamplingParams.merged(self.model_defaults)
         with Vertical(classes="dialog wide", id="settings"):
-            yield Label("System prompt (empty: the model's default)")
+            yield Label("System prompt and sampling; an empty field means the model's default (shown greyed)")
             yield TextArea(self.system_prompt or "", id="system")
-            yield Label("Sampling (empty: the model's default, shown greyed)")
             with Grid(id="sampling-fields"):
                 for name, label, _kind in FIELDS:
                     with Horizontal(classes="field"):
