@@ -70,6 +70,9 @@ def load(
     verbose: let llama.cpp print its own logs (gguf backend); they are kept quiet otherwise.
     threads: CPU threads for llama.cpp (gguf backend; default: all cores). The native backend
     follows torch.set_num_threads.
+
+    The model's `sampling_defaults` are its recommended sampling: a checkpoint folder's
+    generation_config.json, overlaid by the models.toml entry's [models.NAME.sampling] table.
     """
     from .device import check_dtype_name
     from .registry import resolve

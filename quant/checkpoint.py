@@ -226,6 +226,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     from safetensors import SafetensorError, safe_open
 
     from engine.backends.native import NativeModel
+    from engine.hf_files import generation_defaults
     from engine.device import pick_device, pick_dtype
     from engine.model import Transformer
 
@@ -326,5 +327,8 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     if meta:
         raise ModelFormatError(f"{path}: no weights for {meta[:3]}")
     model = model.eval().requires_grad_(False)
-    return NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
-                                        context_length=context_length, text_side=text_side)
+    loaded = NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
+                                          context_length=context_length, text_side=text_side)
+    # A folder quantized from a Hugging Face checkpoint carries its generation_config.json.
+    loaded.sampling_defaults = generation_defaults(Path(path))
+    return loaded

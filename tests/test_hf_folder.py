@@ -221,3 +221,12 @@ def test_generation_config_gives_the_sampling_defaults(checkpoint, tmp_path, mon
 def test_generation_config_fields_that_cannot_apply_are_dropped(checkpoint, tmp_path, fields, expected):
     folder = with_generation_config(checkpoint[1], tmp_path, **fields)
     assert engine.load(folder, device="cpu", dtype="float32").sampling_defaults == expected
+
+
+def test_a_quantized_folder_keeps_the_checkpoints_sampling_defaults(checkpoint, tmp_path):
+    from quant.__main__ import main as quant_main
+
+    folder = with_generation_config(checkpoint[1], tmp_path, temperature=0.6, top_p=0.9)
+    out = tmp_path / "q"
+    assert quant_main([str(folder), "--scheme", "int8", "--out", str(out)]) == 0
+    assert engine.load(out, device="cpu", dtype="float32").sampling_defaults == {"temperature": 0.6, "top_p": 0.9}
