@@ -70,12 +70,11 @@ def check_args(args: argparse.Namespace, *, min_ints: dict[str, int] | None = No
             SamplingParams(**{field: value})
         except ValueError as e:  # "top_p must be in (0, 1] ..." -> "--top-p must be in (0, 1] ..."
             raise UsageError(str(e).replace(field, flag, 1)) from None
-    for attr in ("stop",):
-        if any(not s for s in getattr(args, attr, None) or ()):
-            raise UsageError("--stop must not be empty")
+    if any(not s for s in getattr(args, "stop", None) or ()):
+        raise UsageError("--stop must not be empty")
     device = getattr(args, "device", None)
     if device is not None and not _DEVICE.fullmatch(device):
-        raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        raise UsageError(f"--device: unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     dtype = getattr(args, "dtype", None)
     if dtype is not None:
         from .device import check_dtype_name

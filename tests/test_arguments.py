@@ -43,7 +43,7 @@ def probe(module: str, *argv: str) -> subprocess.CompletedProcess:
     ("chatapp.cli", ["ask", "Hi", "--repeat-penalty", "0"], "--repeat-penalty must be a finite number > 0"),
     ("chatapp.cli", ["ask", "Hi", "--seed", "-1"], "--seed must be an integer >= 0"),
     ("chatapp.cli", ["ask", "Hi", "--stop", ""], "--stop must not be empty"),
-    ("chatapp.cli", ["ask", "Hi", "--device", "gpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
+    ("chatapp.cli", ["ask", "Hi", "--device", "gpu"], "--device: unknown device 'gpu': use auto, cpu"),
     ("chatapp.cli", ["--dtype", "float7"], "--dtype: unknown dtype 'float7'"),
     ("chatapp.cli", ["--allow-dir", "/nonexistent/dir"], "--allow-dir: no such folder: /nonexistent/dir"),
     ("chatapp.cli", ["ask", "Hi", "--max-tokens", "many"], "argument -n/--max-tokens: invalid int value: 'many'"),
