@@ -99,7 +99,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     for folder in args.quantized:
         if not (folder / "quantization.json").is_file():
-            raise UsageError(f"--quantized {folder}: not a folder written by `quant` (no quantization.json)")
+            raise ValueError(f"--quantized {folder}: not a folder written by `quant` (no quantization.json)")
     # The quantized rows go before the llama.cpp ones, next to the native rows they compare with.
     jobs = [(c, c, None) for c in configs if CONFIGS[c][0] == "native"]
     jobs += [(f"native {folder.name}", "quantized", str(folder)) for folder in args.quantized]
