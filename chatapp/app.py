@@ -16,7 +16,6 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 
 from engine.errors import EngineError
-from engine.sampling import SamplingParams
 
 from .screens.approval import ApprovalScreen
 from .screens.dialogs import ConfirmScreen, TextPromptScreen
@@ -48,8 +47,9 @@ from .worker import (
     run_job,
 )
 
-_DEFAULTS = SamplingParams()
-DEFAULT_SAMPLING = {"temperature": _DEFAULTS.temperature, "top_p": _DEFAULTS.top_p, "max_tokens": _DEFAULTS.max_tokens}
+# Conversations used to store this copy of the defaults; it means "nothing chosen", so that the
+# model's recommended sampling applies to them too.
+_LEGACY_DEFAULT_COPY = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 512}
 
 
 class ChatApp(ModelLoading, App):
@@ -174,10 +174,13 @@ class ChatApp(ModelLoading, App):
         return view
 
     def _conversation_settings(self) -> tuple[str | None, dict]:
+        """The system prompt and the sampling values the user chose for this conversation; the
+        model's defaults (and SamplingParams') fill in the rest when it generates."""
         if self.conversation_id is None:
-            return None, dict(DEFAULT_SAMPLING)
+            return None, {}
         conv = self.store.get_conversation(self.conversation_id)
-        return conv.system_prompt, {**DEFAULT_SAMPLING, **(conv.settings or {})}
+        chosen = dict(conv.settings or {})
+        return conv.system_prompt, {} if chosen == _LEGACY_DEFAULT_COPY else chosen
 
     # ---- sending and generation ---------------------------------------------------------
 
@@ -192,7 +195,7 @@ class ChatApp(ModelLoading, App):
             self.notify("Wait for the reply to finish, or press Esc to stop it.", severity="warning")
             return
         if self.conversation_id is None:
-            conv = self.store.create_conversation(model=model_label(self.model_name), settings=dict(DEFAULT_SAMPLING))
+            conv = self.store.create_conversation(model=model_label(self.model_name))
             self.conversation_id = conv.id
         # Stored before generation starts: a crash from here on never loses the message.
         message = self.store.add_message(self.conversation_id, "user", text)
@@ -399,7 +402,8 @@ class ChatApp(ModelLoading, App):
             self.refresh_sidebar()
             self.notify("Settings saved for this conversation.")
 
-        self.push_screen(SettingsScreen(system, sampling), saved)
+        model_defaults = getattr(self.model, "sampling_defaults", None) or {}
+        self.push_screen(SettingsScreen(system, sampling, model_defaults), saved)
 
     def action_toggle_sidebar(self) -> None:
         sidebar = self.query_one(Sidebar)

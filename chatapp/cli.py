@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from engine.argcheck import OneLineParser, check_args
 from engine.cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
 
 
@@ -93,7 +94,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     def load(name: str | None):
         import engine
 
-        return engine.load(name, backend=args.backend, device=args.device, dtype=args.dtype, context_length=args.ctx)
+        return engine.load(name, backend=args.backend, device=args.device, dtype=args.dtype, context_length=args.context_length)
 
     with Store(args.db) as store:
         app = ChatApp(store=store, model=args.model, load_model=load, allowed_dirs=args.allow_dir)
@@ -104,12 +105,13 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="chatapp",
         description="Chat with a local LLM in the terminal. With no command, opens the chat app.",
     )
     add_model_args(parser)
-    parser.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the model's)")
+    parser.add_argument("--ctx", type=int, default=None, dest="context_length",
+                        help="context window in tokens, at most the model's (default: the model's)")
     parser.add_argument("--db", type=Path, default=None, help="history database (default: in the user data dir)")
     parser.add_argument(
         "--allow-dir", action="append", type=Path, default=[], metavar="DIR",
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="ask one question and stream the answer to stdout")
     p.add_argument("question", nargs="*", help="the question ('-' or none: read stdin)")
     p.add_argument("-s", "--system", help="system prompt (default: the model's own)")
-    add_model_args(p)
+    add_model_args(p, subcommand=True)
     add_sampling_args(p)
     p.set_defaults(func=cmd_ask)
     p = sub.add_parser("pull", help="download a models.toml entry into the Hugging Face cache and verify it",
@@ -138,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("chatapp", lambda: args.func(args))
+
+    def run() -> int:
+        check_args(args)  # before anything loads: a bad flag costs no model load
+        return args.func(args)
+
+    return run_cli("chatapp", run)
 
 
 if __name__ == "__main__":

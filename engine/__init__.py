@@ -70,6 +70,9 @@ def load(
     verbose: let llama.cpp print its own logs (gguf backend); they are kept quiet otherwise.
     threads: CPU threads for llama.cpp (gguf backend; default: all cores). The native backend
     follows torch.set_num_threads.
+
+    The model's `sampling_defaults` are its recommended sampling: a checkpoint folder's
+    generation_config.json, overlaid by the models.toml entry's [models.NAME.sampling] table.
     """
     from .device import check_dtype_name
     from .registry import resolve
@@ -77,7 +80,18 @@ def load(
     check_dtype_name(dtype)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if context_length is not None and (isinstance(context_length, bool) or not isinstance(context_length, int)
+                                       or context_length < 1):
+        raise ValueError(f"context_length must be an integer >= 1 (None: the model's own), got {context_length!r}")
     spec, path = resolve(model)
+    loaded = _load(spec, path, backend=backend, device=device, dtype=dtype, context_length=context_length,
+                   verbose=verbose, threads=threads)
+    if spec is not None:  # models.toml wins over what the checkpoint's own files recommend
+        loaded.sampling_defaults = {**loaded.sampling_defaults, **spec.sampling}
+    return loaded
+
+
+def _load(spec, path, *, backend, device, dtype, context_length, verbose, threads) -> Model:
     name = spec.name if spec is not None else path.name
     if path.is_dir():
         return _load_folder(path, name=name, backend=backend, device=device, dtype=dtype, context_length=context_length)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .argcheck import OneLineParser, check_args
 from .cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
 
 
@@ -70,7 +71,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="Run LLaMA-style models with our engine.")
+    parser = OneLineParser(prog="python -m engine", description="Run LLaMA-style models with our engine.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="raw text completion, streamed")
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perplexity", help="perplexity over a text file (like llama.cpp's perplexity tool)")
     p.add_argument("file")
-    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk; the second half of each is scored (default: 512)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk, at least 16; the second half of each is scored (default: 512)")
     add_model_args(p)
     p.set_defaults(func=cmd_perplexity)
 
@@ -110,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("python -m engine", lambda: args.func(args))
+
+    def run() -> int:
+        # before anything loads; perplexity scores the second half of chunks of at least 16 tokens
+        check_args(args, min_ints={"ctx": 16} if args.command == "perplexity" else None)
+        return args.func(args)
+
+    return run_cli("python -m engine", run)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from .argcheck import UsageError
 from .errors import ContextOverflowError, EngineError
 
 # name -> (backend, dtype), in table order; raw llama-cpp-python is the reference for the ratios.
@@ -82,9 +83,9 @@ def run_bench(args: argparse.Namespace) -> int:
     for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
                                ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
         if value < least:
-            raise ValueError(f"{flag} must be at least {least}, got {value}")
+            raise UsageError(f"{flag} must be at least {least}, got {value}")
     if args.device != "auto" and args.device not in ("cpu", "mps") and not args.device.startswith("cuda"):
-        raise ValueError(f"unknown device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise UsageError(f"--device: unknown device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
 
     from .registry import resolve
 
@@ -149,7 +150,7 @@ def _parse_configs(text: str | None) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in CONFIGS]
     if unknown or not names:
-        raise ValueError(f"unknown config(s) {', '.join(map(repr, unknown)) or '(none)'}: choose from {', '.join(CONFIGS)}")
+        raise UsageError(f"--configs: unknown config(s) {', '.join(map(repr, unknown)) or '(none)'}: choose from {', '.join(CONFIGS)}")
     return [name for name in CONFIGS if name in names]  # table order, no duplicates
 
 

@@ -7,56 +7,71 @@ import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 
+from .argcheck import UsageError
 from .errors import EngineError
 from .results import Event, GenerationResult, TextDelta
 from .sampling import SamplingParams
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, model_flag: bool = True) -> None:
+def add_model_args(parser: argparse.ArgumentParser, *, model_flag: bool = True, subcommand: bool = False) -> None:
+    """subcommand: the same flags on a subcommand, with no defaults of their own, so that
+    `chatapp --model X ask` keeps the X the main parser read (argparse would otherwise write
+    the subparser's default over it)."""
+    default = (lambda value: argparse.SUPPRESS) if subcommand else (lambda value: value)
     if model_flag:
-        parser.add_argument("-m", "--model", help="a models.toml name or a path to a .gguf file (default: the registry's default)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "native", "gguf"), help="inference backend (default: auto)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+        parser.add_argument("-m", "--model", default=default(None),
+                            help="a models.toml name or a path to a .gguf file (default: the registry's default)")
+    parser.add_argument("--backend", default=default("auto"), choices=("auto", "native", "gguf"), help="inference backend (default: auto)")
+    parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--dtype", default=default("auto"), help="auto, float32, bfloat16 or float16 (default: auto)")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """Sampling flags default to None ("not given"): the model's recommended settings apply
+    under an explicit flag, and SamplingParams' defaults under both."""
     d = SamplingParams()
-    g = parser.add_argument_group("sampling")
-    g.add_argument("-n", "--max-tokens", type=int, default=d.max_tokens, help=f"most tokens to generate (default: {d.max_tokens})")
-    g.add_argument("-t", "--temperature", type=float, default=d.temperature, help=f"0 for greedy (default: {d.temperature})")
-    g.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling mass (default: {d.top_p})")
-    g.add_argument("--top-k", type=int, default=d.top_k, help=f"keep the k most likely tokens, 0 for all (default: {d.top_k})")
-    g.add_argument("--min-p", type=float, default=d.min_p, help=f"drop tokens below min-p times the top probability (default: {d.min_p})")
-    g.add_argument("--repeat-penalty", type=float, default=d.repetition_penalty, help="repetition penalty, 1.0 for none (default: 1.0)")
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed for reproducible sampling")
+    g = parser.add_argument_group("sampling (default: the model's recommended settings, else the value shown)")
+    g.add_argument("-n", "--max-tokens", type=int, help=f"most tokens to generate ({d.max_tokens})")
+    g.add_argument("-t", "--temperature", type=float, help=f"0 for greedy ({d.temperature})")
+    g.add_argument("--top-p", type=float, help=f"nucleus sampling mass ({d.top_p})")
+    g.add_argument("--top-k", type=int, help=f"keep the k most likely tokens, 0 for all ({d.top_k})")
+    g.add_argument("--min-p", type=float, help=f"drop tokens below min-p times the top probability ({d.min_p})")
+    g.add_argument("--repeat-penalty", type=float,
+                   help=f"repetition penalty over the last 64 tokens, 1.0 for none ({d.repetition_penalty})")
+    g.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--stats", action="store_true", help="print token counts and speed to stderr at the end")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    """Validated sampling settings (ValueError on a bad one), checked before any model loads."""
-    params = SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        repetition_penalty=args.repeat_penalty,
-        seed=args.seed,
-        stop=tuple(args.stop),
-    )
-    return dataclasses.asdict(params)
+    """The sampling settings the user gave (validated; ValueError on a bad one), for
+    Model.generate/chat, which fills in the rest from the model's defaults."""
+    chosen = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repeat_penalty,
+        "seed": args.seed,
+        "stop": tuple(args.stop),
+    }
+    SamplingParams.merged(chosen)
+    return {k: v for k, v in chosen.items() if v is not None}
 
 
 def load_model(args: argparse.Namespace):
     import engine
 
-    if sys.stderr.isatty():
+    status = sys.stderr.isatty()
+    if status:
         print(f"loading {args.model or 'the default model'}…", file=sys.stderr, end="\r", flush=True)
-    model = engine.load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
-    if sys.stderr.isatty():
-        print(" " * 60, file=sys.stderr, end="\r", flush=True)
+    try:
+        model = engine.load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                            context_length=getattr(args, "context_length", None))
+    finally:  # also on Ctrl-C: the "interrupted" line must not land on top of the status line
+        if status:
+            print("\r\033[K", file=sys.stderr, end="", flush=True)
     return model
 
 
@@ -83,6 +98,9 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> int:
     """Run `main`, turning the errors a user can cause into one line on stderr and an exit code."""
     try:
         return main() or 0
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -120,3 +120,35 @@ def _bool(config: dict[str, Any], key: str, default: bool, folder: Path) -> bool
         raise ModelFormatError(f"{folder / 'tokenizer_config.json'}: {key} must be true or "
                                f"false, not {value!r}")
     return value
+
+
+# transformers applies these only when sampling (do_sample: true); repetition_penalty always.
+_SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p")
+
+
+def generation_defaults(folder: Path) -> dict[str, float | int]:
+    """The sampling settings a checkpoint recommends in generation_config.json.
+
+    Advice, not structure: a missing or unreadable file, or a bad value, is skipped with a
+    warning and never stops the model from loading. With `do_sample: false` transformers would
+    decode greedily and ignore temperature/top-p/top-k/min-p; a chat app still samples, so
+    those are dropped (falling back to the other layers) rather than turned into greedy.
+    """
+    from .sampling import MODEL_DEFAULT_KEYS, check_model_defaults
+
+    path = folder / "generation_config.json"
+    try:
+        config = _read_json(path, required=False)
+    except ModelFormatError as e:
+        log.warning("ignoring %s: %s", path.name, e)
+        return {}
+    keys = [k for k in MODEL_DEFAULT_KEYS if config.get(k) is not None]
+    if config.get("do_sample") is False:
+        keys = [k for k in keys if k not in _SAMPLING_ONLY]
+    defaults: dict[str, float | int] = {}
+    for key in keys:
+        try:
+            defaults.update(check_model_defaults({key: config[key]}))
+        except ValueError as e:
+            log.warning("ignoring %s in %s: %s", key, path, e)
+    return defaults

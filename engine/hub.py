@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -63,18 +64,11 @@ def hub_offline() -> bool:
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether a TCP connection to the Hub's endpoint opens within `timeout` seconds: a cheap
-    "are we online" for UIs that mark what can be downloaded. Blocks up to `timeout`."""
-    import socket
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    endpoint = urlsplit(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    """Whether the Hub answers within `timeout` seconds: a cheap "are we online" for UIs that
+    mark what can be downloaded. Blocks up to `timeout`."""
     try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
-    except OSError:
+        check_reachable(timeout)
+    except ModelNotFoundError:
         return False
     return True
 
@@ -149,11 +143,62 @@ def _not_downloaded(spec: ModelSpec) -> ModelNotFoundError:
     return ModelNotFoundError(f"model {spec.name!r} is not in the Hugging Face cache and {why}; fetch it with: {spec.hint()}")
 
 
+# Seconds to wait for a TCP connection to the Hub before saying there is no network.
+REACH_TIMEOUT = 2.5
+
+
+def check_reachable(timeout: float = REACH_TIMEOUT) -> None:
+    """Raise ModelNotFoundError when the Hub gives no HTTP answer within `timeout` seconds.
+
+    Without this, huggingface_hub meets a dead network with five retries 1-8 s apart and a
+    300-character error. Any HTTP status counts as an answer (the download then reports what
+    is wrong), and so does a TLS failure (a network that answers, badly). The request runs in a
+    thread because name resolution has no timeout of its own; a host that accepts the
+    connection but never answers is cut off by the same deadline. urllib follows the
+    https_proxy/no_proxy settings, as huggingface_hub does.
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    host = urlsplit(constants.ENDPOINT).hostname or constants.ENDPOINT
+    answered: list[bool] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)
+        except urllib.error.URLError as e:
+            answered.append(isinstance(e.reason, ssl.SSLError))
+        except (OSError, ValueError):  # timeouts, resets, a malformed HF_ENDPOINT
+            answered.append(False)
+
+    probe = threading.Thread(target=ask, name="hub-reachable", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    if not answered or not answered[0]:
+        raise ModelNotFoundError(f"no network (no answer from {host} in {timeout:g} s): connect, "
+                                 "or set HF_HUB_OFFLINE=1 to use only the cache")
+
+
 def _download(spec: ModelSpec, revision: str | None, *, force: bool, progress: Progress | None = None) -> Path:
     """Fetch into the normal HF cache with huggingface_hub's own progress bars, or `progress`."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
     bars = {} if progress is None else {"tqdm_class": _reporting_tqdm(progress)}
+    try:
+        check_reachable()
+    except ModelNotFoundError:
+        # What huggingface_hub itself does when the Hub is unreachable: use the cached copy.
+        cached = None if force else _cached(spec, revision)
+        if cached is None:
+            raise
+        return cached
     try:
         if spec.is_folder:
             return Path(snapshot_download(spec.repo, revision=revision, allow_patterns=list(SAFETENSORS_FILES),

@@ -17,6 +17,7 @@ from . import hub
 from .bundled import distribution_file
 from .errors import ModelNotFoundError, RegistryError
 from .hub import SAFETENSORS_FILES, SHA256_HEX, CheckedFile
+from .sampling import check_model_defaults
 
 __all__ = [
     "BACKENDS", "BUILTIN_REGISTRY", "FORMATS", "REQUIRED", "SAFETENSORS_FILES", "SOURCES",
@@ -46,6 +47,9 @@ class ModelSpec:
     backend: str = "auto"
     format: str = "gguf"
     sha256: dict[str, str] = field(default_factory=dict, hash=False)  # file (relative path) -> hex
+    # Recommended sampling ([models.NAME.sampling]), as Ollama's Modelfile PARAMETER lines:
+    # over SamplingParams' defaults and the checkpoint's generation_config.json, under the user's.
+    sampling: dict[str, float | int] = field(default_factory=dict, hash=False)
 
     @property
     def is_folder(self) -> bool:
@@ -116,7 +120,7 @@ def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
     if unknown:
         raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {', '.join(sorted(_FIELDS))})")
     for key, value in entry.items():
-        if key != "sha256" and not isinstance(value, str):
+        if key not in ("sha256", "sampling") and not isinstance(value, str):
             raise RegistryError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
     source = entry.get("source")
     if source not in SOURCES:
@@ -148,7 +152,14 @@ def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
             raise RegistryError(f"{where}: sha256 of {file!r} must be 64 hex digits")
         if file.startswith(("/", "\\")) or ".." in Path(file).parts:
             raise RegistryError(f"{where}: sha256 key {file!r} must be a path inside the model")
-    return ModelSpec(name=name, **{**entry, "sha256": {f: d.lower() for f, d in pins.items()}})
+    sampling = entry.get("sampling", {})
+    if not isinstance(sampling, dict):
+        raise RegistryError(f"{where}: 'sampling' must be a table such as [models.{name}.sampling] temperature = 0.2")
+    try:
+        sampling = check_model_defaults(sampling)
+    except ValueError as e:
+        raise RegistryError(f"{where}.sampling: {e}") from None
+    return ModelSpec(name=name, **{**entry, "sha256": {f: d.lower() for f, d in pins.items()}, "sampling": sampling})
 
 
 def load_registry(paths: list[Path] | None = None) -> Registry:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import NumericalError
 
@@ -44,6 +45,26 @@ def _validate_sampling(temperature: float, top_p: float, top_k: int, min_p: floa
         raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
     if not (isinstance(min_p, (int, float)) and 0 <= min_p < 1):
         raise ValueError(f"min_p must be in [0, 1) (0 disables it), got {min_p!r}")
+
+
+# What a model may recommend (models.toml `[models.NAME.sampling]`, generation_config.json):
+# how to sample, never how long to answer or when to stop.
+MODEL_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def check_model_defaults(values: Mapping[str, Any]) -> dict[str, float | int]:
+    """A model's recommended sampling settings, validated one key at a time; ValueError names
+    the key (an unknown one, a bool, a value SamplingParams would refuse)."""
+    unknown = sorted(set(values) - set(MODEL_DEFAULT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown sampling key(s) {unknown} (allowed: {', '.join(MODEL_DEFAULT_KEYS)})")
+    checked = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        SamplingParams(**{key: value})  # the same rules as everywhere else; the message names the key
+        checked[key] = value
+    return checked
 
 
 def _as_vector(logits: torch.Tensor) -> torch.Tensor:
@@ -216,8 +237,10 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         _validate_sampling(self.temperature, self.top_p, self.top_k, self.min_p)
-        if not (isinstance(self.repetition_penalty, (int, float)) and self.repetition_penalty > 0):
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
+                and self.repetition_penalty > 0):
+            raise ValueError(f"repetition_penalty must be a finite number > 0 (1 disables it), "
+                             f"got {self.repetition_penalty!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or self.seed < 0):
             raise ValueError(f"seed must be an integer >= 0 or None, got {self.seed!r}")
@@ -225,6 +248,24 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
+
+    @classmethod
+    def merged(cls, *layers: Mapping[str, Any] | None) -> SamplingParams:
+        """The defaults, overlaid by each mapping in turn (later ones win; None values and None
+        layers are skipped, so "not chosen" falls through). ValueError on an unknown key or a
+        bad value. The usual stack: SamplingParams() < the model's defaults < the user's."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for layer in layers:
+            if not layer:
+                continue
+            unknown = sorted(set(layer) - known)
+            if unknown:
+                raise ValueError(f"unknown sampling setting(s) {unknown} (known: {', '.join(sorted(known))})")
+            values.update({k: v for k, v in layer.items() if v is not None})
+        if "stop" in values and not isinstance(values["stop"], str):
+            values["stop"] = tuple(values["stop"])
+        return cls(**values)
 
     def sampler(self) -> Sampler:
         return make_sampler(self.temperature, self.top_p, self.top_k, self.min_p, self.seed)

@@ -15,6 +15,7 @@ from .backends.base import Model
 from .cache import PromptCache
 from .context import fit_to_context
 from .results import Event, GenerationResult
+from .sampling import SamplingParams
 
 
 class ChatSession:
@@ -22,10 +23,12 @@ class ChatSession:
         self.model = model
         self.cache = PromptCache()
 
-    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, max_tokens: int = 512, **sampling) -> Iterator[Event]:
+    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, max_tokens: int | None = None, **sampling) -> Iterator[Event]:
         """Like Model.chat, with prefix reuse and the overflow policy; ContextOverflowError when
         the newest message alone does not fit."""
         model = self.model
+        if max_tokens is None:
+            max_tokens = SamplingParams.max_tokens
         fitted = fit_to_context(
             messages,
             lambda msgs: model.encode_chat(msgs, tools=tools),

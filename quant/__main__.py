@@ -15,7 +15,9 @@ GGUF_KIND = {"int8": "q8_0", "int4": "q4_0"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quant", description="Quantize a model's weights to INT8 or INT4 for the native engine.")
+    from engine.argcheck import OneLineParser
+
+    p = OneLineParser(prog="quant", description="Quantize a model's weights to INT8 or INT4 for the native engine.")
     p.add_argument("model", help="a models.toml name, a .gguf file or a Hugging Face checkpoint folder")
     p.add_argument("--scheme", required=True,
                    help="int8 (symmetric, a scale per group) or int4 (a scale and a zero-point per group)")
@@ -35,27 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_request(args: argparse.Namespace) -> None:
-    """Everything that can be refused before any model is read."""
+    """Everything that can be refused before any model is read (UsageError: exit status 2)."""
+    from engine.argcheck import UsageError, check_args
+
+    check_args(args, min_ints={"ctx": 16}, model_flag="MODEL")
     from .linear import SCHEMES
     from .schemes import GROUP_SIZES
 
     if args.scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {args.scheme!r}: use int8 or int4")
+        raise UsageError(f"--scheme: unknown scheme {args.scheme!r}: use int8 or int4")
     if args.group_size is not None and args.group_size not in GROUP_SIZES:
-        raise ValueError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {args.group_size}")
+        raise UsageError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {args.group_size}")
     if args.format == "gguf" and args.scheme == "int4" and (args.group_size or 32) != 32:
-        raise ValueError("--format gguf writes Q4_0, whose groups are 32 wide: use --group-size 32")
+        raise UsageError("--format gguf writes Q4_0, whose groups are 32 wide: use --group-size 32")
     if args.calibrate is not None:
         if args.scheme != "int4":
-            raise ValueError("--calibrate applies to int4 only (int8 rounding to nearest already meets its quality targets)")
+            raise UsageError("--calibrate applies to int4 only (int8 rounding to nearest already meets its quality targets)")
         if not args.calibrate.is_file():
-            raise FileNotFoundError(f"--calibrate: no such file: {args.calibrate}")
+            raise UsageError(f"--calibrate: no such file: {args.calibrate}")
     if args.sequential and args.calibrate is None:
-        raise ValueError("--sequential needs --calibrate FILE")
+        raise UsageError("--sequential needs --calibrate FILE")
     if args.eval is not None and not args.eval.is_file():
-        raise FileNotFoundError(f"--eval: no such file: {args.eval}")
-    if args.ctx < 16:
-        raise ValueError("--ctx must be at least 16")
+        raise UsageError(f"--eval: no such file: {args.eval}")
 
 
 def run(args: argparse.Namespace) -> int:

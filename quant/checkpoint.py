@@ -114,6 +114,7 @@ def save_checkpoint(
     args: ModelArgs = model.args
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.resolve().parent))
     try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700: the finished model is an ordinary folder
         save_file(_state_for_saving(model, report["tied_output"]), str(tmp / WEIGHTS), metadata={"format": FORMAT})
         _write_json(tmp / ARGS, {"architecture": "llama", **asdict(args)})
         if text_folder is not None:
@@ -141,6 +142,8 @@ def save_checkpoint(
             "torch": torch.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })  # written last: a folder without it is not a model
+        for file in tmp.iterdir():  # safetensors writes 0600, whatever the umask
+            os.chmod(file, umask_mode(0o666))
         _fsync_folder(tmp)
         old = None
         if out_dir.exists():
@@ -153,6 +156,14 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def umask_mode(mode: int) -> int:
+    """`mode` less the process umask: what open() and mkdir() would have given (0o644 files and
+    0o755 folders under the usual 022), for files that tempfile creates private."""
+    umask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(umask)
+    return mode & ~umask
 
 
 def _write_json(path: Path, data) -> None:
@@ -215,6 +226,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     from safetensors import SafetensorError, safe_open
 
     from engine.backends.native import NativeModel
+    from engine.hf_files import generation_defaults
     from engine.device import pick_device, pick_dtype
     from engine.model import Transformer
 
@@ -315,5 +327,8 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     if meta:
         raise ModelFormatError(f"{path}: no weights for {meta[:3]}")
     model = model.eval().requires_grad_(False)
-    return NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
-                                        context_length=context_length, text_side=text_side)
+    loaded = NativeModel.from_transformer(model, metadata, path=path, name=name, device=device, dtype=dtype,
+                                          context_length=context_length, text_side=text_side)
+    # A folder quantized from a Hugging Face checkpoint carries its generation_config.json.
+    loaded.sampling_defaults = generation_defaults(Path(path))
+    return loaded

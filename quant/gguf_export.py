@@ -39,6 +39,8 @@ from torch import nn
 
 from engine.model import plain_frequencies
 
+from .checkpoint import umask_mode
+
 if TYPE_CHECKING:
     from engine.config import ModelArgs
     from engine.model import Transformer
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
 KINDS = ("q8_0", "q4_0")
 QUANT_BLOCK = 32  # values per Q8_0 / Q4_0 block along a row
 EMBEDDING_TYPE = "Q8_0"
-FILE_MODE = 0o644  # mkstemp makes 0600; an exported model is an ordinary readable file
 
 _OWN_GENERAL_KEYS = {"general.architecture", "general.quantized_by"}  # written by the export itself
 
@@ -351,7 +352,7 @@ def _write_atomically(out_path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, umask_mode(0o666))  # mkstemp makes 0600; an exported model is an ordinary file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out_path)

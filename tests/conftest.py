@@ -32,7 +32,11 @@ def default_model(default_gguf):
     """The bundled default model on our native engine, float32 on CPU, loaded once per session."""
     import engine
 
-    return engine.load("smollm2-135m", backend="native", device="cpu", dtype="float32")
+    model = engine.load("smollm2-135m", backend="native", device="cpu", dtype="float32")
+    # Engine tests compare raw decoding (greedy against llama.cpp and transformers); the
+    # recommended sampling from models.toml is tested on its own (tests/test_registry.py).
+    model.sampling_defaults = {}
+    return model
 
 
 @pytest.fixture(scope="session")

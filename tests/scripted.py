@@ -31,6 +31,8 @@ class ScriptedModel(Model):
         self.replies = list(replies)
         self.delay = delay
         self.received: list[list[dict]] = []  # the messages of every prompt generated from, in order
+        self.sampled_with: list[SamplingParams] = []  # the settings of every generation, in order
+        self.sampling_defaults = {}
         self._encoded: dict[tuple[int, ...], list[dict]] = {}
 
     def logits(self, ids):
@@ -43,6 +45,7 @@ class ScriptedModel(Model):
 
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache) -> Iterator[int]:
         self.received.append(self._encoded.get(tuple(prompt_ids), []))
+        self.sampled_with.append(params)
         reply = self.replies.pop(0) if self.replies else "(no more scripted replies)"
         for token in self.tokenizer.encode(reply, add_special=False, parse_special=True):
             if self.delay:

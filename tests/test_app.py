@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from textual.widgets import Markdown
+from textual.widgets import Input, Markdown
 
 from apphelpers import make_app, messages, send, wait_for
 from chatapp.app import ChatApp
@@ -295,3 +295,54 @@ def test_model_picker_marks_what_is_on_this_machine(tmp_path, monkeypatch):
     local = availability(load_registry([BUILTIN_REGISTRY]))
     assert local["smollm2-135m"] is True
     assert local["qwen2.5-0.5b"] is False
+
+
+def test_settings_store_only_what_the_user_chose_and_the_model_defaults_fill_in(tmp_path, default_gguf):
+    from chatapp.screens.settings import SettingsScreen
+
+    model = ScriptedModel(default_gguf, ["Rome.", "Rome again."])
+    model.sampling_defaults = {"temperature": 0.2, "top_k": 0, "repetition_penalty": 1.1}
+
+    async def main():
+        app = make_app(tmp_path, model)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await send(pilot, "History of Rome?")
+            await wait_for(pilot, reply_done(app))
+            assert app.store.get_conversation(app.conversation_id).settings == {}
+            used = model.sampled_with[-1]
+            assert (used.temperature, used.top_k, used.repetition_penalty, used.top_p) == (0.2, 0, 1.1, 0.95)
+
+            await pilot.press("ctrl+s")
+            screen = app.screen
+            assert isinstance(screen, SettingsScreen)
+            field = lambda name: screen.query_one(f"#{name}", Input)
+            assert all(field(n).value == "" for n in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"))
+            # the placeholder shows what applies: the model's default, else the engine's
+            assert field("temperature").placeholder.startswith("0.2") and field("top_p").placeholder.startswith("0.95")
+            assert field("repetition_penalty").placeholder.startswith("1.1")
+
+            error = lambda: str(screen.query_one("#error").render())
+            field("top_k").value = "abc"
+            await pilot.press("ctrl+s")
+            assert app.screen is screen and "top k must be a whole number" in error()
+            field("top_k").value = "5"
+            field("min_p").value = "1.5"
+            await pilot.press("ctrl+s")
+            assert app.screen is screen and "min p must be in [0, 1)" in error()
+            field("min_p").value = "0.1"
+            field("repetition_penalty").value = "1.3"
+            await pilot.press("ctrl+s")
+            assert app.screen is not screen
+            assert app.store.get_conversation(app.conversation_id).settings == {
+                "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.3}
+
+            await send(pilot, "And then?")
+            await wait_for(pilot, lambda: app.job is None and len(model.sampled_with) == 2)
+            used = model.sampled_with[-1]
+            assert (used.temperature, used.top_k, used.min_p, used.repetition_penalty) == (0.2, 5, 0.1, 1.3)
+
+            await pilot.press("ctrl+s")
+            assert app.screen.query_one("#top_k", Input).value == "5"
+            assert app.screen.query_one("#temperature", Input).value == ""
+
+    run(main())

@@ -19,7 +19,9 @@ QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 
 @pytest.fixture(scope="module")
 def gguf_model(default_gguf):
-    return engine.load("smollm2-135m", backend="gguf")
+    model = engine.load("smollm2-135m", backend="gguf")
+    model.sampling_defaults = {}  # raw decoding, as the default_model fixture
+    return model
 
 
 def result_of(events) -> GenerationResult:

@@ -74,7 +74,7 @@ def test_bench_json_has_every_config_with_ratios_and_chat_turns():
 )
 def test_bench_user_errors_print_one_line(args, message):
     out = bench(*args)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr  # argument errors, before anything loads
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 

@@ -41,12 +41,12 @@ def test_engine_generate_and_perplexity(tmp_path, english_text):
         (("chatapp", "ask", "hi", "--model", "/nope/x.gguf"), "model file not found"),
         (("chatapp", "ask", "hi", "--dtype", "float7"), "unknown dtype"),
         (("chatapp", "ask", "hi", "--temperature", "-1"), "temperature"),
-        ((sys.executable, "-m", "engine", "perplexity", "/nope.txt"), "No such file"),
+        ((sys.executable, "-m", "engine", "perplexity", "/nope.txt"), "no such file"),
     ],
 )
 def test_user_errors_print_one_line(args, message):
     out = run(*args)
-    assert out.returncode == 1
+    assert out.returncode == 2  # argument errors, found before anything loads
     assert "Traceback" not in out.stderr
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 

@@ -177,3 +177,56 @@ def test_embedding_rows_past_the_tokenizer_are_never_sampled(tmp_path):
     for temperature in (0, 1.0):
         result = list(model.chat(MESSAGES, max_tokens=8, temperature=temperature, seed=1))[-1]
         assert result.completion_tokens >= 1
+
+
+def with_generation_config(folder: Path, tmp_path: Path, **fields) -> Path:
+    """A copy of the checkpoint whose generation_config.json also holds `fields`."""
+    import shutil
+
+    copy = Path(shutil.copytree(folder, tmp_path / "checkpoint"))
+    config = json.loads((copy / "generation_config.json").read_text())
+    (copy / "generation_config.json").write_text(json.dumps({**config, **fields}))
+    return copy
+
+
+def test_generation_config_gives_the_sampling_defaults(checkpoint, tmp_path, monkeypatch, caplog):
+    folder = with_generation_config(checkpoint[1], tmp_path, do_sample=True, temperature=0.6, top_p=0.9, top_k=20,
+                                    repetition_penalty=1.05, min_p="lots", max_new_tokens=100)
+    with caplog.at_level("WARNING"):
+        model = engine.load(folder, device="cpu", dtype="float32")
+    # the hostile min_p is skipped with a warning; max_new_tokens is not a sampling setting
+    assert model.sampling_defaults == {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05}
+    assert "min_p" in caplog.text and "generation_config.json" in caplog.text
+
+    registry = tmp_path / "models.toml"  # models.toml wins, key by key
+    registry.write_text(textwrap.dedent(f"""
+        [models.tuned-hf]
+        source = "path"
+        format = "safetensors"
+        path = "{folder}"
+        [models.tuned-hf.sampling]
+        temperature = 0.3
+    """))
+    monkeypatch.setenv("CHATAPP_MODELS_TOML", str(registry))
+    tuned = engine.load("tuned-hf", device="cpu", dtype="float32")
+    assert tuned.sampling_defaults == {"temperature": 0.3, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05}
+
+
+@pytest.mark.parametrize("fields, expected", [
+    # transformers decodes greedily here and ignores the sampling knobs; the penalty still applies
+    ({"do_sample": False, "temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.2}, {"repetition_penalty": 1.2}),
+    ({"temperature": -1, "top_p": 7, "top_k": 2.5, "repetition_penalty": None}, {}),
+    ({"temperature": True, "top_k": [1], "min_p": float("nan"), "top_p": {"a": 1}}, {}),
+])
+def test_generation_config_fields_that_cannot_apply_are_dropped(checkpoint, tmp_path, fields, expected):
+    folder = with_generation_config(checkpoint[1], tmp_path, **fields)
+    assert engine.load(folder, device="cpu", dtype="float32").sampling_defaults == expected
+
+
+def test_a_quantized_folder_keeps_the_checkpoints_sampling_defaults(checkpoint, tmp_path):
+    from quant.__main__ import main as quant_main
+
+    folder = with_generation_config(checkpoint[1], tmp_path, temperature=0.6, top_p=0.9)
+    out = tmp_path / "q"
+    assert quant_main([str(folder), "--scheme", "int8", "--out", str(out)]) == 0
+    assert engine.load(out, device="cpu", dtype="float32").sampling_defaults == {"temperature": 0.6, "top_p": 0.9}

@@ -13,6 +13,8 @@ import json
 import os
 import subprocess
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -260,8 +262,12 @@ def test_the_engine_commands_use_the_same_checks(hub, capsys, monkeypatch):
 def test_a_network_error_is_one_clear_line(hub, capsys, monkeypatch):
     import huggingface_hub
 
+    import engine.hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # The connection check passes: these are the errors huggingface_hub raises after it.
+    monkeypatch.setattr(engine.hub, "check_reachable", lambda: None)
 
     def unreachable(*args, **kwargs):  # what huggingface_hub raises when DNS or the connection fails
         raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub and we cannot "
@@ -284,3 +290,57 @@ def test_the_console_script_pulls_offline(hub):
     assert out.stdout.strip() == str(hub["folder"]) and "Traceback" not in out.stderr
     out = subprocess.run(["chatapp", "pull", "absent"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 1 and "not downloaded" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_pull_without_a_network_is_one_line_within_seconds(tmp_path):
+    """This machine has no route to the Hub: the real `chatapp pull`, not offline mode."""
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("HF_HUB_OFFLINE", None)
+    started = time.monotonic()
+    out = subprocess.run(["chatapp", "pull", "smollm2-360m"], capture_output=True, text=True, env=env, timeout=60)
+    elapsed = time.monotonic() - started
+    assert out.returncode == 1 and out.stdout == "" and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "no network" in out.stderr and "HF_HUB_OFFLINE=1" in out.stderr
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+
+
+def test_a_hub_host_that_resolves_but_never_answers_is_cut_off(monkeypatch):
+    """A server that accepts the connection and then says nothing: refused within the timeout,
+    not after huggingface_hub's retries."""
+    import socket
+
+    import engine.hub
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        started = time.monotonic()
+        with pytest.raises(ModelNotFoundError, match="no network .*HF_HUB_OFFLINE=1"):
+            engine.hub.check_reachable(timeout=1.0)
+        assert time.monotonic() - started < 2
+
+
+def test_a_hub_that_answers_with_any_status_is_reachable(monkeypatch):
+    import http.server
+
+    import engine.hub
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    try:
+        engine.hub.check_reachable(timeout=2.0)  # no exception: the download reports the 404 itself
+    finally:
+        server.server_close()

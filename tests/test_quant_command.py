@@ -109,7 +109,7 @@ def test_bad_requests_are_refused_before_anything_is_written(tiny_gguf, tmp_path
         (("--scheme", "int4", "--sequential"), "--sequential needs --calibrate FILE"),
     ]
     for argv, message in cases:
-        assert quant(tiny_gguf, *argv, "--out", out) == 1
+        assert quant(tiny_gguf, *argv, "--out", out) == 2  # argparse's status for a usage error
         assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -223,3 +223,21 @@ def test_eval_prints_one_table(tiny_gguf, tmp_path, capsys):
     int8_row = lines[-1].split()
     kl, top1 = float(int8_row[-3]), float(int8_row[-2].rstrip("%"))
     assert 0 <= kl < 0.05 and top1 >= 80
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_output_folder_and_files_get_the_usual_permissions(tiny_gguf, tmp_path, umask):
+    """tempfile makes 0700 folders and 0600 files; the finished model follows the umask like
+    any file the user writes (0755 / 0644 under 022)."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "q"
+        assert quant(tiny_gguf, "--scheme", "int8", "--format", "gguf", "--out", out) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert "model-Q8_0.gguf" in modes and set(modes.values()) == {0o666 & ~umask}, modes

@@ -147,3 +147,66 @@ def test_malformed_registry_names_file_and_entry(tmp_path, text, match):
     with pytest.raises(RegistryError, match=match) as e:
         load_registry([path])
     assert str(path) in str(e.value)
+
+
+def test_a_sampling_table_gives_the_model_recommended_settings(tmp_path):
+    path = write(tmp_path, """
+        default = "tuned"
+        [models.tuned]
+        source = "path"
+        path = "/models/tuned.gguf"
+        [models.tuned.sampling]
+        temperature = 0.2
+        top_p = 0.9
+        top_k = 0
+        min_p = 0.05
+        repetition_penalty = 1.2
+    """)
+    spec = load_registry([path]).get("tuned")
+    assert spec.sampling == {"temperature": 0.2, "top_p": 0.9, "top_k": 0, "min_p": 0.05, "repetition_penalty": 1.2}
+    assert load_registry([write(tmp_path, BARE)]).get("bare").sampling == {}
+
+
+BARE = """
+    default = "bare"
+    [models.bare]
+    source = "path"
+    path = "/models/bare.gguf"
+"""
+
+
+@pytest.mark.parametrize("table, message", [
+    ("temprature = 0.2", r"\[models.bad\].sampling: unknown sampling key\(s\) \['temprature'\]"),
+    ("max_tokens = 100", r"\[models.bad\].sampling: unknown sampling key\(s\) \['max_tokens'\]"),
+    ("top_p = 1.5", r"\[models.bad\].sampling: top_p must be in \(0, 1\]"),
+    ("top_k = 2.5", r"\[models.bad\].sampling: top_k must be an integer"),
+    ("temperature = -1", r"\[models.bad\].sampling: temperature must be a finite number >= 0"),
+    ("temperature = true", r"\[models.bad\].sampling: temperature must be a number"),
+    ("temperature = \"hot\"", r"\[models.bad\].sampling: temperature must be a number"),
+    ("repetition_penalty = inf", r"\[models.bad\].sampling: repetition_penalty must be a finite number"),
+])
+def test_a_bad_sampling_table_names_the_entry_and_key(tmp_path, table, message):
+    path = write(tmp_path, f"""
+        [models.bad]
+        source = "path"
+        path = "/models/bad.gguf"
+        [models.bad.sampling]
+        {table}
+    """)
+    with pytest.raises(RegistryError, match=message):
+        load_registry([path])
+    path.write_text(textwrap.dedent(BARE) + "sampling = 0.2\n")
+    with pytest.raises(RegistryError, match=r"\[models.bare\]: 'sampling' must be a table"):
+        load_registry([path])
+
+
+def test_the_bundled_model_loads_with_its_recommended_sampling(default_gguf):
+    """Measured on the bundled 135M model: without a repetition penalty it repeats sentences on
+    long answers (see models.toml)."""
+    import engine
+
+    spec = load_registry([BUILTIN_REGISTRY]).get("smollm2-135m")
+    assert spec.sampling["temperature"] == 0.2 and spec.sampling["top_p"] == 0.9
+    assert spec.sampling["repetition_penalty"] > 1
+    model = engine.load("smollm2-135m", backend="gguf")
+    assert model.sampling_defaults == spec.sampling

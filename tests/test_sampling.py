@@ -247,3 +247,40 @@ def test_sampling_params_defaults_and_builders():
 def test_sampling_params_validate(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)
+
+
+def test_merged_layers_later_wins_and_none_falls_through():
+    from engine.sampling import SamplingParams as SP
+
+    assert SP.merged() == SP()
+    model = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
+    user = {"temperature": 0.8, "top_p": None, "max_tokens": 64, "stop": ["</s>"]}
+    params = SP.merged(model, None, {}, user)
+    assert (params.temperature, params.top_p, params.repetition_penalty) == (0.8, 0.9, 1.1)
+    assert (params.max_tokens, params.stop, params.top_k) == (64, ("</s>",), SP().top_k)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"temprature": 0.5}, "unknown sampling setting.*temprature"),
+    ({"top_p": 1.5}, "top_p must be in"),
+    ({"top_k": 2.5}, "top_k must be an integer"),
+    ({"repetition_penalty": float("inf")}, "repetition_penalty must be a finite number"),
+])
+def test_merged_refuses_unknown_keys_and_bad_values(layer, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams.merged({"temperature": 0.2}, layer)
+
+
+def test_model_defaults_apply_under_explicit_arguments(default_gguf):
+    """Model.generate: an argument left None takes the model's default, an explicit one wins."""
+    import engine
+
+    model = engine.load(default_gguf, backend="gguf")
+    assert model.sampling_defaults == {}  # a bare path has no models.toml entry
+    prompt = "The capital of France is"
+    greedy = list(model.generate(prompt, max_tokens=12, temperature=0))[-1].text
+    model.sampling_defaults = {"temperature": 0.0}
+    assert all(list(model.generate(prompt, max_tokens=12))[-1].text == greedy for _ in range(2))
+    sampled = {list(model.generate(prompt, max_tokens=12, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0,
+                                   seed=s))[-1].text for s in range(4)}
+    assert len(sampled) > 1  # the explicit temperature replaced the model's greedy default

@@ -1,49 +1,87 @@
-"""Per-conversation settings: system prompt and sampling."""
+"""Per-conversation settings: system prompt and sampling.
+
+Only what the user types is stored: an empty field means "the model's default" (its
+models.toml / generation_config.json recommendation, else the engine's), so a conversation
+follows the model it talks to instead of freezing a copy of today's defaults. The placeholder
+of an empty field shows the value that applies.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
 from engine.sampling import SamplingParams
 
-FIELDS = (("temperature", float), ("top_p", float), ("max_tokens", int))
+# (SamplingParams field, label, type); the label is what an error message names
+FIELDS = (
+    ("temperature", "temperature", float),
+    ("top_p", "top p", float),
+    ("top_k", "top k", int),
+    ("min_p", "min p", float),
+    ("repetition_penalty", "repetition penalty", float),
+    ("max_tokens", "max tokens", int),
+)
+_LABELS = {name: label for name, label, _kind in FIELDS}
 
 
 class SettingsScreen(ModalScreen[tuple[str | None, dict] | None]):
-    """Answers (system_prompt or None, sampling dict), or None when cancelled."""
+    """Answers (system_prompt or None, the sampling values the user set), or None when cancelled."""
 
     BINDINGS = [("escape", "dismiss(None)", "Cancel"), ("ctrl+s", "save", "Save")]
 
-    def __init__(self, system_prompt: str | None, sampling: dict) -> None:
+    def __init__(self, system_prompt: str | None, sampling: Mapping, model_defaults: Mapping | None = None) -> None:
         super().__init__(classes="dialog-screen")
-        self.system_prompt, self.sampling = system_prompt, sampling
+        self.system_prompt = system_prompt
+        self.sampling = {k: v for k, v in sampling.items() if v is not None}
+        self.model_defaults = dict(model_defaults or {})
 
     def compose(self) -> ComposeResult:
+        effective = SamplingParams.merged(self.model_defaults)
         with Vertical(classes="dialog wide", id="settings"):
-            yield Label("System prompt (empty: the model's default)")
+            yield Label("System prompt and sampling; an empty field means the model's default (shown greyed)")
             yield TextArea(self.system_prompt or "", id="system")
-            for name, _kind in FIELDS:
-                with Horizontal(classes="field"):
-                    yield Label(name.replace("_", " "), classes="field-label")
-                    yield Input(str(self.sampling[name]), id=name)
+            with Grid(id="sampling-fields"):
+                for name, label, _kind in FIELDS:
+                    with Horizontal(classes="field"):
+                        yield Label(label, classes="field-label")
+                        value = self.sampling.get(name)
+                        yield Input("" if value is None else str(value), id=name,
+                                    placeholder=f"{getattr(effective, name)} (default)")
             yield Label("", id="error", classes="error", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Save (ctrl+s)", variant="primary", id="save")
                 yield Button("Cancel", id="cancel")
 
     def action_save(self) -> None:
+        error = self.query_one("#error", Label)
+        chosen = {k: v for k, v in self.sampling.items() if k not in _LABELS}  # keys this dialog does not show
+        for name, label, kind in FIELDS:
+            text = self.query_one(f"#{name}", Input).value.strip()
+            if not text:
+                continue
+            try:
+                chosen[name] = kind(text)
+            except ValueError:
+                what = "a whole number" if kind is int else "a number"
+                error.update(f"Not saved: {label} must be {what} (empty: the model's default), got {text!r}")
+                return
         try:
-            values = {name: kind(self.query_one(f"#{name}", Input).value) for name, kind in FIELDS}
-            SamplingParams(**{**self.sampling, **values})  # validates the whole set
-        except (TypeError, ValueError) as e:
-            self.query_one("#error", Label).update(f"Not saved: {e}")
+            SamplingParams.merged(self.model_defaults, chosen)  # validates the whole set
+        except ValueError as e:
+            message = str(e)
+            for name, label in _LABELS.items():  # "top_p must be ..." -> "top p must be ..."
+                if message.startswith(name + " "):
+                    message = label + message[len(name):]
+            error.update(f"Not saved: {message}")
             return
         system = self.query_one("#system", TextArea).text.strip() or None
-        self.dismiss((system, {**self.sampling, **values}))
+        self.dismiss((system, chosen))
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:

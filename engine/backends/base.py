@@ -16,9 +16,6 @@ from ..sampling import SamplingParams
 from ..template import ChatTemplate
 from ..tokenizer import Tokenizer, load_tokenizer
 
-_DEFAULTS = SamplingParams()
-
-
 class Model(ABC):
     """A loaded model: tokenizer, chat template, logits and streaming generation."""
 
@@ -28,6 +25,9 @@ class Model(ABC):
     tokenizer: Tokenizer
     template: ChatTemplate
     context_length: int
+    # Recommended sampling (models.toml, generation_config.json): applied under the caller's
+    # explicit arguments in generate()/chat(). Possibly empty; keys as SamplingParams'.
+    sampling_defaults: dict[str, float | int]
 
     def _load_text_side(self, metadata: dict) -> None:
         """Tokenizer and chat template from GGUF metadata: the same for every backend."""
@@ -50,13 +50,13 @@ class Model(ABC):
         self,
         prompt: str | Sequence[int],
         *,
-        max_tokens: int = _DEFAULTS.max_tokens,
-        temperature: float = _DEFAULTS.temperature,
-        top_p: float = _DEFAULTS.top_p,
-        top_k: int = _DEFAULTS.top_k,
-        min_p: float = _DEFAULTS.min_p,
-        repetition_penalty: float = _DEFAULTS.repetition_penalty,
-        seed: int | None = _DEFAULTS.seed,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
         stop: Sequence[str] = (),
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
@@ -66,19 +66,13 @@ class Model(ABC):
         Yields TextDelta events, then one GenerationResult. `should_stop` is polled between
         tokens; when it returns True generation ends with finish_reason "cancelled". A
         `cache` (from a ChatSession) keeps the KV cache between calls: only the tokens after
-        the longest common prefix with the last call are prefilled.
+        the longest common prefix with the last call are prefilled. A sampling argument left
+        None takes the model's `sampling_defaults`, else SamplingParams' default.
         """
         start = time.perf_counter()
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            stop=tuple(stop),
-        )
+        chosen = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                      repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop))
+        params = SamplingParams.merged(getattr(self, "sampling_defaults", None), chosen)
         ids = self.encode_prompt(prompt)
         cache = cache if cache is not None else PromptCache()
         events = stream_text(

@@ -62,6 +62,7 @@ class LlamaCppModel(Model):
         except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
             raise ModelFormatError(f"{self.path.name}: llama.cpp could not load it ({e})") from None
         self.n_vocab = self.llm.n_vocab()
+        self.sampling_defaults = {}
 
     @property
     def cached_ids(self) -> list[int]:

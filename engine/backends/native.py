@@ -55,6 +55,7 @@ class NativeModel(Model):
             pack_linears(self.model)
         if self.device.type == "cpu":
             release_freed_memory()
+        self.sampling_defaults = {}
         self.context_length = min(context_length or self.args.context_length, self.args.context_length)
 
     @classmethod
@@ -100,6 +101,7 @@ class NativeModel(Model):
         """A Hugging Face checkpoint folder: config.json, safetensors weights (engine/formats/hf.py)
         and its tokenizer files (engine/hf_text.py)."""
         from ..formats.hf import load_hf_weights, read_hf_config
+        from ..hf_files import generation_defaults
         from ..hf_text import load_hf_text_side
 
         device = pick_device(device)
@@ -107,8 +109,10 @@ class NativeModel(Model):
         args = read_hf_config(folder)
         text_side = load_hf_text_side(folder)  # before the weights: a bad tokenizer fails fast
         model = load_hf_weights(folder, args, dtype=dtype, device=device)
-        return cls.from_transformer(model, None, path=folder, name=name, device=device, dtype=dtype,
+        self = cls.from_transformer(model, None, path=folder, name=name, device=device, dtype=dtype,
                                     context_length=context_length, text_side=text_side, pack_weights=pack_weights)
+        self.sampling_defaults = generation_defaults(Path(folder))
+        return self
 
     def new_cache(self, max_seq_len: int) -> KVCache:
         return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
