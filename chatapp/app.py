@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from functools import partial
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ from .screens.export import ExportScreen
 from .screens.help import HelpScreen
 from .screens.models import ModelPickerScreen
 from .screens.settings import SettingsScreen
+from .commands import HELP_ROWS, PALETTE
 from .export import default_export_path, export_to_file
 from .model_loading import ModelLoading, model_label
 from .store import Store
@@ -465,30 +467,12 @@ class ChatApp(ModelLoading, App):
 
     def action_help(self) -> None:
         rows = [(b.key.replace(",", " / "), b.tooltip or b.description) for b in self.BINDINGS]
-        rows += [
-            ("ctrl+p", "Command palette (every action, themes)"),
-            ("enter", "Send the message"),
-            ("ctrl+j", "New line in the message (shift+enter too, if the terminal sends it)"),
-            ("enter / down", "In the search field: move into the results"),
-        ]
+        rows += HELP_ROWS
         self.push_screen(HelpScreen(rows))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        commands = [
-            ("New conversation", "Start a new conversation (ctrl+n)", self.action_new_conversation),
-            ("Stop generation", "Stop the reply being generated (Esc)", self.action_stop),
-            ("Regenerate reply", "Generate the last reply again (ctrl+r)", self.action_regenerate),
-            ("Edit message and resend", "Edit a user message and resend from there (F3)", self.action_edit_message),
-            ("Choose model", "Pick a model from models.toml (ctrl+o)", self.action_pick_model),
-            ("Conversation settings", "System prompt and sampling (ctrl+s)", self.action_settings),
-            ("Rename conversation", "Rename the current conversation (F2)", self.action_rename),
-            ("Delete conversation", "Delete the current conversation (F8)", self.action_delete_conversation),
-            ("Search conversations", "Search titles and messages (F6)", self.action_search),
-            ("Toggle sidebar", "Show or hide the conversation list (ctrl+b)", self.action_toggle_sidebar),
-            ("Export as Markdown", "Write the conversation to a .md file (asks where)", lambda: self.action_export("markdown")),
-            ("Export as JSON", "Write the conversation to a .json file (asks where)", lambda: self.action_export("json")),
-            ("Keys", "Show every key binding (F1)", self.action_help),
-        ]
+        commands = [(title, help_text, partial(getattr(self, f"action_{name}"), *args))
+                    for title, help_text, name, args in PALETTE]
         ours = {title for title, _, _ in commands}
         # Textual's own "Keys" (its key panel) would sit beside ours: one title, one command.
         yield from (command for command in super().get_system_commands(screen) if command.title not in ours)

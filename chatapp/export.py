@@ -1,7 +1,7 @@
 """One conversation as a Markdown document or a JSON-ready dict.
 
 Plain functions over what the store hands out (a Conversation and its Messages in seq order), so
-they need no database; `Store.export_markdown` / `Store.export_json` feed them one consistent read.
+they need no database; `export_markdown` / `export_json` feed them one consistent read of the store.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 
-if TYPE_CHECKING:  # the store imports this module; at run time only the objects' attributes are used
-    from chatapp.store import Conversation, Message
+from chatapp.records import Conversation, Message
+
+if TYPE_CHECKING:
+    from chatapp.store import Store
 
 
 def conversation_json(conversation: Conversation, messages: list[Message]) -> dict:
@@ -98,9 +100,9 @@ def default_export_path(title: str, fmt: str, directory: Path | None = None) -> 
 def export_to_file(store, conversation_id: int, fmt: str, path: Path) -> Path:
     """Write a conversation as Markdown or JSON to `path` (replacing it), creating its folders."""
     if fmt == "markdown":
-        text = store.export_markdown(conversation_id)
+        text = export_markdown(store, conversation_id)
     else:
-        text = json.dumps(store.export_json(conversation_id), indent=2, ensure_ascii=False)
+        text = json.dumps(export_json(store, conversation_id), indent=2, ensure_ascii=False)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,3 +111,11 @@ def export_to_file(store, conversation_id: int, fmt: str, path: Path) -> Path:
         reason = e.strerror or str(e)
         raise ExportError(f"Cannot write {path}: {reason}. Choose another folder or file name.") from None
     return path
+
+
+def export_json(store: Store, conversation_id: int) -> dict:
+    return conversation_json(*store.snapshot(conversation_id))
+
+
+def export_markdown(store: Store, conversation_id: int) -> str:
+    return conversation_markdown(*store.snapshot(conversation_id))

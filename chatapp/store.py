@@ -11,27 +11,26 @@ one connection is shared (`check_same_thread=False`) under a lock.
 
 from __future__ import annotations
 
-import copy
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
-from chatapp.export import conversation_json, conversation_markdown
 from chatapp.migrations import SchemaError, migrate
+from chatapp.records import (
+    DEFAULT_TITLE, ROLES, STATUSES, TITLE_CHARS, Alternatives, Conversation, Message, derive_title,
+)
 
-ROLES = frozenset({"system", "user", "assistant", "tool"})
-STATUSES = frozenset({"complete", "streaming", "stopped", "error"})
-DEFAULT_TITLE = "New conversation"
+__all__ = ["Alternatives", "Conversation", "Message", "Store", "StoreError", "default_db_path", "derive_title",
+           "DEFAULT_TITLE", "ROLES", "STATUSES", "TITLE_CHARS"]
+
 _ALTERNATIVE_KEYS = frozenset({"role", "content", "status", "tool_calls", "tool_call_id", "name", "meta", "created_at"})
-TITLE_CHARS = 60
 BUSY_TIMEOUT_S = 5.0
 
 
@@ -43,51 +42,6 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("chatapp")) / "history.db"
 
 
-@dataclass(frozen=True)
-class Conversation:
-    id: int
-    title: str  # the custom title, else derived from the first user message, else DEFAULT_TITLE
-    custom_title: bool
-    created_at: float  # unix seconds
-    updated_at: float  # unix seconds of the last message write: the sidebar's order
-    system_prompt: str | None
-    model: str | None  # a models.toml name or a path
-    settings: dict = field(default_factory=dict)  # sampling settings
-
-
-@dataclass(frozen=True)
-class Message:
-    id: int
-    conversation_id: int
-    seq: int  # 0, 1, 2, ... within the conversation
-    role: str
-    content: str
-    status: str
-    tool_calls: list[dict] | None  # OpenAI form: [{"id", "type": "function", "function": {"name", "arguments"}}]
-    tool_call_id: str | None
-    name: str | None  # the tool's name, for role "tool"
-    meta: dict
-    created_at: float
-
-    def to_openai(self) -> dict:
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.tool_calls:
-            out["tool_calls"] = copy.deepcopy(self.tool_calls)
-        if self.tool_call_id is not None:
-            out["tool_call_id"] = self.tool_call_id
-        if self.name is not None:
-            out["name"] = self.name
-        return out
-
-
-@dataclass(frozen=True)
-class Alternatives:
-    """The replies to one user message: which is shown (0-based) and how many there are."""
-
-    shown: int
-    count: int
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 _UNSET: Any = object()  # "argument not given", where None is a value
@@ -97,15 +51,6 @@ _CONVERSATION_SQL = """
                  ORDER BY m.seq LIMIT 1) AS first_user
     FROM conversations c
 """
-
-
-def derive_title(first_user_message: str | None) -> str:
-    """The first non-blank line, whitespace collapsed, cut to TITLE_CHARS."""
-    for line in (first_user_message or "").splitlines():
-        line = " ".join(line.split())
-        if line:
-            return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
-    return DEFAULT_TITLE
 
 
 def _check_choice(value: object, allowed: frozenset[str], what: str) -> None:
@@ -269,7 +214,7 @@ class Store:
             raise KeyError(f"no conversation {id}")
         return self._conversation(row)
 
-    def _snapshot(self, conversation_id: int) -> tuple[Conversation, list[Message]]:
+    def snapshot(self, conversation_id: int) -> tuple[Conversation, list[Message]]:
         """The conversation and its messages in seq order, read in one transaction."""
         with self._read(snapshot=True) as db:
             conversation = self._get(db, conversation_id)
@@ -419,7 +364,7 @@ class Store:
 
     def messages(self, conversation_id: int) -> list[Message]:
         """In seq order; KeyError for a missing conversation."""
-        return self._snapshot(conversation_id)[1]
+        return self.snapshot(conversation_id)[1]
 
     def delete_messages_from(self, conversation_id: int, seq: int) -> None:
         """Delete the messages at `seq` and after (regenerate, edit-and-resend)."""
@@ -506,11 +451,3 @@ class Store:
         at start-up: it cannot tell a dead writer from another instance still streaming."""
         with self._write() as db:
             return db.execute("UPDATE messages SET status = 'stopped' WHERE status = 'streaming'").rowcount
-
-    # --- export: one consistent read, formatted by chatapp.export ---
-
-    def export_json(self, conversation_id: int) -> dict:
-        return conversation_json(*self._snapshot(conversation_id))
-
-    def export_markdown(self, conversation_id: int) -> str:
-        return conversation_markdown(*self._snapshot(conversation_id))

@@ -6,6 +6,7 @@ import sqlite3
 import pytest
 
 from chatapp import migrations
+from chatapp.export import export_json
 from chatapp.store import Alternatives, Store, StoreError
 
 
@@ -41,7 +42,7 @@ def test_regenerate_keeps_every_reply_and_browsing_swaps_the_shown_one(store):
     assert store.show_alternative(conv.id, +2) == Alternatives(2, 3)
     assert contents(store, conv.id) == ["Question", "third"]
     # What export writes is the shown reply.
-    assert [m["content"] for m in store.export_json(conv.id)["messages"]] == ["Question", "third"]
+    assert [m["content"] for m in export_json(store, conv.id)["messages"]] == ["Question", "third"]
 
     # Regenerating while an older reply is shown keeps it at its place; the new one is the newest.
     store.show_alternative(conv.id, -2)

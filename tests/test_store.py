@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from chatapp.export import export_json, export_markdown
 from chatapp.migrations import MIGRATIONS
 from chatapp.store import Store, StoreError, default_db_path
 
@@ -297,7 +298,7 @@ def test_export_markdown(store):
     store.add_message(c.id, "assistant", "", tool_calls=TOOL_CALLS)
     store.add_message(c.id, "tool", "sunny ```", tool_call_id="call_1", name="get_weather")
     store.add_message(c.id, "assistant", "half a rep", status="stopped")
-    md = store.export_markdown(c.id)
+    md = export_markdown(store, c.id)
     assert md.startswith("# Reverse a list?\n")
     assert "smollm2-135m" in md
     assert "## System\n\nYou are terse." in md
@@ -314,7 +315,7 @@ def test_export_json_round_trips(store):
     store.add_message(c.id, "user", "héllo")
     store.add_message(c.id, "assistant", "", tool_calls=TOOL_CALLS, meta={"tokens_per_second": 31.2})
     store.add_message(c.id, "tool", "18", tool_call_id="call_1", name="get_weather")
-    data = store.export_json(c.id)
+    data = export_json(store, c.id)
     assert json.loads(json.dumps(data)) == data
     assert data["conversation"]["id"] == c.id and data["conversation"]["title"] == "héllo"
     assert data["conversation"]["settings"] == {"temperature": 0.2}
@@ -323,7 +324,7 @@ def test_export_json_round_trips(store):
     assert data["messages"][1]["meta"] == {"tokens_per_second": 31.2}
     assert data["messages"][2]["status"] == "complete" and "created_at" in data["messages"][2]
     with pytest.raises(KeyError):
-        store.export_json(999)
+        export_json(store, 999)
 
 
 STREAMER = """

@@ -1,0 +1,25 @@
+"""What the app offers beyond its key bindings, as data: the command palette's entries (title,
+help, the `action_` method and its arguments) and the rows the help screen adds to the bindings."""
+
+PALETTE = (
+    ("New conversation", "Start a new conversation (ctrl+n)", "new_conversation", ()),
+    ("Stop generation", "Stop the reply being generated (Esc)", "stop", ()),
+    ("Regenerate reply", "Generate the last reply again (ctrl+r)", "regenerate", ()),
+    ("Edit message and resend", "Edit a user message and resend from there (F3)", "edit_message", ()),
+    ("Choose model", "Pick a model from models.toml (ctrl+o)", "pick_model", ()),
+    ("Conversation settings", "System prompt and sampling (ctrl+s)", "settings", ()),
+    ("Rename conversation", "Rename the current conversation (F2)", "rename", ()),
+    ("Delete conversation", "Delete the current conversation (F8)", "delete_conversation", ()),
+    ("Search conversations", "Search titles and messages (F6)", "search", ()),
+    ("Toggle sidebar", "Show or hide the conversation list (ctrl+b)", "toggle_sidebar", ()),
+    ("Export as Markdown", "Write the conversation to a .md file (asks where)", "export", ("markdown",)),
+    ("Export as JSON", "Write the conversation to a .json file (asks where)", "export", ("json",)),
+    ("Keys", "Show every key binding (F1)", "help", ()),
+)
+
+HELP_ROWS = (
+    ("ctrl+p", "Command palette (every action, themes)"),
+    ("enter", "Send the message"),
+    ("ctrl+j", "New line in the message (shift+enter too, if the terminal sends it)"),
+    ("enter / down", "In the search field: move into the results"),
+)

@@ -1,0 +1,67 @@
+"""What the chat history holds, as plain records: a conversation, a message, the alternatives of
+a reply. The store writes and reads them; export formats them without importing the store."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+STATUSES = frozenset({"complete", "streaming", "stopped", "error"})
+DEFAULT_TITLE = "New conversation"
+TITLE_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str  # the custom title, else derived from the first user message, else DEFAULT_TITLE
+    custom_title: bool
+    created_at: float  # unix seconds
+    updated_at: float  # unix seconds of the last message write: the sidebar's order
+    system_prompt: str | None
+    model: str | None  # a models.toml name or a path
+    settings: dict = field(default_factory=dict)  # sampling settings
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: int
+    seq: int  # 0, 1, 2, ... within the conversation
+    role: str
+    content: str
+    status: str
+    tool_calls: list[dict] | None  # OpenAI form: [{"id", "type": "function", "function": {"name", "arguments"}}]
+    tool_call_id: str | None
+    name: str | None  # the tool's name, for role "tool"
+    meta: dict
+    created_at: float
+
+    def to_openai(self) -> dict:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = copy.deepcopy(self.tool_calls)
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    """The replies to one user message: which is shown (0-based) and how many there are."""
+
+    shown: int
+    count: int
+
+
+def derive_title(first_user_message: str | None) -> str:
+    """The first non-blank line, whitespace collapsed, cut to TITLE_CHARS."""
+    for line in (first_user_message or "").splitlines():
+        line = " ".join(line.split())
+        if line:
+            return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+    return DEFAULT_TITLE
