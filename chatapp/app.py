@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
-from functools import partial
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from textual import on, work
@@ -16,17 +16,17 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 
-from engine.errors import EngineError
+from engine import EngineError
 
+from .commands import HELP_ROWS, PALETTE
+from .export import default_export_path, export_to_file
+from .model_loading import ModelLoading, model_label
 from .screens.approval import ApprovalScreen
 from .screens.dialogs import ConfirmScreen, TextPromptScreen
 from .screens.export import ExportScreen
 from .screens.help import HelpScreen
 from .screens.models import ModelPickerScreen
 from .screens.settings import SettingsScreen
-from .commands import HELP_ROWS, PALETTE
-from .export import default_export_path, export_to_file
-from .model_loading import ModelLoading, model_label
 from .store import Store
 from .tools.approval import ApprovalPolicy
 from .tools.builtin import FileAccess
@@ -92,7 +92,7 @@ class ChatApp(ModelLoading, App):
         self.model_error: str | None = None
         self.conversation_id: int | None = None
         self.job: Job | None = None
-        self.session = None  # engine.session.ChatSession of the open conversation
+        self.session = None  # engine.runtime.session.ChatSession of the open conversation
         self.session_conversation: int | None = None
         self.views: dict[int, MessageView] = {}
         self.tool_registry = tool_registry or ToolRegistry(FileAccess([Path(d) for d in allowed_dirs]))
@@ -225,7 +225,7 @@ class ChatApp(ModelLoading, App):
             return
         # One session (and KV cache) for the open conversation: the next turn prefills only
         # what is new. Switching conversation or model starts a fresh one.
-        from engine.session import ChatSession  # imports torch: only ever on this worker thread
+        from engine import ChatSession
 
         if self.session is None or self.session.model is not self.model or self.session_conversation != job.conversation_id:
             self.session, self.session_conversation = ChatSession(self.model), job.conversation_id
@@ -377,7 +377,7 @@ class ChatApp(ModelLoading, App):
         self.push_screen(TextPromptScreen("Edit the message and resend from there", target.content, multiline=True), resend)
 
     def action_pick_model(self) -> None:
-        from engine.registry import load_registry
+        from engine import load_registry
 
         try:
             registry = load_registry()

@@ -8,8 +8,16 @@ import json
 import sys
 from pathlib import Path
 
-from engine.argcheck import OneLineParser, check_args
-from engine.cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
+from engine.cli import (
+    OneLineParser,
+    add_model_args,
+    add_sampling_args,
+    check_args,
+    load_model,
+    print_stream,
+    run_cli,
+    sampling_kwargs,
+)
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -29,7 +37,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from engine.registry import find_local, load_registry, pull
+    from engine import find_local, load_registry, pull
 
     spec = load_registry().get(args.name)
     pulled = pull(spec, revision=args.revision, force=args.force)
@@ -45,7 +53,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from engine.registry import find_local, load_registry
+    from engine import find_local, load_registry
 
     registry = load_registry()
     rows = []

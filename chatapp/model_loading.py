@@ -9,7 +9,7 @@ from __future__ import annotations
 from textual import work
 from textual.message import Message
 
-from engine.errors import EngineError
+from engine import EngineError
 
 from .widgets.status import StatusBar
 from .worker import history_for_model
@@ -45,8 +45,7 @@ def model_label(name: str | None) -> str:
     """What a requested model is called: the name or path asked for, else the registry's default."""
     if name:
         return name
-    from engine.errors import RegistryError
-    from engine.registry import load_registry  # no torch: models.toml only
+    from engine import RegistryError, load_registry
 
     try:
         return load_registry().default or DEFAULT_LABEL

@@ -24,7 +24,14 @@ import platformdirs
 
 from chatapp.migrations import SchemaError, migrate
 from chatapp.records import (
-    DEFAULT_TITLE, ROLES, STATUSES, TITLE_CHARS, Alternatives, Conversation, Message, derive_title,
+    DEFAULT_TITLE,
+    ROLES,
+    STATUSES,
+    TITLE_CHARS,
+    Alternatives,
+    Conversation,
+    Message,
+    derive_title,
 )
 
 __all__ = ["Alternatives", "Conversation", "Message", "Store", "StoreError", "default_db_path", "derive_title",

@@ -15,17 +15,15 @@ from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from engine.errors import EngineError
-from engine.context import POLICY
-from engine.results import GenerationResult, TextDelta
-from engine.toolcalls import parse_tool_calls
+from engine import EngineError, GenerationResult, TextDelta, parse_tool_calls
+from engine.runtime import POLICY
 
 from .store import Message as StoredMessage
 from .store import Store
 from .tools.runner import MAX_CHAINED_CALLS, ToolRunner
 
 if TYPE_CHECKING:
-    from engine.session import ChatSession
+    from engine import ChatSession
 
 SAVE_INTERVAL = 0.25  # seconds between saves of a streaming reply: a crash loses at most this
 POST_INTERVAL = 0.05  # seconds between UI updates: tokens coalesce into one message

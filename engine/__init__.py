@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from .errors import (
     ContextOverflowError,
     EngineError,
@@ -24,10 +25,26 @@ from .errors import (
     RegistryError,
     TemplateError,
 )
+from .hub.spec import BACKENDS
 from .results import Event, GenerationResult, TextDelta
 
+# What the chat app and quant use, by name, without importing the stage (or torch) until asked.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Model": ".runtime.base",
+    "SamplingParams": ".runtime.sampling",
+    "ChatSession": ".runtime.session",
+    "ToolCall": ".text.toolcalls",
+    "ParsedReply": ".text.toolcalls",
+    "parse_tool_calls": ".text.toolcalls",
+    "ModelSpec": ".hub.spec",
+    "Registry": ".hub.registry",
+    "load_registry": ".hub.registry",
+    "find_local": ".hub.registry",
+    "pull": ".hub.registry",
+})
+
 if TYPE_CHECKING:
-    from .backends.base import Model
+    from .runtime.base import Model
 
 __all__ = [
     "load",
@@ -45,7 +62,6 @@ __all__ = [
     "NumericalError",
 ]
 
-BACKENDS = ("auto", "native", "gguf")
 
 
 def load(
@@ -74,8 +90,8 @@ def load(
     The model's `sampling_defaults` are its recommended sampling: a checkpoint folder's
     generation_config.json, overlaid by the models.toml entry's [models.NAME.sampling] table.
     """
-    from .device import check_dtype_name
-    from .registry import resolve
+    from .hub.registry import resolve
+    from .model.device import check_dtype_name
 
     check_dtype_name(dtype)
     if backend not in BACKENDS:
@@ -98,10 +114,10 @@ def _load(spec, path, *, backend, device, dtype, context_length, verbose, thread
     if backend == "auto":
         backend = spec.backend if spec is not None and spec.backend != "auto" else _auto_backend(device)
     if backend == "gguf":
-        from .backends.llamacpp import LlamaCppModel
+        from .runtime.llamacpp import LlamaCppModel
 
         return LlamaCppModel(path, name=name, context_length=context_length, verbose=verbose, n_threads=threads)
-    from .backends.native import NativeModel
+    from .runtime.native import NativeModel
 
     return NativeModel(path, name=name, device=device, dtype=dtype, context_length=context_length)
 
@@ -119,7 +135,7 @@ def _load_folder(path, *, name, backend, device, dtype, context_length) -> Model
         if backend == "gguf":
             raise ValueError(f"{path} is a Hugging Face checkpoint, which the native backend runs; use "
                              "backend='native' or 'auto' (llama.cpp needs it converted to GGUF first)")
-        from .backends.native import NativeModel
+        from .runtime.native import NativeModel
 
         return NativeModel.from_hf_folder(path, name=name, device=device, dtype=dtype, context_length=context_length)
     if not marker.is_file():
@@ -137,6 +153,6 @@ def _load_folder(path, *, name, backend, device, dtype, context_length) -> Model
 
 
 def _auto_backend(device: str | None) -> str:
-    from .device import pick_device
+    from .model.device import pick_device
 
     return "native" if pick_device(device).type in ("cuda", "mps") else "gguf"

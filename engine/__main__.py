@@ -21,7 +21,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .perplexity import perplexity
+    from .measure.perplexity import perplexity
 
     try:
         text = open(args.file, encoding="utf-8").read()
@@ -42,17 +42,17 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.worker:
-        from .bench_worker import run_worker
+        from .measure.bench_worker import run_worker
 
         return run_worker(args)
-    from .bench import run_bench
+    from .measure.bench import run_bench
 
     return run_bench(args)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Download and verify, as `chatapp pull` (which also prints a per-file report)."""
-    from .registry import load_registry, pull
+    from .hub.registry import load_registry, pull
 
     print(pull(load_registry().get(args.name)).path)
     return 0
@@ -60,7 +60,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """A short list; `chatapp models` gives the full table."""
-    from .registry import find_local, load_registry
+    from .hub.registry import find_local, load_registry
 
     registry = load_registry()
     for name, spec in registry.models.items():

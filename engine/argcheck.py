@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .sampling import SamplingParams
+from .runtime.sampling import SamplingParams
 
 
 class UsageError(Exception):
@@ -77,7 +77,7 @@ def check_args(args: argparse.Namespace, *, min_ints: dict[str, int] | None = No
         raise UsageError(f"--device: unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     dtype = getattr(args, "dtype", None)
     if dtype is not None:
-        from .device import check_dtype_name
+        from .model.device import check_dtype_name
 
         try:
             check_dtype_name(dtype)
@@ -99,7 +99,7 @@ def check_model_arg(model: Any, flag: str = "--model") -> None:
     if model is None:
         return
     from .errors import ModelNotFoundError
-    from .registry import load_registry, looks_like_path
+    from .hub.registry import load_registry, looks_like_path
 
     if looks_like_path(model) or Path(model).exists():
         path = Path(model).expanduser()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 
-from .argcheck import UsageError
+from .argcheck import OneLineParser, UsageError, check_args
 from .errors import EngineError
+from .hub.spec import BACKENDS
 from .results import Event, GenerationResult, TextDelta
-from .sampling import SamplingParams
+from .runtime.sampling import SamplingParams
+
+# The argument checks are part of what every CLI here shares.
+__all__ = ["OneLineParser", "UsageError", "add_model_args", "add_sampling_args", "check_args", "load_model",
+           "print_stream", "run_cli", "sampling_kwargs"]
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, model_flag: bool = True, subcommand: bool = False) -> None:
@@ -21,7 +25,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, model_flag: bool = True, 
     if model_flag:
         parser.add_argument("-m", "--model", default=default(None),
                             help="a models.toml name or a path to a .gguf file (default: the registry's default)")
-    parser.add_argument("--backend", default=default("auto"), choices=("auto", "native", "gguf"), help="inference backend (default: auto)")
+    parser.add_argument("--backend", default=default("auto"), choices=BACKENDS, help="inference backend (default: auto)")
     parser.add_argument("--device", default=default("auto"), help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--dtype", default=default("auto"), help="auto, float32, bfloat16 or float16 (default: auto)")
 

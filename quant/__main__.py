@@ -15,7 +15,7 @@ GGUF_KIND = {"int8": "q8_0", "int4": "q4_0"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.argcheck import OneLineParser
+    from engine.cli import OneLineParser
 
     p = OneLineParser(prog="quant", description="Quantize a model's weights to INT8 or INT4 for the native engine.")
     p.add_argument("model", help="a models.toml name, a .gguf file or a Hugging Face checkpoint folder")
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_request(args: argparse.Namespace) -> None:
     """Everything that can be refused before any model is read (UsageError: exit status 2)."""
-    from engine.argcheck import UsageError, check_args
+    from engine.cli import UsageError, check_args
 
     check_args(args, min_ints={"ctx": 16}, model_flag="MODEL")
     from .linear import SCHEMES
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from engine.errors import ModelFormatError
-    from engine.registry import resolve
+    from engine import ModelFormatError
+    from engine.hub import resolve
 
     from .checkpoint import folder_bytes, save_checkpoint, sha256_of
     from .linear import quantize_model
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
 def open_source(source: Path, *, name: str | None = None, dtype: str, pack_weights: bool = True):
     """The unquantized model on CPU, from a .gguf file or a Hugging Face checkpoint folder."""
-    from engine.backends.native import NativeModel
+    from engine.runtime import NativeModel
 
     if source.is_dir():
         return NativeModel.from_hf_folder(source, name=name, device="cpu", dtype=dtype, pack_weights=pack_weights)

@@ -7,12 +7,12 @@ A folder `quant` writes holds:
   (uint8 [out, in/2], two codes a byte, low nibble first), `<name>.scale` and `<name>.minimum`
   (float16 [out, groups], as in GGML's Q4_1); the token table as `tok_embeddings.weight_q/scale`; RMSNorm scales in
   float32; the RoPE inverse frequencies as `rope.inv_freq`. A tied head is stored once.
-- `model_args.json`: the `engine.config.ModelArgs` fields.
+- `model_args.json`: the `engine.model.config.ModelArgs` fields.
 - the text side, in the source's own form: from a GGUF source, `tokenizer_metadata.json` (the
   vocabulary, merges, special ids and chat template, as GGUF metadata keys: the engine's
   tokenizer and template read exactly these); from a Hugging Face folder, copies of its
-  tokenizer files (`engine.hf_text.TEXT_FILES`: tokenizer.json or tokenizer.model,
-  tokenizer_config.json, generation_config.json, ...), read by `engine.hf_text`.
+  tokenizer files (`engine.text.hf_text.TEXT_FILES`: tokenizer.json or tokenizer.model,
+  tokenizer_config.json, generation_config.json, ...), read by `engine.text.hf_text`.
 - `quantization.json`: what was done, tensor by tensor: scheme, group size and rounding of each
   quantized tensor, which stayed float and why, the source file and its sha256, the tool and
   torch versions. The loader trusts this file, never the folder or file names, for the scheme.
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from engine.config import ModelArgs, RopeScaling
-from engine.errors import ModelFormatError
+from engine import ModelFormatError
+from engine.model import ModelArgs, RopeScaling
 
 FORMAT = "chatapp-quantized"
 FORMAT_VERSION = 2  # 2: INT8 scales may be per group
@@ -50,7 +50,7 @@ def tool_version() -> str:
 
 
 def sha256_of(path: Path) -> str:
-    """The file's sha256, remembered as `chatapp pull` remembers it (engine.hub): quantizing the
+    """The file's sha256, remembered as `chatapp pull` remembers it (engine.hub.download): quantizing the
     same multi-GB source again does not read it twice."""
     from engine.hub import file_sha256
 
@@ -105,9 +105,9 @@ def save_checkpoint(
     Hugging Face source folder whose tokenizer files are copied (else `metadata`'s tokenizer
     keys are written).
     """
-    from engine.hf_text import TEXT_FILES
-
     from safetensors.torch import save_file
+
+    from engine.text import TEXT_FILES
 
     out_dir = Path(out_dir)
     check_output_folder(out_dir, force=force)
@@ -225,10 +225,9 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     """Read a folder `save_checkpoint` wrote into a NativeModel (the entry point engine.load uses)."""
     from safetensors import SafetensorError, safe_open
 
-    from engine.backends.native import NativeModel
-    from engine.hf_files import generation_defaults
-    from engine.device import pick_device, pick_dtype
-    from engine.model import Transformer
+    from engine.formats import generation_defaults
+    from engine.model import Transformer, pick_device, pick_dtype
+    from engine.runtime import NativeModel
 
     from .cpu_kernel import KERNEL_DTYPES, CPUQuantLinear
     from .linear import Int4Linear, Int8Embedding, Int8Linear, int8_scale_dtype
@@ -238,7 +237,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     args = _read_args(path)
     metadata, text_side = None, None
     if info.get("text_side") == "hugging face tokenizer files":
-        from engine.hf_text import load_hf_text_side
+        from engine.text import load_hf_text_side
 
         text_side = load_hf_text_side(path)
     else:

@@ -22,7 +22,7 @@ over 32 tokens took 112-119 ms through the kernel and 216-233 ms dequantized; th
 about 96 tokens (INT8) and 256 (INT4 g32, 500-520 ms either way). A chat turn's new tokens
 (a few dozen) therefore run through the kernel.
 
-`CPUQuantLinear` is an inference-only module (like `engine.packing.PackedLinear`): it holds
+`CPUQuantLinear` is an inference-only module (like `engine.model.packing.PackedLinear`): it holds
 only the kernel's layout, which `unpack_codes` reads back for prefill, and its scales in the
 activation dtype, so a loaded model keeps one copy of its weights: 1.25 bytes a weight for INT8
 at group 32 (the kernel takes a 16-bit scale and zero per group and plane), 0.625 for INT4. The layout is PyTorch's (blocks of 64 output rows; two rows a byte per
@@ -36,7 +36,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # the group sizes the kernel takes, largest first
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # the kernel is ~10x slower with float32 inputs

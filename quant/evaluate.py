@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.perplexity import chunk_scores
+from engine.measure import chunk_scores
 
 
 @dataclass

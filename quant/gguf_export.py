@@ -1,6 +1,6 @@
 """Export a float model of our engine to a GGUF file that llama.cpp loads, as Q8_0 or Q4_0.
 
-This is `engine.loader` run backwards: the fused projections are split into llama.cpp's
+This is `engine.model.load_gguf` run backwards: the fused projections are split into llama.cpp's
 tensors again, the Q/K rows go back into the converter's adjacent-pair layout, and the RoPE
 setup travels the way llama.cpp reads it (linear scaling as metadata keys; per-frequency
 divisors, which is how llama.cpp runs Llama 3.1-style scaling, as the `rope_freqs.weight`
@@ -42,8 +42,7 @@ from engine.model import plain_frequencies
 from .checkpoint import umask_mode
 
 if TYPE_CHECKING:
-    from engine.config import ModelArgs
-    from engine.model import Transformer
+    from engine.model import ModelArgs, Transformer
 
 KINDS = ("q8_0", "q4_0")
 QUANT_BLOCK = 32  # values per Q8_0 / Q4_0 block along a row
@@ -63,7 +62,7 @@ POLICY = {
 def permute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Reorder Q/K rows from Hugging Face's halves layout to llama.cpp's adjacent pairs.
 
-    The inverse of `engine.loader.unpermute_rope_rows`, and what llama.cpp's converter does:
+    The inverse of `engine.model.load_gguf.unpermute_rope_rows`, and what llama.cpp's converter does:
     each head's row s*hd/2 + j moves to row 2*j + s, (n_heads, 2, hd/2, dim) -> (n_heads, hd/2, 2, dim).
     """
     rows, dim = w.shape
@@ -157,7 +156,7 @@ def _add_tensor_info(w: gguf.GGUFWriter, t: _Planned) -> None:
 
 
 def _linear_weight(module: object, what: str) -> torch.Tensor:
-    # Prepacked (engine.packing) or quantized (quant.linear) modules hide or change their
+    # Prepacked (engine.model.packing) or quantized (quant.linear) modules hide or change their
     # weights; exporting needs the float matrix itself.
     if type(module) is not nn.Linear or module.bias is not None:
         raise ValueError(

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .linear import LAYER_LINEARS, layer_group_size
+from .policy import LAYER_LINEARS, layer_group_size
 from .schemes import _check_group_size, _check_matrix, dequantize_int4, pack_int4, quantize_int4_grouped
 
 DAMP = 0.1  # fraction of the mean Hessian diagonal added to the diagonal
@@ -87,8 +87,8 @@ def collect_hessians(
 ) -> dict[str, torch.Tensor]:
     """Run the float model over the calibration tokens; return H = 2/n X^T X per layer linear.
 
-    model: an `engine.model.Transformer`. Returns {"layers.{i}.attention.wqkv": H, ...}, one
-    float64 [in, in] matrix for each of `quant.linear.LAYER_LINEARS` in every layer, over the
+    model: an `engine.model.decoder.Transformer`. Returns {"layers.{i}.attention.wqkv": H, ...}, one
+    float64 [in, in] matrix for each of `quant.policy.LAYER_LINEARS` in every layer, over the
     n calibration tokens. The tokens are cut into independent sequences of `sequence_length`
     (see SEQUENCE_LENGTH for why), each run from position 0 through a fresh KV cache in passes of
     at most `chunk` tokens. `progress(tokens_done, total)` is called after each pass.
@@ -172,7 +172,7 @@ def _run_calibration(
     stop_after: nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """H = 2/n X^T X for each named linear, over `ids` run as independent sequences."""
-    from engine.cache import KVCache
+    from engine.model import KVCache
 
     embedding = model.tok_embeddings.weight
     window = min(sequence_length, model.args.context_length)

@@ -6,7 +6,7 @@ weights streamed from memory as in real decoding:
 
 | kernel (bfloat16 activations)                          | ms per token | weights read |
 |--------------------------------------------------------|-------------:|-------------:|
-| bfloat16, oneDNN prepacked (`engine.packing`)          |    11.2-12.3 |       212 MB |
+| bfloat16, oneDNN prepacked (`engine.model.packing`)          |    11.2-12.3 |       212 MB |
 | fbgemm dynamic INT8 (`quantized.linear_dynamic`)       |         14.7 |       106 MB |
 | INT8 per row, `aten._weight_int8pack_mm`               |     7.4-10.0 |       106 MB |
 | INT8 as two nibble planes, `_weight_int4pack_mm_for_cpu`, group 32 / 128 | 9.3 / 7.0 | 106 MB |
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cpu_kernel import KERNEL_DTYPES, CPUQuantLinear
+from .policy import LAYER_LINEARS, layer_group_size
 from .schemes import (
     GROUP_SIZES,
     dequantize_int4,
@@ -251,20 +252,6 @@ class Int4Linear(_KernelCache):
 
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 HEAD_GROUP_SIZE = 32  # INT8 groups of the token table and output head, in both schemes
-
-# The per-layer linears of engine.model.Transformer, by path inside each Block.
-LAYER_LINEARS = ("attention.wqkv", "attention.wo", "feed_forward.w13", "feed_forward.w2")
-
-
-def layer_group_size(in_features: int, group_size: int) -> int:
-    """The group size a layer of this input width gets: the one asked for if it divides the
-    width, else the largest smaller choice that does (the default model's 576-wide inputs take
-    64 when 128 is asked for). Widths no choice divides are refused."""
-    for g in sorted((g for g in GROUP_SIZES if g <= group_size), reverse=True):
-        if in_features % g == 0:
-            return g
-    raise ValueError(f"input width {in_features} is not a multiple of any group size up to {group_size}")
-
 
 def int8_group_size(in_features: int, group_size: int | None) -> int | None:
     """An INT8 tensor's group size: as `layer_group_size`, but per row (None) where no group fits."""

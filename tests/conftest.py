@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.bundled import distribution_file
+from engine.hub.bundled import distribution_file
 
 DATA = Path(__file__).parent / "data"
 

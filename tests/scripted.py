@@ -1,7 +1,7 @@
 """A scripted backend for UI-logic tests: the real tokenizer, template and streaming layer of the
 default model, with replies taken from a script instead of a network.
 
-It is a real `engine.backends.base.Model`: chat() renders the real template, counts real tokens,
+It is a real `engine.runtime.base.Model`: chat() renders the real template, counts real tokens,
 and streams through the real stop/cancel machinery; only the token ids come from the script.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from engine.backends.base import Model
 from engine.formats.gguf import read_gguf
-from engine.sampling import SamplingParams
-from engine.template import ChatTemplate
-from engine.tokenizer import load_tokenizer
+from engine.runtime.base import Model
+from engine.runtime.sampling import SamplingParams
+from engine.text.template import ChatTemplate
+from engine.text.tokenizer import load_tokenizer
 
 
 class ScriptedModel(Model):

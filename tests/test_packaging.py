@@ -28,7 +28,7 @@ def _tracked(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def wheel_names(tmp_path_factory) -> set[str]:
+def wheel(tmp_path_factory) -> Path:
     """Build the wheel from a copy of the tracked files only, as a clean checkout would."""
     src, dist = tmp_path_factory.mktemp("checkout"), tmp_path_factory.mktemp("dist")
     for rel in _tracked(ROOT):
@@ -39,7 +39,12 @@ def wheel_names(tmp_path_factory) -> set[str]:
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "--wheel-dir", str(dist), str(src)],
         check=True, capture_output=True, timeout=300,
     )
-    (wheel,) = dist.glob("chatapp-*.whl")
+    (built,) = dist.glob("chatapp-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_names(wheel) -> set[str]:
     with zipfile.ZipFile(wheel) as zf:
         return set(zf.namelist())
 
@@ -47,10 +52,16 @@ def wheel_names(tmp_path_factory) -> set[str]:
 def test_wheel_holds_every_tracked_package_file(wheel_names):
     """Whatever lives in a package folder besides code (styles, the registry) ships with it."""
     tracked = [p for p in _tracked(ROOT) if p.split("/")[0] in PACKAGES and not p.endswith(".py")]
-    assert "chatapp/app.tcss" in tracked and "engine/models.toml" in tracked
+    assert "chatapp/app.tcss" in tracked
     assert [p for p in tracked if p not in wheel_names] == []
     modules = [p for p in _tracked(ROOT) if p.split("/")[0] in PACKAGES and p.endswith(".py")]
     assert [p for p in modules if p not in wheel_names] == []
+
+
+def test_wheel_ships_the_registry_where_the_code_reads_it(wheel):
+    """models.toml lives at the top of the repository; setup.py puts it in engine/hub/."""
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read("engine/hub/models.toml") == (ROOT / "models.toml").read_bytes()
 
 
 def test_wheel_holds_every_data_file_the_code_names(wheel_names):

@@ -8,8 +8,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from engine.tokenizer import bytes_to_unicode
-
+from engine.text.tokenizer import bytes_to_unicode
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s", "a n", "Ġ w"]

@@ -14,8 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList, ProgressBar
 from textual.widgets.option_list import Option
 
-from engine.errors import EngineError
-from engine.registry import Registry, find_local
+from engine import EngineError, Registry, find_local
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all; 0 while unknown)
 Pull = Callable[[str, Progress], None]  # download a models.toml entry by name, reporting progress
@@ -36,7 +35,7 @@ def hub_reachable() -> bool:
 
 def pull_with_engine(registry: Registry) -> Pull:
     def pull(name: str, progress: Progress) -> None:
-        from engine.registry import pull as engine_pull
+        from engine import pull as engine_pull
 
         engine_pull(registry.get(name), progress=progress)
 

@@ -16,7 +16,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
-from engine.sampling import SamplingParams
+from engine import SamplingParams
 
 # (SamplingParams field, label, type); the label is what an error message names
 FIELDS = (

@@ -9,7 +9,7 @@
 Plugin authors need only `hookimpl` (and `Tool`, `Decision`, `ToolResult` for the finer hooks).
 """
 
-from engine.toolcalls import ParsedReply, ToolCall, parse_tool_calls
+from engine import ParsedReply, ToolCall, parse_tool_calls
 
 from .approval import ApprovalPolicy
 from .builtin import FileAccess

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import platformdirs
 
-from engine.toolcalls import ToolCall
+from engine import ToolCall
 
 from .hookspecs import hookimpl
 from .runner import Decision

@@ -6,15 +6,41 @@ user's `tools.py` in the config folder); the built-in tools use the same hooks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
-    from engine.toolcalls import ToolCall
+    from engine import ToolCall
 
-    from .runner import Decision, ToolResult
     from .tool import Tool
+
+@dataclass(frozen=True)
+class Decision:
+    """What a `before_tool_call` hook wants: deny the call, or run it with other arguments."""
+
+    denied: bool = False
+    reason: str = ""
+    arguments: dict | None = None  # replaces the call's arguments when not None
+
+    @classmethod
+    def deny(cls, reason: str = "") -> Decision:
+        return cls(denied=True, reason=reason)
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+    denied: bool = False
+
+    def to_message(self) -> dict:
+        """The OpenAI-style chat message that carries the result back to the model."""
+        return {"role": "tool", "tool_call_id": self.call_id, "name": self.name, "content": self.content}
+
 
 hookspec = pluggy.HookspecMarker("chatapp")
 hookimpl = pluggy.HookimplMarker("chatapp")

@@ -7,11 +7,11 @@ Every outcome is a `ToolResult` the model can read, errors included, so that it 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.toolcalls import ToolCall
+from engine import ToolCall
 
+from .hookspecs import Decision, ToolResult
 from .tool import ToolArgumentError, ToolExecutionError
 
 if TYPE_CHECKING:
@@ -23,32 +23,6 @@ __all__ = ["Decision", "ToolResult", "ToolRunner", "MAX_CHAINED_CALLS"]
 MAX_CHAINED_CALLS = 5
 # Results longer than this are cut: a whole file or listing would crowd out the conversation.
 MAX_RESULT_CHARS = 50_000
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a `before_tool_call` hook wants: deny the call, or run it with other arguments."""
-
-    denied: bool = False
-    reason: str = ""
-    arguments: dict | None = None  # replaces the call's arguments when not None
-
-    @classmethod
-    def deny(cls, reason: str = "") -> Decision:
-        return cls(denied=True, reason=reason)
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    call_id: str
-    name: str
-    content: str
-    is_error: bool = False
-    denied: bool = False
-
-    def to_message(self) -> dict:
-        """The OpenAI-style chat message that carries the result back to the model."""
-        return {"role": "tool", "tool_call_id": self.call_id, "name": self.name, "content": self.content}
 
 
 class ToolRunner:

@@ -6,7 +6,7 @@ from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Input, ListItem, ListView, Label
+from textual.widgets import Input, Label, ListItem, ListView
 
 from ..store import Conversation
 from .inert import inert

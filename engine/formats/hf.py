@@ -1,4 +1,5 @@
-"""Hugging Face checkpoint folders: config.json and safetensors weights, validated, into our Transformer.
+"""Hugging Face checkpoint folders: the safetensors files, read and validated (engine/model/load_hf.py
+builds our Transformer from them).
 
 A folder holds `config.json` and either one `model.safetensors` or shards listed by
 `model.safetensors.index.json` ({"weight_map": {tensor name: shard file name}}).
@@ -13,10 +14,6 @@ the file and the tensor.
 
 Pickle checkpoints (`pytorch_model.bin`, `*.pt`, `*.pth`, `*.ckpt`) are never opened: unpickling
 can run arbitrary code.
-
-Tensor names map onto `engine.model.Transformer` without any row permutation (Hugging Face's
-rotary layout is ours); Q/K/V rows (and Qwen2's biases) are concatenated into `wqkv`, gate and
-up into `w13`. Tokenizers are not read here.
 """
 
 from __future__ import annotations
@@ -28,14 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..config import ModelArgs
 from ..errors import ModelFormatError, ModelNotFoundError
-from ..hf_files import _read_json
-from ..model import Transformer, rope_frequencies
+from .hf_files import read_json
 
-__all__ = ["SafetensorsTensor", "hf_weight_files", "load_hf_weights", "read_hf_config", "read_safetensors_header"]
+__all__ = ["SafetensorsTensor", "hf_weight_files", "read_safetensors_header"]
 
 CONFIG, SINGLE, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -48,9 +41,9 @@ _ITEMSIZE = {
     "U32": 4, "I32": 4, "F32": 4,
     "U64": 8, "I64": 8, "F64": 8,
 }
-_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 # Saved by some older checkpoints and recomputed by every loader, ours included.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 @dataclass(frozen=True)
@@ -62,21 +55,7 @@ class SafetensorsTensor:
     end: int
 
 
-def read_hf_config(folder: str | Path) -> ModelArgs:
-    """The folder's config.json as ModelArgs."""
-    folder = _folder(folder)
-    _refuse_pickle_only(folder)  # before the config: that is the problem to report
-    path = folder / CONFIG
-    if not path.is_file():
-        raise ModelFormatError(f"{folder}: no {CONFIG}, so this is not a Hugging Face model folder")
-    config = _read_json(path, required=True)
-    try:
-        return ModelArgs.from_hf_config(config)
-    except ModelFormatError as e:
-        raise ModelFormatError(f"{path}: {str(e).removeprefix(CONFIG + ': ')}") from None
-
-
-def _folder(folder: str | Path) -> Path:
+def checkpoint_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelNotFoundError(f"{folder} is not a folder")
@@ -159,17 +138,17 @@ def hf_weight_files(folder: str | Path) -> dict[str, tuple[Path, SafetensorsTens
     `model.safetensors` if present, else the shards of `model.safetensors.index.json`; a folder
     with only pickle checkpoints is refused, with the reason.
     """
-    folder = _folder(folder)
+    folder = checkpoint_folder(folder)
     if (folder / SINGLE).is_file():
         path = folder / SINGLE
         return {name: (path, t) for name, t in read_safetensors_header(path).items()}
     if (folder / INDEX).is_file():
         return _sharded(folder / INDEX)
-    _refuse_pickle_only(folder)
+    refuse_pickle_only(folder)
     raise ModelFormatError(f"{folder}: no {SINGLE} or {INDEX}")
 
 
-def _refuse_pickle_only(folder: Path) -> None:
+def refuse_pickle_only(folder: Path) -> None:
     """A folder with pickle checkpoints and no safetensors: say why it will not be opened."""
     if (folder / SINGLE).is_file() or (folder / INDEX).is_file():
         return
@@ -183,7 +162,7 @@ def _refuse_pickle_only(folder: Path) -> None:
 
 
 def _sharded(index_path: Path) -> dict[str, tuple[Path, SafetensorsTensor]]:
-    index = _read_json(index_path, required=True)
+    index = read_json(index_path, required=True)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelFormatError(f"{index_path}: no weight_map object")
@@ -206,94 +185,3 @@ def _sharded(index_path: Path) -> dict[str, tuple[Path, SafetensorsTensor]]:
     return out
 
 
-def _expected_tensors(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-    """Hugging Face tensor name -> shape, for every tensor this model needs."""
-    dim, q, kv = args.dim, args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
-    shapes = {"model.embed_tokens.weight": (args.vocab_size, dim), "model.norm.weight": (dim,)}
-    if not args.tied_output:
-        shapes["lm_head.weight"] = (args.vocab_size, dim)
-    for i in range(args.n_layers):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (dim,),
-            p + "self_attn.q_proj.weight": (q, dim),
-            p + "self_attn.k_proj.weight": (kv, dim),
-            p + "self_attn.v_proj.weight": (kv, dim),
-            p + "self_attn.o_proj.weight": (dim, q),
-            p + "post_attention_layernorm.weight": (dim,),
-            p + "mlp.gate_proj.weight": (args.ffn_dim, dim),
-            p + "mlp.up_proj.weight": (args.ffn_dim, dim),
-            p + "mlp.down_proj.weight": (dim, args.ffn_dim),
-        })
-        if args.qkv_bias:
-            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
-                           p + "self_attn.v_proj.bias": (kv,)})
-    return shapes
-
-
-def load_hf_weights(folder: str | Path, args: ModelArgs, *, dtype: torch.dtype, device: torch.device | str) -> Transformer:
-    """A Transformer with the folder's safetensors weights, in `dtype` on `device` (norms in float32).
-
-    Every tensor the model needs must be present with its exact shape and a float dtype, and
-    every tensor present must be one the model uses: an unknown one (an o_proj bias, say)
-    would otherwise be dropped silently and the model run wrongly. With tied embeddings, a
-    stored `lm_head.weight` is ignored, as transformers ignores it.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    folder = _folder(folder)
-    files = hf_weight_files(folder)
-    expected = _expected_tensors(args)
-    for name, shape in expected.items():
-        if name not in files:
-            raise ModelFormatError(f"{folder}: tensor {name!r} is missing")
-        path, entry = files[name]
-        if entry.dtype not in _FLOAT_DTYPES:
-            raise ModelFormatError(f"{path}: tensor {name!r} is {entry.dtype}, not a float type")
-        if entry.shape != shape:
-            raise ModelFormatError(f"{path}: tensor {name!r} has shape {entry.shape}, the config says {shape}")
-    ignorable = {"lm_head.weight"} if args.tied_output else set()
-    unknown = sorted(n for n in files if n not in expected and n not in ignorable and not n.endswith(_IGNORED_SUFFIXES))
-    if unknown:
-        raise ModelFormatError(
-            f"{files[unknown[0]][0]}: tensor {unknown[0]!r} is not part of a {args.n_layers}-layer model "
-            f"this engine runs ({len(unknown)} such tensors)"
-        )
-
-    handles: dict[Path, Any] = {}
-
-    def tensor(name: str, run_dtype: torch.dtype = dtype) -> torch.Tensor:
-        path = files[name][0]
-        try:
-            if path not in handles:
-                handles[path] = safe_open(str(path), framework="pt", device="cpu")  # memory-mapped
-            t = handles[path].get_tensor(name)
-        except (OSError, SafetensorError) as e:
-            raise ModelFormatError(f"{path}: cannot read tensor {name!r} ({e})") from None
-        return t.to(device=device, dtype=run_dtype)
-
-    state: dict[str, torch.Tensor] = {
-        "tok_embeddings.weight": tensor("model.embed_tokens.weight"),
-        "norm.weight": tensor("model.norm.weight", torch.float32),
-    }
-    if not args.tied_output:
-        state["output.weight"] = tensor("lm_head.weight")
-    for i in range(args.n_layers):
-        p, h = f"layers.{i}.", f"model.layers.{i}."
-        attn = h + "self_attn."
-        state[p + "attention.wqkv.weight"] = torch.cat([tensor(attn + f"{x}_proj.weight") for x in "qkv"])
-        if args.qkv_bias:
-            state[p + "attention.wqkv.bias"] = torch.cat([tensor(attn + f"{x}_proj.bias") for x in "qkv"])
-        state[p + "attention.wo.weight"] = tensor(attn + "o_proj.weight")
-        state[p + "feed_forward.w13.weight"] = torch.cat(
-            (tensor(h + "mlp.gate_proj.weight"), tensor(h + "mlp.up_proj.weight"))
-        )
-        state[p + "feed_forward.w2.weight"] = tensor(h + "mlp.down_proj.weight")
-        state[p + "attention_norm.weight"] = tensor(h + "input_layernorm.weight", torch.float32)
-        state[p + "ffn_norm.weight"] = tensor(h + "post_attention_layernorm.weight", torch.float32)
-    handles.clear()
-
-    # inv_freq is a non-persistent buffer, not in the state dict: built here on the real device.
-    model = Transformer.empty(args, rope_frequencies(args).to(device))
-    model.load_state_dict(state, assign=True, strict=True)
-    return model.eval().requires_grad_(False)

@@ -1,0 +1,166 @@
+"""The native backend: our PyTorch Transformer on CUDA, MPS or CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..formats.gguf import read_gguf
+from ..model.cache import KVCache, PromptCache, common_prefix
+from ..model.config import ModelArgs
+from ..model.decoder import Transformer
+from ..model.device import pick_device, pick_dtype, release_freed_memory
+from ..model.load_gguf import load_gguf_model
+from ..model.packing import can_pack, pack_linears
+from .base import Model
+from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from ..text.hf_text import HFTextSide
+
+PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
+
+
+class NativeModel(Model):
+    backend = "native"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        context_length: int | None = None,
+        pack_weights: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        with read_gguf(self.path) as gguf:
+            self.metadata = gguf.metadata
+            self.args = ModelArgs.from_gguf(gguf.metadata, frozenset(gguf.tensors))
+            self._load_text_side(gguf.metadata)  # before the weights: a bad vocabulary fails fast
+            self.model: Transformer = load_gguf_model(gguf, self.args, dtype=self.dtype, device=self.device)
+        self._finish_load(pack_weights, context_length)
+
+    def _finish_load(self, pack_weights: bool, context_length: int | None) -> None:
+        # On CPU, prepacked oneDNN weights decode ~1.3x faster (engine/model/packing.py). The quant
+        # command asks for the plain modules, since it swaps them itself.
+        if pack_weights and can_pack(self.device, self.dtype):
+            pack_linears(self.model)
+        if self.device.type == "cpu":
+            release_freed_memory()
+        self.sampling_defaults = {}
+        self.context_length = min(context_length or self.args.context_length, self.args.context_length)
+
+    @classmethod
+    def from_transformer(
+        cls,
+        model: Transformer,
+        metadata: dict | None,
+        *,
+        path: Path,
+        name: str | None = None,
+        device: torch.device,
+        dtype: torch.dtype,
+        context_length: int | None = None,
+        text_side: HFTextSide | None = None,
+        pack_weights: bool = True,
+    ) -> NativeModel:
+        """Wrap a Transformer built elsewhere (a Hugging Face folder, a quantized checkpoint) with
+        its tokenizer and chat template: `text_side` from Hugging Face tokenizer files, else
+        GGUF-style `metadata`. Packs any float linears on CPU unless `pack_weights` is False."""
+        self = cls.__new__(cls)
+        self.path, self.name = Path(path), name or Path(path).name
+        self.device, self.dtype = device, dtype
+        self.metadata, self.args = metadata or {}, model.args
+        if text_side is not None:
+            self.tokenizer, self.template = text_side.tokenizer, text_side.template
+        else:
+            self._load_text_side(self.metadata)
+        self.model = model
+        self._finish_load(pack_weights, context_length)
+        return self
+
+    @classmethod
+    def from_hf_folder(
+        cls,
+        folder: Path,
+        *,
+        name: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        context_length: int | None = None,
+        pack_weights: bool = True,
+    ) -> NativeModel:
+        """A Hugging Face checkpoint folder: config.json, safetensors weights (engine/formats/hf.py)
+        and its tokenizer files (engine/text/hf_text.py)."""
+        from ..formats.hf_files import generation_defaults
+        from ..model.load_hf import load_hf_weights, read_hf_config
+        from ..text.hf_text import load_hf_text_side
+
+        device = pick_device(device)
+        dtype = pick_dtype(dtype, device)
+        args = read_hf_config(folder)
+        text_side = load_hf_text_side(folder)  # before the weights: a bad tokenizer fails fast
+        model = load_hf_weights(folder, args, dtype=dtype, device=device)
+        self = cls.from_transformer(model, None, path=folder, name=name, device=device, dtype=dtype,
+                                    context_length=context_length, text_side=text_side, pack_weights=pack_weights)
+        self.sampling_defaults = generation_defaults(Path(folder))
+        return self
+
+    def new_cache(self, max_seq_len: int) -> KVCache:
+        return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+        ids = self.encode_prompt(ids) if len(ids) else []
+        if not ids:
+            return torch.empty(0, self.args.vocab_size)
+        cache = self.new_cache(len(ids))
+        out = [self._forward(ids[i : i + PREFILL_CHUNK], cache, last_only=False) for i in range(0, len(ids), PREFILL_CHUNK)]
+        return torch.cat(out).float().cpu()
+
+    def _forward(self, ids: Sequence[int], cache: KVCache, *, last_only: bool) -> torch.Tensor:
+        tokens = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        return self.model(tokens, cache, last_only=last_only)[0]  # (T or 1, vocab)
+
+    @torch.inference_mode()
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+        sampler, processors = params.sampler(), params.processors()
+        # The cache holds the prompt and every generated token but the last (never fed back).
+        needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), self.context_length)
+        if cache is None:
+            cache = PromptCache()
+        if cache.kv is None:
+            cache.kv = self.new_cache(needed)
+        # Reuse the longest common prefix; decode at least one token to get fresh logits.
+        reused = min(common_prefix(cache.ids, prompt_ids), len(prompt_ids) - 1)
+        cache.kv.trim(cache.kv.offset - reused)
+        cache.kv.ensure(needed)
+        cache.ids, cache.reused = prompt_ids[:reused], reused
+        kv = cache.kv
+        for i in range(reused, len(prompt_ids), PREFILL_CHUNK):
+            chunk = prompt_ids[i : i + PREFILL_CHUNK]
+            logits = self._forward(chunk, kv, last_only=True)
+            cache.ids += chunk
+        history = list(prompt_ids)
+        # Checkpoints often pad the embedding past the tokenizer (Qwen2.5: 151,936 rows for
+        # 151,665 tokens); ids with no token are never sampled.
+        n_tokens = self.tokenizer.vocab_size
+        while True:
+            next_logits = logits[-1, :n_tokens].float()
+            for process in processors:
+                next_logits = process(history, next_logits)
+            token = sampler(next_logits)
+            yield token
+            history.append(token)
+            if kv.offset >= kv.max_seq_len:
+                return  # the context window is full
+            logits = self._forward([token], kv, last_only=True)
+            cache.ids.append(token)

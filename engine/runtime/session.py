@@ -1,0 +1,49 @@
+"""A chat session: one conversation's KV cache kept across turns, and the context-window policy.
+
+Turn N prefills only the tokens after the longest common prefix with what turn N-1 left in the
+cache, so regenerate and edit trim the cache back instead of starting over. Before a turn would
+overflow the window, the oldest turns are dropped (the system prompt stays) and the result says
+how many messages were left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from ..model.cache import PromptCache
+from ..results import Event, GenerationResult
+from .base import Model
+from .context import fit_to_context
+from .sampling import SamplingParams
+
+
+class ChatSession:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.cache = PromptCache()
+
+    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, max_tokens: int | None = None, **sampling) -> Iterator[Event]:
+        """Like Model.chat, with prefix reuse and the overflow policy; ContextOverflowError when
+        the newest message alone does not fit."""
+        model = self.model
+        if max_tokens is None:
+            max_tokens = SamplingParams.max_tokens
+        fitted = fit_to_context(
+            messages,
+            lambda msgs: model.encode_chat(msgs, tools=tools),
+            context_length=model.context_length,
+            reply_tokens=max_tokens,
+        )
+        room = model.context_length - fitted.prompt_tokens
+        events = model.generate(fitted.ids, max_tokens=max(1, min(max_tokens, room)), cache=self.cache, **sampling)
+        for event in events:
+            if isinstance(event, GenerationResult):
+                event = dataclasses.replace(event, dropped_messages=fitted.dropped)
+            yield event
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the storage is kept for the next turn)."""
+        self.cache.ids, self.cache.reused = [], 0
+        if self.cache.kv is not None:
+            self.cache.kv.reset()

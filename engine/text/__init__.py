@@ -1,0 +1,15 @@
+"""Text handling: tokenizers (GGUF BPE and SentencePiece vocabularies, Hugging Face tokenizer
+files), chat templates rendered in a sandbox, and tool-call parsing."""
+
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ToolCall": ".toolcalls",
+    "ParsedReply": ".toolcalls",
+    "parse_tool_calls": ".toolcalls",
+    "HFTextSide": ".hf_text",
+    "TEXT_FILES": ".hf_text",
+    "load_hf_text_side": ".hf_text",
+    "ChatTemplate": ".template",
+    "Tokenizer": ".tokenizer",
+})
