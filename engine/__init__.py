@@ -23,6 +23,7 @@ from .errors import (
     ModelNotFoundError,
     NumericalError,
     RegistryError,
+    RequestError,
     TemplateError,
 )
 from .hub.spec import BACKENDS
@@ -57,6 +58,7 @@ __all__ = [
     "ModelFormatError",
     "GGUFError",
     "RegistryError",
+    "RequestError",
     "TemplateError",
     "ContextOverflowError",
     "NumericalError",
@@ -95,10 +97,10 @@ def load(
 
     check_dtype_name(dtype)
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        raise RequestError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if context_length is not None and (isinstance(context_length, bool) or not isinstance(context_length, int)
                                        or context_length < 1):
-        raise ValueError(f"context_length must be an integer >= 1 (None: the model's own), got {context_length!r}")
+        raise RequestError(f"context_length must be an integer >= 1 (None: the model's own), got {context_length!r}")
     spec, path = resolve(model)
     loaded = _load(spec, path, backend=backend, device=device, dtype=dtype, context_length=context_length,
                    verbose=verbose, threads=threads)
@@ -133,7 +135,7 @@ def _load_folder(path, *, name, backend, device, dtype, context_length) -> Model
     marker = path / "quantization.json"
     if not marker.is_file() and (path / "config.json").is_file():
         if backend == "gguf":
-            raise ValueError(f"{path} is a Hugging Face checkpoint, which the native backend runs; use "
+            raise RequestError(f"{path} is a Hugging Face checkpoint, which the native backend runs; use "
                              "backend='native' or 'auto' (llama.cpp needs it converted to GGUF first)")
         from .runtime.native import NativeModel
 
@@ -143,7 +145,7 @@ def _load_folder(path, *, name, backend, device, dtype, context_length) -> Model
                                "quantization.json); give a .gguf file, a Hugging Face checkpoint folder "
                                "or a folder written by `quant`")
     if backend == "gguf":
-        raise ValueError(f"{path} is a quantized checkpoint for the native backend; use backend='native' or 'auto' "
+        raise RequestError(f"{path} is a quantized checkpoint for the native backend; use backend='native' or 'auto' "
                          "(or write a GGUF file with `quant ... --format gguf`)")
     loaders = {ep.name: ep for ep in entry_points(group="engine.checkpoint_loaders")}
     if "chatapp-quantized" not in loaders:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .argcheck import OneLineParser, check_args
 from .cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
+from .errors import RequestError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -26,7 +27,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     try:
         text = open(args.file, encoding="utf-8").read()
     except UnicodeDecodeError:
-        raise ValueError(f"{args.file}: not UTF-8 text") from None
+        raise RequestError(f"{args.file}: not UTF-8 text") from None
     model = load_model(args)
     ids = model.tokenizer.encode(text, add_special=False)
     bos = model.tokenizer.bos_id if model.tokenizer.add_bos else None

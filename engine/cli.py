@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from .argcheck import OneLineParser, UsageError, check_args
 from .errors import EngineError
@@ -99,7 +101,10 @@ def print_stream(events: Iterator[Event], *, stats: bool = False) -> GenerationR
 
 
 def run_cli(prog: str, main: Callable[[], int | None]) -> int:
-    """Run `main`, turning the errors a user can cause into one line on stderr and an exit code."""
+    """Run `main`: the project's typed errors (and argument errors) become one line on stderr and
+    an exit code; so do failures of the machine around it (a disk full, a file not readable:
+    OSError). Anything else is a bug, and hiding it behind a one-liner would hide the bug: its
+    traceback is written to a file and a short report says where."""
     try:
         return main() or 0
     except UsageError as e:
@@ -111,6 +116,31 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> int:
         return 130
     except BrokenPipeError:
         return 141
-    except (EngineError, ValueError, OSError) as e:
+    except (EngineError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - the last resort for bugs: report, never swallow
+        return _report_bug(prog, e)
+
+
+def _report_bug(prog: str, error: Exception) -> int:
+    """Print where it failed and write the full traceback under the user log dir; exit status 70
+    (EX_SOFTWARE: an internal error)."""
+    import time
+    import traceback
+
+    from platformdirs import user_log_dir
+
+    text = "".join(traceback.format_exception(error))
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f" at {frame.filename}:{frame.lineno}" if frame else ""
+    print(f"{prog}: internal error (a bug, not something you did): {type(error).__name__}: {error}{where}", file=sys.stderr)
+    try:
+        folder = Path(user_log_dir("chatapp"))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(f"{prog} {' '.join(sys.argv[1:])}\n\n{text}")
+        print(f"{prog}: the full traceback is in {path}; please include it in a bug report", file=sys.stderr)
+    except OSError:
+        sys.stderr.write(text)
+    return 70

@@ -5,6 +5,12 @@ class EngineError(Exception):
     """Base class for every error the engine raises on purpose."""
 
 
+class RequestError(EngineError, ValueError):
+    """A request that cannot be carried out as asked: a device that is not here, a backend that
+    cannot read this model, an operation this model does not allow. Also a ValueError, so code
+    that catches bad values keeps catching it."""
+
+
 class ModelNotFoundError(EngineError):
     """A model name or path that resolves to nothing on this machine."""
 

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine import RequestError
+
 GGUF_KIND = {"int8": "q8_0", "int4": "q4_0"}
 
 
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise ModelFormatError(f"{source} is not a Hugging Face checkpoint folder (no config.json)"
                                + ("; it is already quantized" if (source / "quantization.json").is_file() else ""))
     if hf_folder and args.format == "gguf":
-        raise ValueError("--format gguf needs a .gguf source (it keeps the source's GGUF vocabulary); convert "
+        raise RequestError("--format gguf needs a .gguf source (it keeps the source's GGUF vocabulary); convert "
                          "the folder with llama.cpp's convert_hf_to_gguf.py first")
     group_size = args.group_size or 32
     print(f"quant: reading {source.name} ({source_bytes(source) / 1e6:.1f} MB)", file=sys.stderr)
@@ -160,7 +162,7 @@ def calibrate(args: argparse.Namespace, model, group_size: int) -> tuple[dict, d
 
     ids = model.tokenizer.encode(args.calibrate.read_text(encoding="utf-8", errors="replace"))
     if len(ids) < SEQUENCE_LENGTH:
-        raise ValueError(f"--calibrate: {args.calibrate} holds only {len(ids)} tokens; give at least "
+        raise RequestError(f"--calibrate: {args.calibrate} holds only {len(ids)} tokens; give at least "
                          f"{SEQUENCE_LENGTH} (better 2,000 or more) of text like the model's real use")
     method = "sequential" if args.sequential else "one pass"
     print(f"quant: calibrating on {len(ids)} tokens of {args.calibrate.name} ({method})", file=sys.stderr)
@@ -189,7 +191,7 @@ def run_eval(args: argparse.Namespace, source: Path, spec) -> None:
     reference = open_source(source, dtype="float32")
     ids = reference.tokenizer.encode(args.eval.read_text(encoding="utf-8", errors="replace"))
     if len(ids) < 32:
-        raise ValueError(f"--eval: {args.eval} holds only {len(ids)} tokens; give a longer text")
+        raise RequestError(f"--eval: {args.eval} holds only {len(ids)} tokens; give a longer text")
     kind = "safetensors" if source.is_dir() else source.suffix[1:]
     models = [
         (f"source ({kind}) in float32", reference, source_bytes(source)),

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine import RequestError
 from engine.model import plain_frequencies
 
 from .checkpoint import umask_mode
@@ -68,7 +69,7 @@ def permute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     rows, dim = w.shape
     head_dim = rows // n_heads
     if head_dim * n_heads != rows or head_dim % 2:
-        raise ValueError(f"{rows} rows do not split into {n_heads} heads of an even size")
+        raise RequestError(f"{rows} rows do not split into {n_heads} heads of an even size")
     return w.reshape(n_heads, 2, head_dim // 2, dim).transpose(1, 2).reshape(rows, dim)
 
 
@@ -103,10 +104,10 @@ def export_gguf(
     OSError if the output folder cannot be written. out_path is replaced only on success.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown GGUF export kind {kind!r}: choose one of {', '.join(KINDS)}")
+        raise RequestError(f"unknown GGUF export kind {kind!r}: choose one of {', '.join(KINDS)}")
     out_path = Path(out_path)
     if out_path.is_dir():
-        raise ValueError(f"{out_path} is a folder: give the path of the .gguf file to write")
+        raise RequestError(f"{out_path} is a folder: give the path of the .gguf file to write")
     plan = _plan_tensors(model, kind.upper())
     _check_block_widths(plan)
     copied_keys = _copied_keys(metadata, model.args.vocab_size)
@@ -126,7 +127,7 @@ def export_gguf(
             for done, t in enumerate(plan, 1):
                 values = t.values()
                 if not np.isfinite(values).all():
-                    raise ValueError(f"{t.name} holds NaN or infinite values: this model cannot be exported")
+                    raise RequestError(f"{t.name} holds NaN or infinite values: this model cannot be exported")
                 w.write_tensor_data(gguf.quants.quantize(values, gguf.GGMLQuantizationType[t.ggml_type]))
                 if progress is not None:
                     progress(done, len(plan))
@@ -159,12 +160,12 @@ def _linear_weight(module: object, what: str) -> torch.Tensor:
     # Prepacked (engine.model.packing) or quantized (quant.linear) modules hide or change their
     # weights; exporting needs the float matrix itself.
     if type(module) is not nn.Linear or module.bias is not None:
-        raise ValueError(
+        raise RequestError(
             f"{what} is a {type(module).__name__}, not a plain bias-free nn.Linear: export a float model "
             f"loaded with NativeModel(path, dtype='float32', pack_weights=False), before any quantization"
         )
     if not module.weight.is_floating_point() or module.weight.is_meta:
-        raise ValueError(f"{what} has no float weights ({module.weight.dtype}, {module.weight.device})")
+        raise RequestError(f"{what} has no float weights ({module.weight.dtype}, {module.weight.device})")
     return module.weight
 
 
@@ -174,10 +175,10 @@ def _plan_tensors(model: Transformer, layer_type: str) -> list[_Planned]:
     if args.rope_dim != args.head_dim:
         # The loader refuses partial RoPE too; the row permutation would have to skip the
         # unrotated dimensions of each head.
-        raise ValueError(f"partial RoPE ({args.rope_dim} of {args.head_dim} dims) cannot be exported")
+        raise RequestError(f"partial RoPE ({args.rope_dim} of {args.head_dim} dims) cannot be exported")
     if args.qkv_bias or args.sliding_window is not None:
         # The export writes arch 'llama', which llama.cpp runs without biases or a window.
-        raise ValueError("Q/K/V biases (Qwen2) and sliding-window attention (Mistral) cannot be exported to a 'llama' GGUF")
+        raise RequestError("Q/K/V biases (Qwen2) and sliding-window attention (Mistral) cannot be exported to a 'llama' GGUF")
     q_size, kv_size = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     plan = [_Planned("token_embd.weight", model.tok_embeddings.weight, EMBEDDING_TYPE)]
     freq_factors = _rope_freq_factors(model)
@@ -219,16 +220,16 @@ def _check_shapes(plan: list[_Planned], args: ModelArgs) -> None:
     for t in plan:
         shape = expected[t.name.split(".")[-2]]
         if tuple(t.source.shape) != shape:
-            raise ValueError(f"{t.name} has shape {tuple(t.source.shape)}, but the model args say {shape}")
+            raise RequestError(f"{t.name} has shape {tuple(t.source.shape)}, but the model args say {shape}")
     n_layers = sum(t.name.endswith("attn_q.weight") for t in plan)
     if n_layers != args.n_layers:
-        raise ValueError(f"the model has {n_layers} layers, but its args say {args.n_layers}")
+        raise RequestError(f"the model has {n_layers} layers, but its args say {args.n_layers}")
 
 
 def _check_block_widths(plan: list[_Planned]) -> None:
     bad = [f"{t.name} ({t.source.shape[-1]})" for t in plan if t.ggml_type != "F32" and t.source.shape[-1] % QUANT_BLOCK]
     if bad:
-        raise ValueError(
+        raise RequestError(
             f"Q8_0/Q4_0 need row widths that are multiples of {QUANT_BLOCK}; these are not: "
             f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}"
         )
@@ -246,16 +247,16 @@ def _rope_freq_factors(model: Transformer) -> torch.Tensor | None:
     args = model.args
     inv_freq = model.inv_freq.detach().to("cpu", torch.float64)
     if inv_freq.shape != (args.rope_dim // 2,):
-        raise ValueError(f"model.inv_freq has shape {tuple(inv_freq.shape)}, expected ({args.rope_dim // 2},)")
+        raise RequestError(f"model.inv_freq has shape {tuple(inv_freq.shape)}, expected ({args.rope_dim // 2},)")
     plain = plain_frequencies(args.rope_base, args.rope_dim)
     scaling = args.rope_scaling
     if scaling is not None and scaling.kind == "linear":
         plain = plain / scaling.factor
     elif scaling is not None and scaling.kind != "llama3":
-        raise ValueError(f"RoPE scaling {scaling.kind!r} cannot be exported (linear and llama3 can)")
+        raise RequestError(f"RoPE scaling {scaling.kind!r} cannot be exported (linear and llama3 can)")
     factors = plain / inv_freq
     if not (torch.isfinite(factors).all() and (factors > 0).all()):
-        raise ValueError("model.inv_freq holds zero or non-finite frequencies: RoPE cannot be exported")
+        raise RequestError("model.inv_freq holds zero or non-finite frequencies: RoPE cannot be exported")
     # float32 inverse frequencies are good to ~1e-7 relative: below that, there are no divisors.
     if (factors - 1).abs().max() < 1e-6:
         return None
@@ -299,9 +300,9 @@ def _copied_keys(metadata: dict, vocab_size: int) -> dict[str, tuple[Any, Any, A
 
     tokens = metadata.get("tokenizer.ggml.tokens")
     if not isinstance(metadata.get("tokenizer.ggml.model"), str) or not isinstance(tokens, list):
-        raise ValueError("the source metadata has no tokenizer (tokenizer.ggml.model and tokenizer.ggml.tokens)")
+        raise RequestError("the source metadata has no tokenizer (tokenizer.ggml.model and tokenizer.ggml.tokens)")
     if len(tokens) != vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokens)} tokens but the model's vocabulary is {vocab_size}")
+        raise RequestError(f"the tokenizer has {len(tokens)} tokens but the model's vocabulary is {vocab_size}")
 
     def scalar_type(key: str, value: Any) -> Any:
         if isinstance(value, bool):
@@ -312,7 +313,7 @@ def _copied_keys(metadata: dict, vocab_size: int) -> dict[str, tuple[Any, Any, A
             return V.FLOAT32
         if isinstance(value, int):
             return V.UINT32 if value >= 0 else V.INT32  # token ids and counts: uint32 in llama.cpp
-        raise ValueError(f"metadata {key!r} has a value of type {type(value).__name__} that cannot be written")
+        raise RequestError(f"metadata {key!r} has a value of type {type(value).__name__} that cannot be written")
 
     out: dict[str, tuple[Any, Any, Any]] = {}
     for key, value in metadata.items():
@@ -326,7 +327,7 @@ def _copied_keys(metadata: dict, vocab_size: int) -> dict[str, tuple[Any, Any, A
         if not isinstance(value, list):
             out[key] = (value, scalar_type(key, value), None)
         elif not value:
-            raise ValueError(f"metadata {key!r} is an empty array, which the gguf writer cannot write")
+            raise RequestError(f"metadata {key!r} is an empty array, which the gguf writer cannot write")
         else:
             if key == "tokenizer.ggml.precompiled_charsmap":
                 element = V.UINT8  # raw bytes of a SentencePiece normalizer
@@ -335,7 +336,7 @@ def _copied_keys(metadata: dict, vocab_size: int) -> dict[str, tuple[Any, Any, A
                 if element is V.UINT32:
                     element = V.INT32  # token types and other integer arrays are int32
             if len({type(v) for v in value}) != 1:
-                raise ValueError(f"metadata {key!r} is an array of mixed values that cannot be written")
+                raise RequestError(f"metadata {key!r} is an array of mixed values that cannot be written")
             out[key] = (value, V.ARRAY, element)
     return out
 

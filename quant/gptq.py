@@ -47,6 +47,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from engine import RequestError
+
 from .policy import LAYER_LINEARS, layer_group_size
 from .schemes import _check_group_size, _check_matrix, dequantize_int4, pack_int4, quantize_int4_grouped
 
@@ -151,13 +153,13 @@ def _stop_forward(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
 
 def _calibration_ids(model: nn.Module, token_ids: Sequence[int], sequence_length: int, chunk: int) -> list[int]:
     if chunk < 1 or sequence_length < 1:
-        raise ValueError(f"calibration sequences and chunks need at least one token, got {sequence_length} and {chunk}")
+        raise RequestError(f"calibration sequences and chunks need at least one token, got {sequence_length} and {chunk}")
     ids = [int(t) for t in token_ids]
     vocab = model.args.vocab_size
     if not ids:
-        raise ValueError("calibration needs at least one token: give it a non-empty text")
+        raise RequestError("calibration needs at least one token: give it a non-empty text")
     if min(ids) < 0 or max(ids) >= vocab:
-        raise ValueError(f"calibration token ids must lie in 0..{vocab - 1}")
+        raise RequestError(f"calibration token ids must lie in 0..{vocab - 1}")
     return ids
 
 

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import RequestError
+
 from .cpu_kernel import KERNEL_DTYPES, CPUQuantLinear
 from .policy import LAYER_LINEARS, layer_group_size
 from .schemes import (
@@ -293,11 +295,11 @@ def quantize_model(
     All layers are checked first, so a bad request changes nothing.
     """
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
+        raise RequestError(f"unknown quantization scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
     if group_size not in GROUP_SIZES and not (scheme == "int8" and group_size is None):
-        raise ValueError(f"{scheme.upper()} group size must be one of {GROUP_SIZES}, got {group_size}")
+        raise RequestError(f"{scheme.upper()} group size must be one of {GROUP_SIZES}, got {group_size}")
     if hessians and scheme != "int4":
-        raise ValueError("GPTQ calibration applies to int4 only")
+        raise RequestError("GPTQ calibration applies to int4 only")
 
     targets: list[tuple[str, nn.Module, str, nn.Linear]] = []  # (full name, parent, attribute, linear)
     for i, layer in enumerate(model.layers):
@@ -307,20 +309,20 @@ def quantize_model(
             targets.append((f"layers.{i}.{path}", parent, attr, getattr(parent, attr)))
     for name, _, _, linear in targets:
         if not isinstance(linear, nn.Linear):
-            raise ValueError(f"{name} is {type(linear).__name__}, not nn.Linear: is the model already quantized?")
+            raise RequestError(f"{name} is {type(linear).__name__}, not nn.Linear: is the model already quantized?")
         if scheme == "int4":
             try:
                 layer_group_size(linear.in_features, group_size)
             except ValueError as e:
-                raise ValueError(f"{name}: {e}") from None
+                raise RequestError(f"{name}: {e}") from None
         # Scales (and INT4 minimums) are stored in float16: refuse weights they cannot hold now,
         # before any layer is swapped.
         limit = FLOAT16_MAX if scheme == "int4" else FLOAT16_MAX * 127
         if (scheme == "int4" or int8_group_size(linear.in_features, group_size)) and linear.weight.abs().max() > limit:
-            raise ValueError(f"{name}: weights up to {float(linear.weight.abs().max()):.3g} do not fit the float16 "
+            raise RequestError(f"{name}: weights up to {float(linear.weight.abs().max()):.3g} do not fit the float16 "
                              f"scales of {scheme.upper()} (limit {limit:.3g})")
     if not isinstance(model.tok_embeddings, nn.Embedding) or not (model.output is None or isinstance(model.output, nn.Linear)):
-        raise ValueError("the token embedding or output head is not a float module: is the model already quantized?")
+        raise RequestError("the token embedding or output head is not a float module: is the model already quantized?")
 
     quantized: dict[str, dict] = {}
     steps = len(targets) + 1

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from engine import RequestError
+
 from .schemes import GROUP_SIZES
 
 # The per-layer linears of engine.model.decoder.Transformer, by path inside each Block.
@@ -16,4 +18,4 @@ def layer_group_size(in_features: int, group_size: int) -> int:
     for g in sorted((g for g in GROUP_SIZES if g <= group_size), reverse=True):
         if in_features % g == 0:
             return g
-    raise ValueError(f"input width {in_features} is not a multiple of any group size up to {group_size}")
+    raise RequestError(f"input width {in_features} is not a multiple of any group size up to {group_size}")

@@ -92,3 +92,27 @@ def test_ctrl_c_mid_generation_exits_cleanly():
     assert proc.returncode == 130
     assert "Traceback" not in err and "interrupted" in err
     assert len(first + rest) > 20
+
+
+def test_a_bug_is_reported_with_its_traceback_not_hidden_in_one_line(tmp_path, monkeypatch, capsys):
+    """Only the project's typed errors are one-liners; anything else is a bug: the report says so,
+    where it happened, and where the full traceback was written."""
+    from engine.cli import run_cli
+    from engine.errors import RequestError
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+
+    def broken():
+        return {}["missing"]
+
+    assert run_cli("chatapp", broken) == 70
+    err = capsys.readouterr().err
+    assert "internal error" in err and "KeyError" in err and "test_cli.py" in err
+    (crash,) = (tmp_path / "chatapp" / "log").glob("crash-*.txt")
+    assert "Traceback" in crash.read_text() and "def broken" not in err
+
+    def refused():
+        raise RequestError("device 'cuda' was asked for, but this PyTorch build sees no CUDA GPU")
+
+    assert run_cli("chatapp", refused) == 1
+    assert capsys.readouterr().err == "chatapp: error: device 'cuda' was asked for, but this PyTorch build sees no CUDA GPU\n"

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError, ModelFormatError, ModelNotFoundError
+from ..errors import EngineError, ModelFormatError, ModelNotFoundError, RequestError
 
 if TYPE_CHECKING:
     from .spec import ModelSpec
@@ -104,7 +104,7 @@ def fetch(spec: ModelSpec, revision: str | None, *, force: bool, progress: Progr
     bars with calls (bytes done, bytes in all), from the downloading thread."""
     if hub_offline():
         if force:
-            raise ValueError(f"--force downloads {spec.name!r} again, which offline mode forbids; unset HF_HUB_OFFLINE first")
+            raise RequestError(f"--force downloads {spec.name!r} again, which offline mode forbids; unset HF_HUB_OFFLINE first")
         path = _cached(spec, revision)
         if path is None:
             raise ModelNotFoundError(f"model {spec.name!r} is not downloaded, and offline mode (HF_HUB_OFFLINE) is on: "

@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..argcheck import UsageError
-from ..errors import ContextOverflowError, EngineError
+from ..errors import ContextOverflowError, EngineError, RequestError
 
 # name -> (backend, dtype), in table order; raw llama-cpp-python is the reference for the ratios.
 CONFIGS = {
@@ -99,7 +99,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     for folder in args.quantized:
         if not (folder / "quantization.json").is_file():
-            raise ValueError(f"--quantized {folder}: not a folder written by `quant` (no quantization.json)")
+            raise RequestError(f"--quantized {folder}: not a folder written by `quant` (no quantization.json)")
     # The quantized rows go before the llama.cpp ones, next to the native rows they compare with.
     jobs = [(c, c, None) for c in configs if CONFIGS[c][0] == "native"]
     jobs += [(f"native {folder.name}", "quantized", str(folder)) for folder in args.quantized]

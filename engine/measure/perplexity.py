@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import RequestError
+
 
 @dataclass(frozen=True)
 class PerplexityResult:
@@ -40,9 +42,9 @@ def perplexity(
 ) -> PerplexityResult:
     """logits_fn(ids) -> [len(ids), vocab] logits; ids: the whole tokenized text."""
     if ctx < 16:
-        raise ValueError(f"--ctx must be at least 16 tokens, got {ctx}")
+        raise RequestError(f"--ctx must be at least 16 tokens, got {ctx}")
     if len(ids) < 2 * 16:
-        raise ValueError(f"the text is only {len(ids)} tokens; perplexity needs at least 32")
+        raise RequestError(f"the text is only {len(ids)} tokens; perplexity needs at least 32")
     ctx = min(ctx, len(ids))
     n_chunks = len(ids) // ctx
     first = ctx // 2

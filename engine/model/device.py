@@ -6,6 +6,8 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import RequestError
+
 if TYPE_CHECKING:  # torch loads only when a device or dtype is actually picked
     import torch
 
@@ -16,7 +18,7 @@ ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "flo
 def check_dtype_name(requested: str | None) -> None:
     """Reject an unknown dtype name before anything heavy loads (whatever the backend)."""
     if isinstance(requested, str) and requested != "auto" and ALIASES.get(requested, requested) not in DTYPE_NAMES:
-        raise ValueError(f"unknown dtype {requested!r}: use auto, float32, bfloat16 or float16")
+        raise RequestError(f"unknown dtype {requested!r}: use auto, float32, bfloat16 or float16")
 
 
 def pick_device(requested: str | torch.device | None = None) -> torch.device:
@@ -32,11 +34,11 @@ def pick_device(requested: str | torch.device | None = None) -> torch.device:
     try:
         device = torch.device(requested)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps") from e
+        raise RequestError(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but this PyTorch build sees no CUDA GPU")
+        raise RequestError("device 'cuda' was asked for, but this PyTorch build sees no CUDA GPU")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' was asked for, but Apple Metal is not available here")
+        raise RequestError("device 'mps' was asked for, but Apple Metal is not available here")
     return device
 
 
@@ -60,7 +62,7 @@ def pick_dtype(requested: str | torch.dtype | None, device: torch.device) -> tor
 
     if isinstance(requested, torch.dtype):
         if requested not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"unsupported dtype {requested}; use float32, bfloat16 or float16")
+            raise RequestError(f"unsupported dtype {requested}; use float32, bfloat16 or float16")
         return requested
     if requested is None or requested == "auto":
         if device.type == "cuda":

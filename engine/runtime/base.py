@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, RequestError
 from ..model.cache import PromptCache
 from ..results import Event, GenerationResult
 from ..text.template import ChatTemplate
@@ -125,7 +125,7 @@ class Model(ABC):
         else:
             ids = list(prompt)
         if not ids:
-            raise ValueError("the prompt is empty")
+            raise RequestError("the prompt is empty")
         if len(ids) >= self.context_length:
             raise ContextOverflowError(
                 f"the prompt is {len(ids)} tokens, but the context window of {self.name} is "
