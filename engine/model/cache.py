@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from ..errors import ContextOverflowError
 from .config import ModelArgs
+
+
+class KVStore(Protocol):
+    """What `Attention` asks of a cache: store one layer's new keys and values, return the keys
+    and values to attend over.
+
+    `returns_whole_bucket` says what comes back. False (`KVCache`): only the filled positions,
+    so a one-token decode needs no mask and `Attention` drops keys older than its sliding
+    window itself. True (`engine.runtime.static.StaticKVCache`): the whole fixed-capacity
+    storage, the same shape every step, and the caller's mask hides unfilled slots and keys
+    outside the window.
+    """
+
+    returns_whole_bucket: bool
+
+    def update_and_fetch(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class KVCache:
@@ -22,6 +40,8 @@ class KVCache:
     keys are gone, so a regenerated or edited chat turn would have to be prefilled from the
     start), and Qwen2 mixes windowed and full layers in one model.
     """
+
+    returns_whole_bucket = False  # see KVStore
 
     def __init__(
         self,

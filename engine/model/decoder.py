@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import KVCache
+from .cache import KVCache, KVStore
 from .config import ModelArgs
 from .rope import apply_rope, dynamic_ntk_frequencies, rope_frequencies, rope_tables
 
@@ -68,8 +68,11 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: KVStore | None,
     ) -> torch.Tensor:
+        """mask: bool (T, S) over the S keys attended to, or None (see `attention_mask`). With a
+        cache that returns its whole bucket, the mask is always given, decode included: it
+        hides the unfilled slots and the keys outside a sliding window."""
         B, T, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         qk, v = self.wqkv(x).split((q_size + kv_size, kv_size), dim=-1)
@@ -77,19 +80,21 @@ class Attention(nn.Module):
         qk = apply_rope(qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim), cos, sin)
         q, k = qk.transpose(1, 2).split((self.n_heads, self.n_kv_heads), dim=1)  # (B, heads, T, head_dim)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        whole_bucket = cache is not None and cache.returns_whole_bucket
         if cache is not None:
             k, v = cache.update_and_fetch(self.layer, k, v)  # (B, n_kv_heads, S, head_dim)
-        if self.window is not None:
+        if self.window is not None and not whole_bucket:
             # Keys before the first query's window are outside every query's window: keep the
             # last window + T - 1, (B, n_kv_heads, <= window + T - 1, head_dim), as `mask` expects.
             keep = self.window + T - 1
             k, v = k[:, :, -keep:], v[:, :, -keep:]
         if T == 1:
             # Decode: fold each KV head's query heads into the query-length axis, (B, n_kv_heads,
-            # group, head_dim). The one new token sees every key it is given, so no mask is
-            # needed, and CPU kernels run this shape ~5x faster in bfloat16 than enable_gqa.
+            # group, head_dim): CPU kernels run this shape ~5x faster in bfloat16 than enable_gqa.
+            # From a `KVCache` the one new token sees every key it is given (mask None); over a
+            # whole bucket the (1, S) mask broadcasts over the group, all at one position.
             group = self.n_heads // self.n_kv_heads
-            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, group, self.head_dim), k, v)
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, group, self.head_dim), k, v, attn_mask=mask)
             y = y.reshape(B, self.n_heads, 1, self.head_dim)
         else:
             y = F.scaled_dot_product_attention(
@@ -193,8 +198,10 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask if window is None else window_masks[window], cache)
         if cache is not None:
             cache.advance(T)
-        if last_only:
-            x = x[:, -1:]
+        return self.head(x[:, -1:] if last_only else x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm and output projection: hidden states (B, T, dim) -> logits (B, T, vocab)."""
         x = self.norm(x)
         # Call an untied head as a module, so quantization can swap it like any other linear.
         return F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)
