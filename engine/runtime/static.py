@@ -178,6 +178,12 @@ class StaticDecoder:
         self._offset -= n
         return n
 
+    def ensure(self, capacity: int) -> None:
+        """Move now into the bucket that holds `capacity` positions (copying the filled prefix),
+        so the next steps up to there change no bucket and, on CUDA, capture nothing mid-reply.
+        A larger bucket costs attention over more keys; without this, buckets grow on demand."""
+        self._enter_bucket(capacity)
+
     def reset(self) -> None:
         """Start over (a new conversation); the next prompt starts in the smallest bucket that fits."""
         self._offset = 0
