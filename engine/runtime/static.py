@@ -41,6 +41,7 @@ import torch
 from ..errors import ContextOverflowError
 from ..model.config import ModelArgs
 from ..model.decoder import Transformer
+from ..model.packing import PackedLinear
 from ..model.rope import rope_tables
 
 MIN_BUCKET = 256  # smallest KV bucket: attention over 256 keys costs next to nothing
@@ -152,6 +153,9 @@ class StaticDecoder:
             raise ValueError(f"step must be one of {STEP_KINDS}, got {step!r}")
         if self.step == "graph" and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
+        if self.step == "compile" and any(isinstance(m, PackedLinear) for m in model.modules()):
+            # inductor lowers mkldnn._linear_pointwise only for weights it froze itself.
+            raise ValueError("torch.compile cannot run oneDNN-prepacked linears: load with pack_weights=False")
         self._layer_windows = [self.args.layer_window(i) for i in range(self.args.n_layers)]
         self._windows = sorted(set(self._layer_windows) - {None})
         self._buckets: dict[int, _Bucket] = {}
