@@ -155,20 +155,30 @@ def measure_plain(model: Transformer, steps: int) -> dict:
 
 
 def attention_backends(model: Transformer) -> str:
-    """Which SDPA backends can run the static decode step alone (CUDA only)."""
+    """Which SDPA backends can run each phase of the static path alone (CUDA only)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    ok = []
-    for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
-        dec = StaticDecoder(model, step="eager")
-        try:
-            with sdpa_kernel([backend]):
+    out = []
+    for phase in ("prefill", "decode"):
+        ok = []
+        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION):
+            dec = StaticDecoder(model, step="eager")
+            if phase == "decode":
                 dec.prefill([1, 2, 3])
-                dec.decode(4)
-            ok.append(backend.name.lower())
-        except RuntimeError:
-            pass
-    return ", ".join(ok) or "none"
+            try:
+                with sdpa_kernel([backend]), torch.inference_mode():
+                    bucket = dec._enter_bucket(dec.offset + 16)
+                    if phase == "prefill":
+                        dec._hidden(bucket, torch.ones(1, 16, dtype=torch.long, device=dec.device),
+                                    torch.arange(16, device=dec.device))
+                    else:
+                        dec._decode_step(bucket)
+                torch.cuda.synchronize()
+                ok.append(backend.name.lower().replace("_attention", ""))
+            except RuntimeError:
+                pass
+        out.append(f"{phase}: {', '.join(ok) or 'math only'}")
+    return "; ".join(out)
 
 
 def main() -> None:

@@ -22,9 +22,13 @@ plans). Here nothing changes shape from token to token:
   the 1B shape), no guards to recompile, and the eager kernels here are graph-safe. On CPU the
   step runs eager: `torch.compile` of it measured no faster on the 2-core reference machine
   (figures in `CPU_STEP_MEASUREMENTS`), and compiling costs seconds at start-up.
-- Attention kernels: on CUDA both phases run SDPA's memory-efficient kernel (math as fallback),
-  which takes the mask, plans nothing per shape and can be captured; cuDNN attention (planned
-  per key length) and flash (no mask with GQA) are kept out. On CPU SDPA's own choice serves.
+- Attention kernels, on CUDA (on CPU SDPA's own choice serves). Decode: `Attention` folds each
+  KV head's query group into the query axis, so heads match and SDPA's memory-efficient kernel
+  takes the mask; it plans nothing per shape and can be captured. Prefill (not captured): cuDNN
+  attention, which takes GQA with a mask; it plans once per shape, and padded chunks over fixed
+  buckets make those few. Flash is kept out (no mask with GQA), and mem-efficient cannot take
+  GQA, so prefill falls back to math if cuDNN declines. `tools/gpu_check_static.py` reports
+  which backends run each phase alone.
 
 Dynamic NTK RoPE is not supported here (`supports`): its frequencies depend on where each
 forward pass ends, which a table indexed by position cannot express; such models use the plain
@@ -213,7 +217,7 @@ class StaticDecoder:
             bucket = self._enter_bucket(start + padded)
             tokens = torch.tensor([chunk + [0] * (padded - n)], dtype=torch.long, device=self.device)  # (1, padded)
             positions = torch.arange(start, start + padded, device=self.device)  # (padded,)
-            with self._kernels():
+            with self._kernels("prefill"):
                 hidden = self._hidden(bucket, tokens, positions)  # (1, padded, dim)
             self._offset += n
         return self.model.head(hidden[:, n - 1 : n])[0]  # (1, vocab)
@@ -238,7 +242,8 @@ class StaticDecoder:
         elif self._compiled is not None:
             logits = self._compiled(bucket)
         else:
-            logits = self._decode_step(bucket)
+            with self._kernels("decode"):
+                logits = self._decode_step(bucket)
         self._offset += 1
         return logits[0]  # (1, vocab)
 
@@ -265,13 +270,14 @@ class StaticDecoder:
         """The captured/compiled unit: bucket.token at bucket.position -> logits (1, 1, vocab)."""
         return self.model.head(self._hidden(bucket, bucket.token, bucket.position))
 
-    def _kernels(self) -> contextlib.AbstractContextManager:
-        """SDPA backends for this device (see the module docstring)."""
+    def _kernels(self, phase: str) -> contextlib.AbstractContextManager:
+        """SDPA backends for "prefill" or "decode" on this device (see the module docstring)."""
         if self.device.type != "cuda":
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        first = SDPBackend.CUDNN_ATTENTION if phase == "prefill" else SDPBackend.EFFICIENT_ATTENTION
+        return sdpa_kernel([first, SDPBackend.MATH])
 
     def _capture(self, bucket: _Bucket) -> None:
         """Capture `bucket`'s decode step as a CUDA graph, with the real token and position in
@@ -280,14 +286,14 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream(self.device))
         # Warm up outside the capture: cuBLAS handles, workspaces and lazy module state are
         # created on first use, which a capture may not do.
-        with torch.cuda.stream(side), self._kernels():
+        with torch.cuda.stream(side), self._kernels("decode"):
             for _ in range(2):
                 self._decode_step(bucket)
         torch.cuda.current_stream(self.device).wait_stream(side)
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool), self._kernels():
+        with torch.cuda.graph(graph, pool=self._graph_pool), self._kernels("decode"):
             bucket.logits = self._decode_step(bucket)
         bucket.graph = graph
 
