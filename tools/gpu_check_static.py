@@ -5,7 +5,8 @@ On CUDA (the lead's H200 run, under 3 minutes):
 compares the decode step replayed as a CUDA graph with the same step run eager, and the plain
 path (`Transformer.forward` with a `KVCache`) for reference, on the Llama-3.2-1B and
 SmolLM2-135M shapes in bfloat16. On CPU, `--device cpu` compares eager with `torch.compile`
-(with the weights oneDNN-packed, as the native backend loads them on CPU). `--tiny` runs a
+(both with plain linears: inductor cannot lower the oneDNN-prepacked ones the native backend
+uses on CPU; `--kinds` without compile packs them). `--tiny` runs a
 tiny shape, so the script can be checked anywhere.
 
 Prints one summary table: per shape and step kind, decode ms/step and tok/s (greedy, the next
@@ -201,7 +202,8 @@ def main() -> None:
           f"{dtype}, {steps} decode steps, {torch.get_num_threads()} CPU threads", flush=True)
     rows = []
     for shape in shapes:
-        model = build(shape, device, dtype, pack=not cuda)
+        # inductor cannot lower the oneDNN-prepacked linears: compare compiled and eager unpacked.
+        model = build(shape, device, dtype, pack=not cuda and "compile" not in kinds)
         note = f"SDPA backends that run the step alone: {attention_backends(model)}" if cuda else ""
         eager = measure_static(model, "eager", steps, None)
         rows.append((shape, eager))

@@ -20,8 +20,7 @@ plans). Here nothing changes shape from token to token:
   replayed across turns and conversations. Captured directly rather than through
   `torch.compile(mode="reduce-overhead")`: no compile time on a fresh process (it took 25 s for
   the 1B shape), no guards to recompile, and the eager kernels here are graph-safe. On CPU the
-  step runs eager: `torch.compile` of it measured no faster on the 2-core reference machine
-  (figures in `CPU_STEP_MEASUREMENTS`), and compiling costs seconds at start-up.
+  step runs eager (see the note above `supports`); `step="compile"` is there to measure it.
 - Attention kernels, on CUDA (on CPU SDPA's own choice serves). Decode: `Attention` folds each
   KV head's query group into the query axis, so heads match and SDPA's memory-efficient kernel
   takes the mask; it plans nothing per shape and can be captured. Prefill (not captured): cuDNN
@@ -52,10 +51,13 @@ MIN_BUCKET = 256  # smallest KV bucket: attention over 256 keys costs next to no
 PREFILL_LENGTHS = (16, 64, 256, 512)  # a prefill chunk is padded to the first that holds it
 STEP_KINDS = ("eager", "graph", "compile")
 
-# Per-token decode time of the static step, eager vs `torch.compile(fullgraph=True)`, on the
-# 2-core reference machine (SmolLM2-135M shape, random weights, oneDNN-packed linears, 256-key
-# bucket). Kept here because it decides `default_step("cpu")`.
-CPU_STEP_MEASUREMENTS = "filled in below"
+# CPU: eager, not `torch.compile`. Measured on the 2-core machine (SmolLM2-135M shape, random
+# bf16 weights, 256-key bucket), while other jobs held a load of ~9: compiling the step took
+# 136 s, and inductor cannot lower the oneDNN-prepacked linears (engine/model/packing.py), so a
+# compiled step gives up the 1.3x they bring. Per-step medians over 6 interleaved rounds, eager
+# packed 1015 ms, eager unpacked 1570 ms, compiled unpacked 1086 ms, spread 0.2-4.2 s: the load
+# swamped any difference, so these decide nothing but the start-up cost. Re-measure on an idle
+# machine (`tools/gpu_check_static.py --device cpu`) before changing `default_step`.
 
 
 def supports(args: ModelArgs) -> bool:
