@@ -413,3 +413,20 @@ def pack_for_cuda(model: nn.Module) -> int:
                     setattr(module, name, packed)
                     swapped += 1
     return swapped
+
+
+def quantize_for_inference(model: nn.Module, scheme: str, *, group_size: int | None = 32, dtype: torch.dtype) -> dict:
+    """`quantize_model`, then each layer in its device's kernel layout (`pack_for_cpu` for 16-bit
+    activations on CPU, `pack_for_cuda` in bfloat16 on CUDA), as loading a quantized folder
+    does. The engine's bench reaches this through the "engine.model_quantizers" entry point,
+    for models it builds in memory. Returns `quantize_model`'s report with "packed", how many
+    layers went to a kernel layout."""
+    report = quantize_model(model, scheme, group_size)
+    device = model.norm.weight.device
+    if device.type == "cpu" and dtype in KERNEL_DTYPES:
+        report["packed"] = pack_for_cpu(model, dtype)
+    elif device.type == "cuda" and dtype == torch.bfloat16:
+        report["packed"] = pack_for_cuda(model)
+    else:
+        report["packed"] = 0
+    return report

@@ -79,6 +79,16 @@ PROMPT_TEXT = (
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "shape", None):  # a random-weight model of a named shape (engine.measure.bench_shape)
+        for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
+                                   ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
+            if value < least:
+                raise UsageError(f"{flag} must be at least {least}, got {value}")
+        from .bench_shape import run_shape_bench
+
+        return run_shape_bench(args)
+    if getattr(args, "scheme", None):
+        raise UsageError("--scheme applies to --shape models; for a quantized folder use --quantized DIR")
     configs = _parse_configs(args.configs)
     for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
                                ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
@@ -178,6 +188,9 @@ def _run_worker(config: str, args: argparse.Namespace, prompt: list[int], contex
            "--threads", str(args.threads), "--device", args.device]
     if model or args.model:
         cmd += ["--model", str(model or args.model)]
+    if config == "shape":
+        cmd += ["--shape", args.shape, "--prompt-tokens", str(args.prompt_tokens), "--group-size", str(args.group_size)]
+        cmd += ["--scheme", args.scheme] if args.scheme else []
     # The worker must import this same engine package, wherever the parent was started from.
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds the engine package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
