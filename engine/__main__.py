@@ -50,6 +50,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .measure.bench_worker import run_worker
 
         return run_worker(args)
+    if args.shape:
+        from .measure.bench_shape import run_shape_bench
+
+        return run_shape_bench(args)
     from .measure.bench import run_bench
 
     return run_bench(args)

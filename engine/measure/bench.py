@@ -79,24 +79,10 @@ PROMPT_TEXT = (
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if getattr(args, "shape", None):  # a random-weight model of a named shape (engine.measure.bench_shape)
-        for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
-                                   ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
-            if value < least:
-                raise UsageError(f"{flag} must be at least {least}, got {value}")
-        from .bench_shape import run_shape_bench
-
-        return run_shape_bench(args)
-    if getattr(args, "scheme", None):
+    check_settings(args)
+    if getattr(args, "scheme", None):  # `--shape` runs go to engine.measure.bench_shape instead
         raise UsageError("--scheme applies to --shape models; for a quantized folder use --quantized DIR")
     configs = _parse_configs(args.configs)
-    for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
-                               ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
-        if value < least:
-            raise UsageError(f"{flag} must be at least {least}, got {value}")
-    if args.device != "auto" and args.device not in ("cpu", "mps") and not args.device.startswith("cuda"):
-        raise UsageError(f"--device: unknown device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
-
     from ..hub.registry import resolve
 
     spec, path = resolve(args.model)  # unknown models fail here, before any worker starts
@@ -152,6 +138,16 @@ def run_bench(args: argparse.Namespace) -> int:
     }
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """The counts and the device, checked before anything loads (also for `--shape` runs)."""
+    for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
+                               ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least}, got {value}")
+    if args.device != "auto" and args.device not in ("cpu", "mps") and not args.device.startswith("cuda"):
+        raise UsageError(f"--device: unknown device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def _parse_configs(text: str | None) -> list[str]:

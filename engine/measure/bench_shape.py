@@ -177,8 +177,9 @@ def run_shape_worker(opts: argparse.Namespace) -> int:
 
 
 def run_shape_bench(opts: argparse.Namespace) -> int:
-    from .bench import _run_worker, machine_info
+    from .bench import _run_worker, check_settings, machine_info
 
+    check_settings(opts)
     shape_args(opts.shape)  # an unknown name fails here, before any worker starts
     if opts.configs or opts.quantized or opts.model:
         raise UsageError("--shape runs one random-weight model: it does not combine with --model, --configs or --quantized")
