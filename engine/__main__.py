@@ -42,10 +42,18 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.worker == "shape":
+        from .measure.bench_shape import run_shape_worker
+
+        return run_shape_worker(args)
     if args.worker:
         from .measure.bench_worker import run_worker
 
         return run_worker(args)
+    if args.shape:
+        from .measure.bench_shape import run_shape_bench
+
+        return run_shape_bench(args)
     from .measure.bench import run_bench
 
     return run_bench(args)
@@ -98,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     p.add_argument("--quantized", action="append", type=Path, default=[], metavar="DIR",
                    help="a folder written by `quant`: adds a native row for it (repeatable)")
+    p.add_argument("--shape", help="instead of a model file: random weights of a named shape, built in memory "
+                                   "(llama-3.2-1b, llama-3.1-8b, smollm2-135m), on --device")
+    p.add_argument("--scheme", choices=("int8", "int4"), help="with --shape: quantize it first, through `quant`")
+    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=32, help="with --scheme: its group size (default: 32)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one config in this process
     p.set_defaults(func=cmd_bench)
 

@@ -11,6 +11,8 @@ _EXPORTS = {
     "quantize_int8_per_channel": "schemes",
     "quantize_int8_grouped": "schemes",
     "CPUQuantLinear": "cpu_kernel",
+    "CUDAQuantLinear": "cuda_kernel",
+    "pack_for_cuda": "linear",
     "dequantize_int8": "schemes",
     "quantize_int4_grouped": "schemes",
     "pack_int4": "schemes",

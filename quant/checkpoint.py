@@ -230,6 +230,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     from engine.runtime import NativeModel
 
     from .cpu_kernel import KERNEL_DTYPES, CPUQuantLinear
+    from .cuda_kernel import CUDAQuantLinear
     from .linear import Int4Linear, Int8Embedding, Int8Linear, int8_scale_dtype
 
     path = Path(path)
@@ -256,12 +257,18 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
         state = set(weights.keys())
     except (OSError, SafetensorError) as e:
         raise ModelFormatError(f"{path / WEIGHTS}: not a readable safetensors file ({e})") from None
-    pack = device.type == "cpu" and dtype in KERNEL_DTYPES  # the kernel's layout replaces the stored form
+    # The kernel's layout replaces the stored form, converted once here: on CPU for 16-bit
+    # activations, on CUDA for bfloat16 (tinygemm's dtype; quant/cuda_kernel.py).
+    pack = device.type == "cpu" and dtype in KERNEL_DTYPES
+    pack_cuda = device.type == "cuda" and dtype == torch.bfloat16
 
     def placed(layer: Int8Linear | Int4Linear) -> torch.nn.Module:
-        if not pack:
+        if pack_cuda:
+            packed = layer.packed_for_cuda()
+        elif pack:
+            packed = layer.packed_for_cpu(dtype)
+        else:
             return layer
-        packed = layer.packed_for_cpu(dtype)
         return layer if packed is None else packed
 
     def take(key: str, dtype_: torch.dtype, shape: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -320,7 +327,7 @@ def load_checkpoint(path: Path, *, name: str | None = None, device=None, dtype=N
     if state:
         raise ModelFormatError(f"{path / WEIGHTS}: unexpected tensors {sorted(state)[:3]}")
     model.load_state_dict(floats, assign=True, strict=False)
-    if info["tied_output"] is False and not isinstance(model.output, (Int8Linear, CPUQuantLinear)):
+    if info["tied_output"] is False and not isinstance(model.output, (Int8Linear, CPUQuantLinear, CUDAQuantLinear)):
         raise ModelFormatError(f"{path / QUANTIZATION}: the model has an untied head but the checkpoint has none")
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if meta:

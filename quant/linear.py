@@ -25,9 +25,11 @@ prefill (many rows) dequantizes and runs the dense matmul, which is faster there
 
 `engine.load(DIR)` on CPU swaps every layer for its `CPUQuantLinear` form, which holds only the
 kernel's layout. The modules here keep the stored form (what `quant` writes) and build a
-kernel copy on first use on CPU. Elsewhere (CUDA, MPS, float32) they dequantize the weight to
-the activation dtype and call `F.linear`, gpt-fast's weight-only form: correct everywhere, a
-memory saving but not a speed-up unless `torch.compile` fuses the cast.
+kernel copy on first use on CPU. On CUDA in bfloat16 the loader swaps every layer for its
+`CUDAQuantLinear` form once (`pack_for_cuda`: tinygemm for INT4 and grouped INT8,
+`quant.cuda_kernel`). Elsewhere (MPS, float32, shapes a kernel refuses) they dequantize the
+weight to the activation dtype and call `F.linear`, gpt-fast's weight-only form: correct
+everywhere, a memory saving but not a speed-up unless `torch.compile` fuses the cast.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import nn
 from engine import RequestError
 
 from .cpu_kernel import KERNEL_DTYPES, CPUQuantLinear
+from .cuda_kernel import CUDAQuantLinear
 from .policy import LAYER_LINEARS, layer_group_size
 from .schemes import (
     GROUP_SIZES,
@@ -152,6 +155,9 @@ class Int8Linear(_KernelCache):
     def packed_for_cpu(self, dtype: torch.dtype) -> CPUQuantLinear | None:
         return CPUQuantLinear.from_int8(self.weight_q, self.scale, self.bias, dtype=dtype)
 
+    def packed_for_cuda(self) -> CUDAQuantLinear | None:
+        return CUDAQuantLinear.from_int8(self.weight_q, self.scale, self.bias)
+
     def _drop_kernel_cache(self) -> None:
         self._kernel = self._scale_cast = None
 
@@ -241,6 +247,9 @@ class Int4Linear(_KernelCache):
     def packed_for_cpu(self, dtype: torch.dtype) -> CPUQuantLinear | None:
         return CPUQuantLinear.from_int4(unpack_int4(self.weight_packed).to(torch.uint8), self.scale, self.minimum,
                                         self.bias, dtype=dtype)
+
+    def packed_for_cuda(self) -> CUDAQuantLinear | None:
+        return CUDAQuantLinear.from_int4(self.weight_packed, self.scale, self.minimum, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._cpu_kernel_for(x)
@@ -388,3 +397,36 @@ def pack_for_cpu(model: nn.Module, dtype: torch.dtype) -> int:
                     setattr(module, name, packed)
                     swapped += 1
     return swapped
+
+
+def pack_for_cuda(model: nn.Module) -> int:
+    """Swap every INT8/INT4 linear of `model` (already on a CUDA device) for its `CUDAQuantLinear`
+    form, once, at load time; returns how many were swapped. The stored tensors are dropped with
+    the old modules, so the weights are held once. Layers no kernel takes stay as they are and
+    keep dequantizing per call."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, (Int8Linear, Int4Linear)):
+                packed = child.packed_for_cuda()
+                if packed is not None:
+                    setattr(module, name, packed)
+                    swapped += 1
+    return swapped
+
+
+def quantize_for_inference(model: nn.Module, scheme: str, *, group_size: int | None = 32, dtype: torch.dtype) -> dict:
+    """`quantize_model`, then each layer in its device's kernel layout (`pack_for_cpu` for 16-bit
+    activations on CPU, `pack_for_cuda` in bfloat16 on CUDA), as loading a quantized folder
+    does. The engine's bench reaches this through the "engine.model_quantizers" entry point,
+    for models it builds in memory. Returns `quantize_model`'s report with "packed", how many
+    layers went to a kernel layout."""
+    report = quantize_model(model, scheme, group_size)
+    device = model.norm.weight.device
+    if device.type == "cpu" and dtype in KERNEL_DTYPES:
+        report["packed"] = pack_for_cpu(model, dtype)
+    elif device.type == "cuda" and dtype == torch.bfloat16:
+        report["packed"] = pack_for_cuda(model)
+    else:
+        report["packed"] = 0
+    return report

@@ -79,14 +79,10 @@ PROMPT_TEXT = (
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    check_settings(args)
+    if getattr(args, "scheme", None):  # `--shape` runs go to engine.measure.bench_shape instead
+        raise UsageError("--scheme applies to --shape models; for a quantized folder use --quantized DIR")
     configs = _parse_configs(args.configs)
-    for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
-                               ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
-        if value < least:
-            raise UsageError(f"{flag} must be at least {least}, got {value}")
-    if args.device != "auto" and args.device not in ("cpu", "mps") and not args.device.startswith("cuda"):
-        raise UsageError(f"--device: unknown device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
-
     from ..hub.registry import resolve
 
     spec, path = resolve(args.model)  # unknown models fail here, before any worker starts
@@ -144,6 +140,16 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """The counts and the device, checked before anything loads (also for `--shape` runs)."""
+    for flag, value, least in (("--prompt-tokens", args.prompt_tokens, 1), ("--gen-tokens", args.gen_tokens, 2),
+                               ("--threads", args.threads, 1), ("--repeats", args.repeats, 1)):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least}, got {value}")
+    if args.device != "auto" and args.device not in ("cpu", "mps") and not args.device.startswith("cuda"):
+        raise UsageError(f"--device: unknown device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
 def _parse_configs(text: str | None) -> list[str]:
     if not text:
         return list(CONFIGS)
@@ -178,6 +184,9 @@ def _run_worker(config: str, args: argparse.Namespace, prompt: list[int], contex
            "--threads", str(args.threads), "--device", args.device]
     if model or args.model:
         cmd += ["--model", str(model or args.model)]
+    if config == "shape":
+        cmd += ["--shape", args.shape, "--prompt-tokens", str(args.prompt_tokens), "--group-size", str(args.group_size)]
+        cmd += ["--scheme", args.scheme] if args.scheme else []
     # The worker must import this same engine package, wherever the parent was started from.
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds the engine package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
