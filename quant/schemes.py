@@ -57,7 +57,7 @@ def quantize_int8_grouped(w: torch.Tensor, group_size: int = 32) -> tuple[torch.
     if not scale.isfinite().all():
         raise ValueError("INT8 group scales overflow float16: the weights are too large for this scheme")
     # Round the scale up where float16 rounded it down, so absmax still maps inside [-127, 127].
-    scale = torch.where(scale.float() * 127 < g.abs().amax(dim=-1), torch.nextafter(scale, torch.tensor(torch.inf, dtype=torch.float16)), scale).float()
+    scale = torch.where(scale.float() * 127 < g.abs().amax(dim=-1), torch.nextafter(scale, torch.full_like(scale, torch.inf)), scale).float()
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(g / safe[..., None]).clamp_(-127, 127).to(torch.int8)
     return q.reshape(out, in_features), scale

@@ -188,6 +188,7 @@ class StaticDecoder:
         self._offset -= n
         return n
 
+    @torch.inference_mode()  # the buckets are inference tensors: growing one writes into them
     def ensure(self, capacity: int) -> None:
         """Move now into the bucket that holds `capacity` positions (copying the filled prefix),
         so the next steps up to there change no bucket and, on CUDA, capture nothing mid-reply.

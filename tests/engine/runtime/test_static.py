@@ -201,3 +201,16 @@ def test_gpu_check_script_runs_on_cpu_with_a_tiny_shape():
     assert out.returncode == 0, out.stderr
     table = [line for line in out.stdout.splitlines() if line.startswith("| tiny |")]
     assert [row.split(" | ")[1] for row in table] == ["eager", "plain"]
+
+
+def test_growing_a_bucket_works_outside_inference_mode():
+    """Found on the H200: the buckets are made under prefill's inference mode, so `ensure` called
+    from ordinary code (as the GPU check script does) must not write into them outside it."""
+    model = tiny_model()
+    plain, static = Plain(model), StaticDecoder(model, min_bucket=16)
+    prompt = tokens(12, 7)
+    worst = (plain.feed(prompt) - static.prefill(prompt)).abs().max().item()
+    static.ensure(40)  # into the 64 bucket, copying the 12 filled positions
+    assert static.capacity == 64
+    worst = max(worst, (plain.feed([5]) - static.decode(5)).abs().max().item())
+    assert worst < ATOL
