@@ -208,9 +208,11 @@ def test_growing_a_bucket_works_outside_inference_mode():
     from ordinary code (as the GPU check script does) must not write into them outside it."""
     model = tiny_model()
     plain, static = Plain(model), StaticDecoder(model, min_bucket=16)
+    static.prefill(tokens(40, 6))  # makes the 64 bucket, under inference mode
+    static.reset()
     prompt = tokens(12, 7)
     worst = (plain.feed(prompt) - static.prefill(prompt)).abs().max().item()
-    static.ensure(40)  # into the 64 bucket, copying the 12 filled positions
+    static.ensure(40)  # back into the kept 64 bucket, copying the 12 filled positions
     assert static.capacity == 64
     worst = max(worst, (plain.feed([5]) - static.decode(5)).abs().max().item())
     assert worst < ATOL
