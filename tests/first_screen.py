@@ -63,10 +63,12 @@ def run(command: list[str], *, timeout: float = 120.0, size: tuple[int, int] = (
                 if not quit_sent and PAINTED in text and READY in text:
                     os.write(main, b"\x11")  # ctrl+q
                     quit_sent, deadline = True, time.monotonic() + 15
-            if proc.poll() is None:
+            try:  # the terminal closes a moment before the process is gone: give it the rest of the deadline
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
                 problem = "the app did not quit within 15 s of ctrl+q" if quit_sent else f"no first screen and ready model within {timeout:.0f} s"
                 proc.kill()
-            proc.wait(timeout=10)
+                proc.wait(timeout=10)
         finally:
             os.close(main)
         text = screen_text(raw)
