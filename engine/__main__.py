@@ -13,9 +13,9 @@ from .errors import RequestError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    sampling = sampling_kwargs(args)
+    chosen = sampling_kwargs(args)  # checked before the (slow) load
     model = load_model(args)
-    print_stream(model.generate(args.prompt, **sampling), stats=args.stats)
+    print_stream(model.generate(args.prompt, model.sampling_params(chosen)), stats=args.stats)
     return 0
 
 

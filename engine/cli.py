@@ -50,8 +50,10 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    """The sampling settings the user gave (validated; ValueError on a bad one), for
-    Model.generate/chat, which fills in the rest from the model's defaults."""
+    """The sampling settings the user gave (validated; ValueError on a bad one), only those: a
+    mapping for `Model.sampling_params` / `generate(prompt, chosen)` / `chat(messages, **chosen)`,
+    which fill in the rest from the model's defaults. (A whole SamplingParams would set every
+    field and hide the model's recommended settings, so the CLIs resolve it after loading.)"""
     chosen = {
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,

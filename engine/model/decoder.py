@@ -17,7 +17,7 @@ from torch import nn
 
 from .cache import KVCache, KVStore
 from .config import ModelArgs
-from .rope import apply_rope, dynamic_ntk_frequencies, rope_frequencies, rope_tables
+from .rope import RopeTables, apply_rope, rope_frequencies
 
 
 class RMSNorm(nn.Module):
@@ -143,11 +143,7 @@ class Transformer(nn.Module):
         if inv_freq is None:  # loaders pass their own, with any GGUF frequency factors applied
             inv_freq = rope_frequencies(args)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._rope_len = 0
-        scaling = args.rope_scaling
-        self._rope_scale = scaling.attention_factor if scaling is not None and scaling.kind == "yarn" else 1.0
-        # Past this position a forward pass computes its own frequencies (dynamic NTK).
-        self._dynamic_from = scaling.original_context if scaling is not None and scaling.kind == "dynamic" else None
+        self._rope: RopeTables | None = None  # built on first use, after the weights have moved
         self._layer_windows = [args.layer_window(i) for i in range(args.n_layers)]  # None: whole context
         self._windows = sorted(set(self._layer_windows) - {None})
 
@@ -166,32 +162,24 @@ class Transformer(nn.Module):
         finally:
             nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
-    def _rope(self, start: int, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._dynamic_from is not None and end > self._dynamic_from:
-            inv_freq = dynamic_ntk_frequencies(self.args, end)
-            cos, sin = rope_tables(inv_freq, end, start=start)
-            device = self.inv_freq.device
-            return cos.to(device, dtype)[:, None], sin.to(device, dtype)[:, None]  # (T, 1, rope_dim)
-        # Tables grow on demand (doubling), so a short chat never pays for the full context.
-        if end > self._rope_len:
-            self._rope_len = min(max(end, 2 * self._rope_len, 256), max(end, self.args.context_length))
-            cos, sin = rope_tables(self.inv_freq.float().cpu(), self._rope_len, scale=self._rope_scale)
-            device = self.inv_freq.device
-            self._cos, self._sin = cos.to(device), sin.to(device)
-            self._cos_cast = self._sin_cast = None
-        if self._cos_cast is None or self._cos_cast.dtype != dtype:
-            self._cos_cast, self._sin_cast = self._cos.to(dtype), self._sin.to(dtype)
-        return self._cos_cast[start:end, None], self._sin_cast[start:end, None]  # (T, 1, rope_dim)
-
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False,
+        rope: RopeTables | None = None,
+    ) -> torch.Tensor:
         """tokens: (B, T) int64 -> logits (B, T, vocab), or (B, 1, vocab) with last_only.
 
         With a cache, the tokens continue from `cache.offset` and the cache advances by T.
+        `rope`: the caller's cos/sin tables (engine.runtime.runner keeps its own); else the
+        model's, built on first use.
         """
         B, T = tokens.shape
         start = cache.reserve(T) if cache is not None else 0
         x = self.tok_embeddings(tokens)  # (B, T, dim)
-        cos, sin = self._rope(start, start + T, x.dtype)
+        if rope is None:
+            if self._rope is None or self._rope.inv_freq is not self.inv_freq:
+                self._rope = RopeTables(self.args, self.inv_freq)
+            rope = self._rope
+        cos, sin = rope(start, start + T, x.dtype)
         mask = attention_mask(start, T, None, x.device)
         window_masks = {w: attention_mask(start, T, w, x.device) for w in self._windows}  # empty without windows
         for layer, window in zip(self.layers, self._layer_windows):

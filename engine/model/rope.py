@@ -96,3 +96,35 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         return torch.addcmul(x * cos, x.roll(rope_dim // 2, dims=-1), sin)
     rot, rest = x[..., :rope_dim], x[..., rope_dim:]
     return torch.cat((torch.addcmul(rot * cos, rot.roll(rope_dim // 2, dims=-1), sin), rest), dim=-1)
+
+
+class RopeTables:
+    """cos/sin tables for positions of one model on one device, grown on demand (doubling), so a
+    short chat never pays for the full context; a cast copy is kept for the run dtype.
+
+    `inv_freq` is already on the run device; the tables are computed on the CPU in float32 and
+    moved once. Past `original_context` of dynamic NTK scaling, each call computes its own.
+    """
+
+    def __init__(self, args: ModelArgs, inv_freq: torch.Tensor) -> None:
+        self.args, self.inv_freq = args, inv_freq
+        scaling = args.rope_scaling
+        self._scale = scaling.attention_factor if scaling is not None and scaling.kind == "yarn" else 1.0
+        self._dynamic_from = scaling.original_context if scaling is not None and scaling.kind == "dynamic" else None
+        self._len = 0
+        self._cos = self._sin = self._cos_cast = self._sin_cast = None
+
+    def __call__(self, start: int, end: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin for positions start..end-1: (T, 1, rope_dim) each, in `dtype`."""
+        device = self.inv_freq.device
+        if self._dynamic_from is not None and end > self._dynamic_from:
+            cos, sin = rope_tables(dynamic_ntk_frequencies(self.args, end), end, start=start)
+            return cos.to(device, dtype)[:, None], sin.to(device, dtype)[:, None]
+        if end > self._len:
+            self._len = min(max(end, 2 * self._len, 256), max(end, self.args.context_length))
+            cos, sin = rope_tables(self.inv_freq.float().cpu(), self._len, scale=self._scale)
+            self._cos, self._sin = cos.to(device), sin.to(device)
+            self._cos_cast = self._sin_cast = None
+        if self._cos_cast is None or self._cos_cast.dtype != dtype:
+            self._cos_cast, self._sin_cast = self._cos.to(dtype), self._sin.to(dtype)
+        return self._cos_cast[start:end, None], self._sin_cast[start:end, None]

@@ -6,6 +6,7 @@ from .._lazy import lazy_exports
 __getattr__, __dir__ = lazy_exports(__name__, {
     "Model": ".base",
     "NativeModel": ".native",
+    "DecodeRunner": ".runner",
     "LlamaCppModel": ".llamacpp",
     "SamplingParams": ".sampling",
     "make_sampler": ".sampling",

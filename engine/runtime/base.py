@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import ContextOverflowError, RequestError
 from ..model.cache import PromptCache
@@ -47,33 +48,32 @@ class Model(ABC):
         """The backend's step generator: prefill `prompt_ids` (reusing what `cache` holds), then
         yield one sampled id at a time."""
 
+    def sampling_params(self, params: SamplingParams | Mapping[str, Any] | None = None, **overrides: Any) -> SamplingParams:
+        """The request's settings, resolved once: SamplingParams' defaults < the model's
+        `sampling_defaults` < `params` (a SamplingParams sets every field; a mapping, only its
+        own) < keyword `overrides` (SamplingParams fields; None means "not chosen")."""
+        return SamplingParams.merged(getattr(self, "sampling_defaults", None), params, overrides)
+
     def generate(
         self,
         prompt: str | Sequence[int],
+        params: SamplingParams | Mapping[str, Any] | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
+        **overrides: Any,
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (text is tokenized with special tokens parsed).
 
         Yields TextDelta events, then one GenerationResult. `should_stop` is polled between
         tokens; when it returns True generation ends with finish_reason "cancelled". A
         `cache` (from a ChatSession) keeps the KV cache between calls: only the tokens after
-        the longest common prefix with the last call are prefilled. A sampling argument left
-        None takes the model's `sampling_defaults`, else SamplingParams' default.
+        the longest common prefix with the last call are prefilled. Sampling comes from
+        `params` and keyword `overrides` (SamplingParams fields, e.g. `max_tokens=8,
+        temperature=0`) over the model's `sampling_defaults` (`sampling_params`).
         """
         start = time.perf_counter()
-        chosen = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                      repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop))
-        params = SamplingParams.merged(getattr(self, "sampling_defaults", None), chosen)
+        params = self.sampling_params(params, **overrides)
         ids = self.encode_prompt(prompt)
         cache = cache if cache is not None else PromptCache()
         events = stream_text(
@@ -115,9 +115,20 @@ class Model(ABC):
         """Whether the chat template renders a `tools` list (else tool schemas would be dropped)."""
         return "tools" in self.template.source
 
-    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, **sampling) -> Iterator[Event]:
-        """OpenAI-style messages in; TextDelta events out, then one GenerationResult."""
-        return self.generate(self.encode_chat(messages, tools=tools), **sampling)
+    def chat(
+        self,
+        messages: list[dict],
+        params: SamplingParams | Mapping[str, Any] | None = None,
+        *,
+        tools: list[dict] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        cache: PromptCache | None = None,
+        **overrides: Any,
+    ) -> Iterator[Event]:
+        """OpenAI-style messages in; TextDelta events out, then one GenerationResult. Sampling
+        as in `generate`."""
+        return self.generate(self.encode_chat(messages, tools=tools), params, should_stop=should_stop, cache=cache,
+                             **overrides)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

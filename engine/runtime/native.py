@@ -16,12 +16,11 @@ from ..model.device import pick_device, pick_dtype, release_freed_memory
 from ..model.load_gguf import load_gguf_model
 from ..model.packing import can_pack, pack_linears
 from .base import Model
-from .sampling import SamplingParams
+from .runner import DecodeRunner
+from .sampling import SamplingParams, token_id
 
 if TYPE_CHECKING:
     from ..text.hf_text import HFTextSide
-
-PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
 
 
 class NativeModel(Model):
@@ -117,22 +116,25 @@ class NativeModel(Model):
     def new_cache(self, max_seq_len: int) -> KVCache:
         return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
 
-    @torch.inference_mode()
+    @property
+    def runner(self) -> DecodeRunner:
+        """The per-token machinery around `self.model`, rebuilt if the model object is replaced
+        (quantization tests swap in a copy)."""
+        runner = self.__dict__.get("_runner")
+        if runner is None or runner.model is not self.model:
+            runner = self._runner = DecodeRunner(self.model, device=self.device, dtype=self.dtype)
+        return runner
+
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
         ids = self.encode_prompt(ids) if len(ids) else []
         if not ids:
             return torch.empty(0, self.args.vocab_size)
-        cache = self.new_cache(len(ids))
-        out = [self._forward(ids[i : i + PREFILL_CHUNK], cache, last_only=False) for i in range(0, len(ids), PREFILL_CHUNK)]
-        return torch.cat(out).float().cpu()
-
-    def _forward(self, ids: Sequence[int], cache: KVCache, *, last_only: bool) -> torch.Tensor:
-        tokens = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        return self.model(tokens, cache, last_only=last_only)[0]  # (T or 1, vocab)
+        return self.runner.logits(ids, self.new_cache(len(ids)))
 
     @torch.inference_mode()
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
-        sampler, processors = params.sampler(), params.processors()
+        runner = self.runner
+        sample = runner.sampler(params, self.tokenizer.vocab_size)
         # The cache holds the prompt and every generated token but the last (never fed back).
         needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), self.context_length)
         if cache is None:
@@ -145,22 +147,15 @@ class NativeModel(Model):
         cache.kv.ensure(needed)
         cache.ids, cache.reused = prompt_ids[:reused], reused
         kv = cache.kv
-        for i in range(reused, len(prompt_ids), PREFILL_CHUNK):
-            chunk = prompt_ids[i : i + PREFILL_CHUNK]
-            logits = self._forward(chunk, kv, last_only=True)
-            cache.ids += chunk
+        logits = runner.prefill(prompt_ids[reused:], kv)
+        cache.ids = list(prompt_ids)
         history = list(prompt_ids)
-        # Checkpoints often pad the embedding past the tokenizer (Qwen2.5: 151,936 rows for
-        # 151,665 tokens); ids with no token are never sampled.
-        n_tokens = self.tokenizer.vocab_size
         while True:
-            next_logits = logits[-1, :n_tokens].float()
-            for process in processors:
-                next_logits = process(history, next_logits)
-            token = sampler(next_logits)
-            yield token
-            history.append(token)
+            token = sample(logits, history)  # a 0-d device tensor
+            next_id = token_id(token)  # the one host sync of the step
+            yield next_id
+            history.append(next_id)
             if kv.offset >= kv.max_seq_len:
                 return  # the context window is full
-            logits = self._forward([token], kv, last_only=True)
-            cache.ids.append(token)
+            logits = runner.decode(token, kv)
+            cache.ids.append(next_id)

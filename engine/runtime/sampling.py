@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch is imported lazily: `chatapp --help` must not pay for
     import torch
 
 Sampler = Callable[["torch.Tensor"], int]
+DeviceSampler = Callable[["torch.Tensor"], "torch.Tensor"]  # logits -> 0-d int64 token on their device
 LogitsProcessor = Callable[[Sequence[int], "torch.Tensor"], "torch.Tensor"]
 
 _NON_FINITE = (
@@ -78,26 +79,38 @@ def _as_vector(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _check_max(max_logit: torch.Tensor) -> None:
-    """`max` propagates NaN and is +Inf if any logit is, -Inf if all are masked: one check."""
-    if not math.isfinite(max_logit.item()):
+def _checked(token: torch.Tensor, max_logit: torch.Tensor) -> torch.Tensor:
+    """`token`, or -1 where `max_logit` is not finite: `max` propagates NaN and is +Inf if any
+    logit is, -Inf if all are masked, so one comparison checks them all without a host sync.
+    The caller turns -1 into NumericalError when it reads the token (`token_id`)."""
+    import torch
+
+    return torch.where(torch.isfinite(max_logit), token, torch.full_like(token, -1))
+
+
+def token_id(token: torch.Tensor) -> int:
+    """The host int of a device sampler's 0-d token: the one host sync per generated token.
+    NumericalError for the -1 a device sampler returns on non-finite logits."""
+    value = int(token.item())
+    if value < 0:
         raise NumericalError(_NON_FINITE)
+    return value
 
 
-def make_sampler(
+def make_device_sampler(
     temperature: float = 0.0,
     top_p: float = 1.0,
     top_k: int = 0,
     min_p: float = 0.0,
     seed: int | None = None,
-) -> Sampler:
-    """A callable that picks one token id from 1-D logits `[vocab]` (on any device).
+) -> DeviceSampler:
+    """`make_sampler`'s maths, kept on the logits' device: the callable returns a 0-d int64
+    tensor there (-1 for NaN/+Inf logits, or all -Inf) and never waits for the device, so a
+    decode loop can queue the next step before it reads the token (`token_id`).
 
-    `temperature == 0` is greedy (argmax; the other filters cannot change the argmax). Otherwise
-    the candidates are cut by top-k, then top-p, then min-p, the survivors are scaled by
-    1/temperature and one token is drawn from a `torch.Generator` seeded with `seed` (a fresh
-    random seed when None): the same seed and the same logits give the same tokens.
-    Raises NumericalError on NaN or +Inf logits, or when every logit is -Inf.
+    One exception, where a sync is free: on a CPU, top-p without top-k first tries a short
+    top-k and sorts the whole vocabulary only when that holds too little mass; elsewhere it
+    sorts at once. The survivors, their order and the draw are the same either way.
     """
     _validate_sampling(temperature, top_p, top_k, min_p)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -107,10 +120,9 @@ def make_sampler(
 
     if temperature == 0:
 
-        def greedy(logits: torch.Tensor) -> int:
+        def greedy(logits: torch.Tensor) -> torch.Tensor:
             best_logit, best = _as_vector(logits).max(dim=-1)
-            _check_max(best_logit)
-            return int(best.item())
+            return _checked(best, best_logit)
 
         return greedy
 
@@ -118,8 +130,8 @@ def make_sampler(
     generators: dict[torch.device, torch.Generator] = {}  # one per device, all seeded alike
     log_min_p = math.log(min_p) if min_p > 0 else None
 
-    def draw(candidates: torch.Tensor) -> int:
-        """One index into `candidates` (logits, -Inf where removed), after temperature.
+    def draw(candidates: torch.Tensor) -> torch.Tensor:
+        """One index into `candidates` (logits, -Inf where removed), after temperature; 0-d.
 
         Inverse-CDF sampling (a cumsum and a binary search) costs a fraction of
         `torch.multinomial` on a full vocabulary; tokens of probability 0 are never chosen.
@@ -130,20 +142,22 @@ def make_sampler(
             generator.manual_seed(seed)
         cdf = torch.cumsum(torch.softmax(candidates / temperature, dim=-1), dim=-1)
         u = torch.rand((), generator=generator, device=cdf.device) * cdf[-1]
-        index = int(torch.searchsorted(cdf, u.reshape(1), right=True).item())
-        if index >= cdf.numel():  # u rounded up to the total: take the last possible token
-            index = int(torch.searchsorted(cdf, cdf[-1:]).item())
-        return index
+        index = torch.searchsorted(cdf, u.reshape(1), right=True)[0]
+        # u rounded up to the total: take the last possible token (the first to reach it)
+        last = torch.searchsorted(cdf, cdf[-1:])[0]
+        # (clamped too: NaN logits make both searches miss; the caller reports those)
+        return torch.where(index >= cdf.numel(), last, index).clamp(max=cdf.numel() - 1)
 
     def nucleus_candidates(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, token ids, probabilities over the whole vocabulary) of the most probable
         tokens, sorted descending, enough of them to hold `top_p` of the mass.
 
         A full sort of a 150k vocabulary costs ~10 ms on a CPU, but a peaked distribution
-        reaches top_p within a few dozen tokens: try top-k first and sort only when it is flat.
+        reaches top_p within a few dozen tokens: there, try top-k first and sort only when it
+        is flat (the mass check reads a number back, free on a CPU, a stall on an accelerator).
         """
         probs = torch.softmax(logits, dim=-1)
-        for k in (64, 1024):
+        for k in (64, 1024) if logits.device.type == "cpu" else ():
             if k >= logits.numel() // 4:
                 break
             top_probs, indices = torch.topk(probs, k)
@@ -152,10 +166,9 @@ def make_sampler(
         top_probs, indices = torch.sort(probs, descending=True)
         return logits[indices], indices, top_probs
 
-    def sample(logits: torch.Tensor) -> int:
+    def sample(logits: torch.Tensor) -> torch.Tensor:
         logits = _as_vector(logits).float()
         max_logit = logits.max()
-        _check_max(max_logit)
 
         probs = None
         if top_k > 0 and top_k < logits.numel():
@@ -177,9 +190,31 @@ def make_sampler(
             values = values.masked_fill(values < max_logit + log_min_p, -math.inf)
 
         choice = draw(values)
-        return choice if indices is None else int(indices[choice].item())
+        return _checked(choice if indices is None else indices[choice], max_logit)
 
     return sample
+
+
+def make_sampler(
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    seed: int | None = None,
+) -> Sampler:
+    """A callable that picks one token id from 1-D logits `[vocab]` (on any device).
+
+    `temperature == 0` is greedy (argmax; the other filters cannot change the argmax). Otherwise
+    the candidates are cut by top-k, then top-p, then min-p, the survivors are scaled by
+    1/temperature and one token is drawn from a `torch.Generator` seeded with `seed` (a fresh
+    random seed when None): the same seed and the same logits give the same tokens.
+    Raises NumericalError on NaN or +Inf logits, or when every logit is -Inf.
+
+    The host-int face of `make_device_sampler` (the same draws): decode loops that want to
+    keep the device busy use that one and read the token with `token_id`.
+    """
+    sample = make_device_sampler(temperature, top_p, top_k, min_p, seed)
+    return lambda logits: token_id(sample(logits))
 
 
 def make_logits_processors(
@@ -250,13 +285,16 @@ class SamplingParams:
             raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
 
     @classmethod
-    def merged(cls, *layers: Mapping[str, Any] | None) -> SamplingParams:
-        """The defaults, overlaid by each mapping in turn (later ones win; None values and None
-        layers are skipped, so "not chosen" falls through). ValueError on an unknown key or a
-        bad value. The usual stack: SamplingParams() < the model's defaults < the user's."""
+    def merged(cls, *layers: SamplingParams | Mapping[str, Any] | None) -> SamplingParams:
+        """The defaults, overlaid by each layer in turn (later ones win; None values and None
+        layers are skipped, so "not chosen" falls through). A SamplingParams layer sets every
+        field it has (a complete request). ValueError on an unknown key or a bad value. The
+        usual stack: SamplingParams() < the model's defaults < the caller's params < keywords."""
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for layer in layers:
+            if isinstance(layer, SamplingParams):
+                layer = {name: getattr(layer, name) for name in known}
             if not layer:
                 continue
             unknown = sorted(set(layer) - known)
@@ -269,6 +307,9 @@ class SamplingParams:
 
     def sampler(self) -> Sampler:
         return make_sampler(self.temperature, self.top_p, self.top_k, self.min_p, self.seed)
+
+    def device_sampler(self) -> DeviceSampler:
+        return make_device_sampler(self.temperature, self.top_p, self.top_k, self.min_p, self.seed)
 
     def processors(self) -> list[LogitsProcessor]:
         return make_logits_processors(self.repetition_penalty)

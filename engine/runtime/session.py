@@ -9,7 +9,8 @@ how many messages were left out.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from ..model.cache import PromptCache
 from ..results import Event, GenerationResult
@@ -23,20 +24,28 @@ class ChatSession:
         self.model = model
         self.cache = PromptCache()
 
-    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, max_tokens: int | None = None, **sampling) -> Iterator[Event]:
+    def chat(
+        self,
+        messages: list[dict],
+        params: SamplingParams | Mapping[str, Any] | None = None,
+        *,
+        tools: list[dict] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        **overrides: Any,
+    ) -> Iterator[Event]:
         """Like Model.chat, with prefix reuse and the overflow policy; ContextOverflowError when
         the newest message alone does not fit."""
         model = self.model
-        if max_tokens is None:
-            max_tokens = SamplingParams.max_tokens
+        params = model.sampling_params(params, **overrides)
         fitted = fit_to_context(
             messages,
             lambda msgs: model.encode_chat(msgs, tools=tools),
             context_length=model.context_length,
-            reply_tokens=max_tokens,
+            reply_tokens=params.max_tokens,
         )
         room = model.context_length - fitted.prompt_tokens
-        events = model.generate(fitted.ids, max_tokens=max(1, min(max_tokens, room)), cache=self.cache, **sampling)
+        params = dataclasses.replace(params, max_tokens=max(1, min(params.max_tokens, room)))
+        events = model.generate(fitted.ids, params, should_stop=should_stop, cache=self.cache)
         for event in events:
             if isinstance(event, GenerationResult):
                 event = dataclasses.replace(event, dropped_messages=fitted.dropped)

@@ -64,8 +64,8 @@ def test_kv_cache_decode_equals_full_forward(tiny):
     cache = model.new_cache(len(ids))
     with torch.inference_mode():
         # A prefill of 20, a chunk of 15, then one token at a time.
-        steps = [model._forward(ids[:20], cache, last_only=False), model._forward(ids[20:35], cache, last_only=False)]
-        steps += [model._forward([t], cache, last_only=False) for t in ids[35:]]
+        steps = [model.runner.forward(ids[:20], cache, last_only=False), model.runner.forward(ids[20:35], cache, last_only=False)]
+        steps += [model.runner.forward([t], cache, last_only=False) for t in ids[35:]]
     incremental = torch.cat(steps).float()
     assert cache.offset == len(ids)
     torch.testing.assert_close(incremental, full, atol=1e-4, rtol=0)
@@ -77,9 +77,9 @@ def test_cache_trim_then_refill_reproduces_logits(tiny):
     full = model.logits(ids)
     cache = model.new_cache(len(ids))
     with torch.inference_mode():
-        model._forward(ids[:30], cache, last_only=False)
+        model.runner.forward(ids[:30], cache, last_only=False)
         assert cache.trim(10) == 10 and cache.offset == 20
-        again = model._forward(ids[20:], cache, last_only=False)
+        again = model.runner.forward(ids[20:], cache, last_only=False)
     torch.testing.assert_close(again.float(), full[20:], atol=1e-4, rtol=0)
 
 
@@ -87,7 +87,7 @@ def test_cache_overflow_is_a_typed_error(tiny):
     _, model = tiny
     cache = model.new_cache(8)
     with torch.inference_mode(), pytest.raises(ContextOverflowError):
-        model._forward(list(range(9)), cache, last_only=True)
+        model.runner.forward(list(range(9)), cache, last_only=True)
     with pytest.raises(ContextOverflowError):
         KVCache(model.args, model.args.context_length + 1)
 

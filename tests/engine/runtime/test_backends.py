@@ -122,7 +122,7 @@ def test_native_logits_after_prefix_reuse_equal_a_fresh_prefill(default_model):
     cache.kv.trim(cache.kv.offset - reused)
     cache.kv.ensure(len(ids))
     with torch.inference_mode():
-        tail = model._forward(ids[reused:], cache.kv, last_only=False).float()
+        tail = model.runner.forward(ids[reused:], cache.kv, last_only=False).float()
     torch.testing.assert_close(tail, model.logits(ids)[reused:], atol=1e-4, rtol=0)
 
 
