@@ -1,0 +1,102 @@
+"""The Textual messages the chat app's workers and screens answer each other with, in one place.
+
+Workers (generation, model loading, context counting) run on threads and reach the UI only by
+posting one of these; the handler on the UI thread is the only code that touches widgets or
+assigns app state.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from textual.message import Message
+
+if TYPE_CHECKING:
+    from engine import GenerationResult
+
+    from .records import Message as StoredMessage
+
+
+# ---- generation (chatapp.worker) ------------------------------------------------------------
+
+
+@dataclass
+class ReplyStarted(Message):
+    """An assistant message was stored (empty, streaming): the screen mounts its view."""
+
+    message: StoredMessage
+
+
+@dataclass
+class ReplyDelta(Message):
+    """Text streamed since the last delta; tokens coalesce into one of these every POST_INTERVAL."""
+
+    message_id: int
+    text: str
+
+
+@dataclass
+class ReplyFinished(Message):
+    message_id: int
+    status: str  # the stored status: complete, stopped or error
+    result: GenerationResult | None  # None when generation failed or never produced a result
+
+
+@dataclass
+class ContextFitted(Message):
+    """Posted after each generation: what the model saw, and how many messages were left out."""
+
+    prompt_tokens: int
+    context_length: int
+    dropped: int
+
+
+class HistoryChanged(Message):
+    """Tool calls and results were stored: the view reloads the conversation."""
+
+
+@dataclass
+class Notice(Message):
+    """A line shown in the chat, beside the replies it is about."""
+
+    text: str
+    severity: str = "information"
+
+
+class JobDone(Message):
+    """The generation worker has finished (answered, stopped or failed)."""
+
+
+@dataclass
+class ApprovalRequested(Message):
+    """From the generation worker: ask the user about a tool call, answer through `answer`."""
+
+    call: Any  # engine ToolCall
+    tool: Any  # chatapp.tools Tool, or None for a tool that is not registered
+    answer: concurrent.futures.Future
+
+
+# ---- the model (chatapp.app) and the context it counts (chatapp.screens.chat) --------------
+
+
+@dataclass
+class ModelLoaded(Message):
+    model: Any  # engine Model
+    requested: str | None  # what was asked for: a models.toml name, a path, or None (default)
+
+
+@dataclass
+class ModelFailed(Message):
+    error: str
+    requested: str | None
+
+
+@dataclass
+class ContextCounted(Message):
+    """Tokens the open conversation takes in the prompt, counted when it was opened."""
+
+    conversation_id: int
+    tokens: int
+    context_length: int
