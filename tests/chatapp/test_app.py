@@ -272,7 +272,7 @@ def test_rename_search_settings_and_export(tmp_path, default_gguf, monkeypatch):
             assert conv.settings["temperature"] == 0.2 and conv.system_prompt == "Answer in one word."
 
             for fmt in ("markdown", "json"):
-                app.action_export(fmt)
+                app.chat_screen.action_export(fmt)
                 await pilot.pause()
                 assert isinstance(app.screen, ExportScreen)
                 await pilot.press("enter")  # the suggested path, in the documents dir

@@ -297,7 +297,7 @@ def test_regenerate_keeps_alternatives_and_the_chosen_one_is_what_the_model_sees
             await pilot.press("alt+left")
             assert [m.content for m in messages(app)] == ["Question", "first answer"]
             await wait_for(pilot, lambda: "reply 1/2" in last_footer(app))
-            app.action_export("json")
+            app.chat_screen.action_export("json")
             await pilot.pause()
             app.screen.query_one("#path").value = str(tmp_path / "alternatives.json")
             await pilot.press("enter")
