@@ -18,7 +18,15 @@ from textual.message import Message
 from engine import EngineError, TextDelta, parse_tool_calls
 from engine.runtime import POLICY
 
-from .messages import ContextFitted, HistoryChanged, JobDone, Notice, ReplyDelta, ReplyFinished, ReplyStarted
+from .messages import (
+    ContextFitted,
+    HistoryChanged,
+    JobDone,
+    Notice,
+    ReplyDelta,
+    ReplyFinished,
+    ReplyStarted,
+)
 from .store import Store
 from .tools.runner import MAX_CHAINED_CALLS, ToolRunner
 
