@@ -2,7 +2,8 @@
 
 Workers (generation, model loading, context counting) run on threads and reach the UI only by
 posting one of these; the handler on the UI thread is the only code that touches widgets or
-assigns app state.
+assigns app state. Each is posted to the screen or app whose worker sends it and handled there:
+none bubbles on (a reply's deltas would otherwise reach the app a second time).
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class ReplyStarted(Message):
+class ReplyStarted(Message, bubble=False):
     """An assistant message was stored (empty, streaming): the screen mounts its view."""
 
     message: StoredMessage
 
 
 @dataclass
-class ReplyDelta(Message):
+class ReplyDelta(Message, bubble=False):
     """Text streamed since the last delta; tokens coalesce into one of these every POST_INTERVAL."""
 
     message_id: int
@@ -38,14 +39,14 @@ class ReplyDelta(Message):
 
 
 @dataclass
-class ReplyFinished(Message):
+class ReplyFinished(Message, bubble=False):
     message_id: int
     status: str  # the stored status: complete, stopped or error
     result: GenerationResult | None  # None when generation failed or never produced a result
 
 
 @dataclass
-class ContextFitted(Message):
+class ContextFitted(Message, bubble=False):
     """Posted after each generation: what the model saw, and how many messages were left out."""
 
     prompt_tokens: int
@@ -53,24 +54,24 @@ class ContextFitted(Message):
     dropped: int
 
 
-class HistoryChanged(Message):
+class HistoryChanged(Message, bubble=False):
     """Tool calls and results were stored: the view reloads the conversation."""
 
 
 @dataclass
-class Notice(Message):
+class Notice(Message, bubble=False):
     """A line shown in the chat, beside the replies it is about."""
 
     text: str
     severity: str = "information"
 
 
-class JobDone(Message):
+class JobDone(Message, bubble=False):
     """The generation worker has finished (answered, stopped or failed)."""
 
 
 @dataclass
-class ApprovalRequested(Message):
+class ApprovalRequested(Message, bubble=False):
     """From the generation worker: ask the user about a tool call, answer through `answer`."""
 
     call: Any  # engine ToolCall
@@ -82,19 +83,19 @@ class ApprovalRequested(Message):
 
 
 @dataclass
-class ModelLoaded(Message):
+class ModelLoaded(Message, bubble=False):
     model: Any  # engine Model
     requested: str | None  # what was asked for: a models.toml name, a path, or None (default)
 
 
 @dataclass
-class ModelFailed(Message):
+class ModelFailed(Message, bubble=False):
     error: str
     requested: str | None
 
 
 @dataclass
-class ContextCounted(Message):
+class ContextCounted(Message, bubble=False):
     """Tokens the open conversation takes in the prompt, counted when it was opened."""
 
     conversation_id: int
