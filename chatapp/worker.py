@@ -10,78 +10,43 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from engine import EngineError, GenerationResult, TextDelta, parse_tool_calls
+from engine import EngineError, TextDelta, parse_tool_calls
 from engine.runtime import POLICY
 
-from .store import Message as StoredMessage
+from .messages import (
+    ContextFitted,
+    HistoryChanged,
+    JobDone,
+    Notice,
+    ReplyDelta,
+    ReplyFinished,
+    ReplyStarted,
+)
 from .store import Store
 from .tools.runner import MAX_CHAINED_CALLS, ToolRunner
 
 if TYPE_CHECKING:
-    from engine import ChatSession
+    from engine import ChatSession, SamplingParams
 
 SAVE_INTERVAL = 0.25  # seconds between saves of a streaming reply: a crash loses at most this
 POST_INTERVAL = 0.05  # seconds between UI updates: tokens coalesce into one message
 
 
-class ReplyStarted(Message):
-    def __init__(self, message: StoredMessage) -> None:
-        super().__init__()
-        self.message = message
-
-
-class ReplyDelta(Message):
-    def __init__(self, message_id: int, text: str) -> None:
-        super().__init__()
-        self.message_id = message_id
-        self.text = text
-
-
-class ReplyFinished(Message):
-    def __init__(self, message_id: int, status: str, result: GenerationResult | None) -> None:
-        super().__init__()
-        self.message_id = message_id
-        self.status = status
-        self.result = result
-
-
-class ContextFitted(Message):
-    """Posted before each generation: what the model sees, and what was left out."""
-
-    def __init__(self, prompt_tokens: int, context_length: int, dropped: int) -> None:
-        super().__init__()
-        self.prompt_tokens = prompt_tokens
-        self.context_length = context_length
-        self.dropped = dropped
-
-
-class HistoryChanged(Message):
-    """Tool calls and results were stored: the view reloads the conversation."""
-
-
-class Notice(Message):
-    def __init__(self, text: str, severity: str = "information") -> None:
-        super().__init__()
-        self.text = text
-        self.severity = severity
-
-
-class JobDone(Message):
-    pass
-
-
 @dataclass
 class Job:
+    """One user turn to answer. The screen creates it when the user sends, and sets `session` and
+    `params` on the UI thread once a model is there, before the worker starts."""
+
     conversation_id: int
-    session: ChatSession | None  # set by the app once the model is loaded
-    sampling: dict  # temperature, top_p, max_tokens, ...
     tools: ToolRunner | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    session: ChatSession | None = None
+    params: SamplingParams | None = None  # SamplingParams.merged(model defaults, conversation's)
 
 
 def history_for_model(store: Store, conversation_id: int) -> list[dict]:
@@ -120,7 +85,7 @@ def run_job(job: Job, store: Store, post: Callable[[Message], object]) -> None:
 
 def _one_reply(job: Job, store: Store, post) -> list:
     """Stream one assistant message; return the tool calls it made (empty when none)."""
-    session = job.session
+    session, params = job.session, job.params
     model = session.model
     schemas = job.tools.registry.schemas() if job.tools is not None and model.supports_tools else None
     history = history_for_model(store, job.conversation_id)
@@ -130,7 +95,7 @@ def _one_reply(job: Job, store: Store, post) -> list:
     last_save = last_post = time.monotonic()
     result = None
     try:
-        for event in session.chat(history, tools=schemas, should_stop=job.cancel.is_set, **job.sampling):
+        for event in session.chat(history, tools=schemas, should_stop=job.cancel.is_set, **asdict(params)):
             if isinstance(event, TextDelta):
                 text += event.text
                 unposted += event.text

@@ -30,4 +30,4 @@ def make_app(tmp_path, model, **kw) -> ChatApp:
 
 
 def messages(app) -> list:
-    return app.store.messages(app.conversation_id) if app.conversation_id else []
+    return app.store.messages(app.chat_screen.conversation_id) if app.chat_screen.conversation_id else []

@@ -25,7 +25,7 @@ def run(coro):
 
 
 def reply_done(app):
-    return lambda: app.job is None and any(m.role == "assistant" and m.status != "streaming" for m in messages(app))
+    return lambda: app.chat_screen.job is None and any(m.role == "assistant" and m.status != "streaming" for m in messages(app))
 
 
 def test_send_streams_a_reply_and_stores_it(tmp_path, default_gguf):
@@ -41,7 +41,7 @@ def test_send_streams_a_reply_and_stores_it(tmp_path, default_gguf):
             assert (user.role, user.content) == ("user", "Hi there")
             assert (reply.role, reply.status, reply.content) == ("assistant", "complete", "Hello! **Bold** and `code`.")
             assert reply.meta["completion_tokens"] > 3
-            view = app.views[reply.id]
+            view = app.chat_screen.views[reply.id]
             assert "Bold" in view.query_one(Markdown).source
             assert model.received[0][-1] == {"role": "user", "content": "Hi there"}
             assert "ctx" in str(app.query_one("StatusBar").render())
@@ -56,15 +56,15 @@ def test_escape_stops_mid_reply_and_keeps_the_partial_text(tmp_path, default_ggu
         app = make_app(tmp_path, model)
         async with app.run_test() as pilot:
             await send(pilot, "Talk for a long time")
-            await wait_for(pilot, lambda: len(app.store.messages(app.conversation_id)) == 2
+            await wait_for(pilot, lambda: len(app.store.messages(app.chat_screen.conversation_id)) == 2
                            and len(messages(app)[1].content) > 20, what="some streamed text")
             await pilot.press("escape")
-            await wait_for(pilot, lambda: app.job is None, what="the stop")
+            await wait_for(pilot, lambda: app.chat_screen.job is None, what="the stop")
             reply = messages(app)[1]
             assert reply.status == "stopped"
             assert 0 < len(reply.content) < len(LONG)
             assert LONG.startswith(reply.content)
-            assert "stopped" in str(app.views[reply.id].query_one(".message-footer").render())
+            assert "stopped" in str(app.chat_screen.views[reply.id].query_one(".message-footer").render())
 
     run(main())
 
@@ -78,13 +78,13 @@ def test_regenerate_and_edit_resend(tmp_path, default_gguf):
             await send(pilot, "Question one")
             await wait_for(pilot, reply_done(app))
             await pilot.press("ctrl+r")
-            await wait_for(pilot, lambda: app.job is None and messages(app)[-1].content == "second answer")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].content == "second answer")
             assert [m.content for m in messages(app)] == ["Question one", "second answer"]
             await pilot.press("f3")
             assert isinstance(app.screen, TextPromptScreen)
             app.screen.query_one("#value").text = "Question one, edited"
             await pilot.press("ctrl+s")
-            await wait_for(pilot, lambda: app.job is None and messages(app)[-1].content == "answer to the edit")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].content == "answer to the edit")
             assert [m.content for m in messages(app)] == ["Question one, edited", "answer to the edit"]
 
     run(main())
@@ -98,7 +98,7 @@ def test_context_overflow_is_announced_not_silent(tmp_path, default_gguf):
         async with app.run_test() as pilot:
             for i in range(5):
                 await send(pilot, f"message {i} " + "padding words here " * 8)
-                await wait_for(pilot, lambda: app.job is None and messages(app)[-1].role == "assistant")
+                await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].role == "assistant")
             notices = [str(n.render()) for n in app.query(".notice")]
             assert any("oldest messages were left out" in n for n in notices), notices
             # The model saw fewer messages than the history holds; the history kept them all.
@@ -119,9 +119,9 @@ def test_model_output_renders_inert(tmp_path, default_gguf):
             await wait_for(pilot, reply_done(app))
             reply = messages(app)[1]
             assert reply.content == hostile  # stored verbatim
-            source = app.views[reply.id].query_one(Markdown).source
+            source = app.chat_screen.views[reply.id].query_one(Markdown).source
             assert "\x1b" not in source and "␛[31m" in source and "[bold red]" in source
-            user_view = app.views[messages(app)[0].id]
+            user_view = app.chat_screen.views[messages(app)[0].id]
             shown = str(user_view.query_one(".text").render())
             assert "[i]user markup[/i]" in shown and "\x1b" not in shown
 
@@ -138,8 +138,8 @@ def test_delete_needs_confirmation_and_restart_reopens_history(tmp_path, default
             await wait_for(pilot, reply_done(app))
             await pilot.press("ctrl+n")
             await send(pilot, "delete me")
-            await wait_for(pilot, lambda: app.job is None and len(messages(app)) == 2)
-            doomed = app.conversation_id
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(messages(app)) == 2)
+            doomed = app.chat_screen.conversation_id
             await pilot.press("f8")
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("escape")  # cancelled: nothing deleted
@@ -186,7 +186,7 @@ def test_tool_call_goes_through_approval_and_back_to_the_model(tmp_path, default
             await wait_for(pilot, lambda: isinstance(app.screen, ApprovalScreen), what="the approval modal")
             assert app.screen.tool_name == "read_file" and app.screen.arguments == {"path": "todo.txt"}
             await pilot.press(answer)
-            await wait_for(pilot, lambda: app.job is None and messages(app)[-1].content == "Done.")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].content == "Done.")
             (result,) = tool_messages(model)
             if answer == "a":
                 assert result["content"] == "buy milk"
@@ -206,7 +206,7 @@ def test_bad_tool_arguments_give_the_model_a_clear_error(tmp_path, default_gguf)
         app = make_app(tmp_path, model)
         async with app.run_test() as pilot:
             await send(pilot, "add")
-            await wait_for(pilot, lambda: app.job is None and messages(app)[-1].content == "Sorry.")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].content == "Sorry.")
             (result,) = tool_messages(model)
             assert "expr" in result["content"] and "expression" in result["content"]
 
@@ -220,7 +220,7 @@ def test_chained_tool_calls_are_limited(tmp_path, default_gguf):
         app = make_app(tmp_path, model)
         async with app.run_test() as pilot:
             await send(pilot, "loop forever")
-            await wait_for(pilot, lambda: app.job is None and len(messages(app)) > 2, timeout=60)
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(messages(app)) > 2, timeout=60)
             notices = [str(n.render()) for n in app.query(".notice")]
             assert any("rounds of tool calls" in n for n in notices)
             assert len(model.received) <= 7
@@ -245,13 +245,13 @@ def test_rename_search_settings_and_export(tmp_path, default_gguf, monkeypatch):
             await wait_for(pilot, reply_done(app))
             await pilot.press("ctrl+n")
             await send(pilot, "Colour of the sky?")
-            await wait_for(pilot, lambda: app.job is None and len(messages(app)) == 2)
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(messages(app)) == 2)
 
             await pilot.press("f2")
             assert isinstance(app.screen, TextPromptScreen)
             app.screen.query_one("#value").value = "Sky talk"
             await pilot.press("enter")
-            assert app.store.get_conversation(app.conversation_id).title == "Sky talk"
+            assert app.store.get_conversation(app.chat_screen.conversation_id).title == "Sky talk"
 
             await pilot.press("f6")
             await pilot.press(*"france")
@@ -268,11 +268,11 @@ def test_rename_search_settings_and_export(tmp_path, default_gguf, monkeypatch):
             app.screen.query_one("#temperature").value = "0.2"
             app.screen.query_one("#system").text = "Answer in one word."
             await pilot.press("ctrl+s")
-            conv = app.store.get_conversation(app.conversation_id)
+            conv = app.store.get_conversation(app.chat_screen.conversation_id)
             assert conv.settings["temperature"] == 0.2 and conv.system_prompt == "Answer in one word."
 
             for fmt in ("markdown", "json"):
-                app.action_export(fmt)
+                app.chat_screen.action_export(fmt)
                 await pilot.pause()
                 assert isinstance(app.screen, ExportScreen)
                 await pilot.press("enter")  # the suggested path, in the documents dir
@@ -308,7 +308,7 @@ def test_settings_store_only_what_the_user_chose_and_the_model_defaults_fill_in(
         async with app.run_test(size=(100, 30)) as pilot:
             await send(pilot, "History of Rome?")
             await wait_for(pilot, reply_done(app))
-            assert app.store.get_conversation(app.conversation_id).settings == {}
+            assert app.store.get_conversation(app.chat_screen.conversation_id).settings == {}
             used = model.sampled_with[-1]
             assert (used.temperature, used.top_k, used.repetition_penalty, used.top_p) == (0.2, 0, 1.1, 0.95)
 
@@ -333,11 +333,11 @@ def test_settings_store_only_what_the_user_chose_and_the_model_defaults_fill_in(
             field("repetition_penalty").value = "1.3"
             await pilot.press("ctrl+s")
             assert app.screen is not screen
-            assert app.store.get_conversation(app.conversation_id).settings == {
+            assert app.store.get_conversation(app.chat_screen.conversation_id).settings == {
                 "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.3}
 
             await send(pilot, "And then?")
-            await wait_for(pilot, lambda: app.job is None and len(model.sampled_with) == 2)
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(model.sampled_with) == 2)
             used = model.sampled_with[-1]
             assert (used.temperature, used.top_k, used.min_p, used.repetition_penalty) == (0.2, 5, 0.1, 1.3)
 

@@ -16,7 +16,7 @@ from textual.widgets import Markdown
 from apphelpers import messages, send, wait_for
 from chatapp.app import ChatApp
 from chatapp.store import Store
-from chatapp.worker import ReplyDelta
+from chatapp.messages import ReplyDelta
 
 pytestmark = pytest.mark.slow
 
@@ -38,20 +38,20 @@ def test_real_model_streams_then_stops_then_history_survives_restart(tmp_path, d
         hook = lambda message: deltas.append(message.text) if isinstance(message, ReplyDelta) else None
         async with app.run_test(size=(100, 30), message_hook=hook) as pilot:
             await send(pilot, "Write two sentences about the sea.")
-            await wait_for(pilot, lambda: app.job is None and len(messages(app)) == 2, what="the first reply")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(messages(app)) == 2, what="the first reply")
             first = messages(app)[-1]
             assert first.role == "assistant" and first.status == "complete" and first.content.strip()
             # Streamed: several UI updates, which together are the whole reply, shown as Markdown.
             assert len(deltas) >= 3 and "".join(deltas) == first.content
-            assert app.views[first.id].query_one(Markdown).source == first.content
+            assert app.chat_screen.views[first.id].query_one(Markdown).source == first.content
             assert app.query_one("StatusBar").tokens_per_second > 0
 
             # Now a long answer, stopped after a few tokens.
-            app.store.update_conversation(app.conversation_id, settings={**SHORT, "max_tokens": 400})
+            app.store.update_conversation(app.chat_screen.conversation_id, settings={**SHORT, "max_tokens": 400})
             await send(pilot, "Write a long story about a dragon who learns to cook.")
             await wait_for(pilot, lambda: len(messages(app)) == 4 and len(messages(app)[-1].content) > 10, what="streaming")
             await pilot.press("escape")
-            await wait_for(pilot, lambda: app.job is None, what="stop")
+            await wait_for(pilot, lambda: app.chat_screen.job is None, what="stop")
             stopped = messages(app)[-1]
             assert stopped.status == "stopped" and stopped.meta.get("completion_tokens", 0) < 400
             contents = [m.content for m in messages(app)]

@@ -33,7 +33,7 @@ def status_text(app) -> str:
 
 
 def reply_count(app, n):
-    return lambda: app.job is None and len([m for m in messages(app) if m.role == "assistant" and m.status != "streaming"]) >= n
+    return lambda: app.chat_screen.job is None and len([m for m in messages(app) if m.role == "assistant" and m.status != "streaming"]) >= n
 
 
 def option_text(picker, name) -> str:
@@ -66,7 +66,7 @@ def test_a_failed_switch_from_the_picker_keeps_the_current_model_answering(tmp_p
         async with app.run_test() as pilot:
             await send(pilot, "Hello")
             await wait_for(pilot, reply_count(app, 1))
-            conv_model = app.store.get_conversation(app.conversation_id).model
+            conv_model = app.store.get_conversation(app.chat_screen.conversation_id).model
 
             await pilot.press("ctrl+o")
             assert isinstance(app.screen, ModelPickerScreen)
@@ -80,7 +80,7 @@ def test_a_failed_switch_from_the_picker_keeps_the_current_model_answering(tmp_p
             shown = [n for n in app._notifications]
             assert any("corrupt" in n.message and "Still using scripted" in n.message for n in shown)
             assert any("Could not switch to broken" in (n.title or "") for n in shown)
-            assert app.store.get_conversation(app.conversation_id).model == conv_model
+            assert app.store.get_conversation(app.chat_screen.conversation_id).model == conv_model
 
             await send(pilot, "Still there?")
             await wait_for(pilot, reply_count(app, 2))
@@ -113,7 +113,7 @@ def test_a_switch_that_loads_replaces_the_model_and_records_it(tmp_path, default
             assert messages(app)[-1].content == "one"
             gate.set()
             await wait_for(pilot, lambda: app.model is second and "other · scripted" in status_text(app))
-            assert app.store.get_conversation(app.conversation_id).model == "other"
+            assert app.store.get_conversation(app.chat_screen.conversation_id).model == "other"
 
     run(main())
 
@@ -220,7 +220,7 @@ def test_a_reopened_conversation_says_which_model_it_used_and_counts_its_context
     async def main():
         app = ChatApp(store=Store(tmp_path / "history.db"), load_model=load)
         async with app.run_test() as pilot:
-            assert app.conversation_id == conv_id
+            assert app.chat_screen.conversation_id == conv_id
             notices = [str(n.render()) for n in app.query(".notice")]
             assert any("used my-int4-folder" in n and "smollm2-135m" in n and "ctrl+o" in n for n in notices), notices
             await wait_for(pilot, lambda: asked == [None])  # plain `chatapp`: the default, not the conversation's
@@ -231,7 +231,7 @@ def test_a_reopened_conversation_says_which_model_it_used_and_counts_its_context
             assert expected > 10
             # Answered by the default model from now on, and recorded so.
             assert app.store.get_conversation(conv_id).model == "smollm2-135m"
-            app.open_conversation(conv_id)  # a reload (regenerate, tool results) does not say it again
+            app.chat_screen.open_conversation(conv_id)  # a reload (regenerate, tool results) does not say it again
             await pilot.pause()
             assert [str(n.render()) for n in app.query(".notice")] == []
 
@@ -263,7 +263,7 @@ def test_an_overlong_prompt_error_is_shown_once(tmp_path, default_gguf):
         app = make_app(tmp_path, model)
         async with app.run_test() as pilot:
             await send(pilot, LONG)
-            await wait_for(pilot, lambda: app.job is None and messages(app)[-1].role == "assistant")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].role == "assistant")
             failed = messages(app)[-1]
             assert failed.status == "error"
             error = failed.meta["error"]
@@ -292,12 +292,12 @@ def test_regenerate_keeps_alternatives_and_the_chosen_one_is_what_the_model_sees
             await pilot.press("alt+left")
             assert any("no alternatives" in n.message for n in app._notifications)
             await pilot.press("ctrl+r")
-            await wait_for(pilot, lambda: app.job is None and messages(app)[-1].content == "second answer")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].content == "second answer")
             await wait_for(pilot, lambda: "reply 2/2" in last_footer(app))
             await pilot.press("alt+left")
             assert [m.content for m in messages(app)] == ["Question", "first answer"]
             await wait_for(pilot, lambda: "reply 1/2" in last_footer(app))
-            app.action_export("json")
+            app.chat_screen.action_export("json")
             await pilot.pause()
             app.screen.query_one("#path").value = str(tmp_path / "alternatives.json")
             await pilot.press("enter")
@@ -306,7 +306,7 @@ def test_regenerate_keeps_alternatives_and_the_chosen_one_is_what_the_model_sees
             assert "first answer" in exported and "second answer" not in exported
 
             await send(pilot, "Go on")
-            await wait_for(pilot, lambda: app.job is None and messages(app)[-1].content == "a follow-up answer")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].content == "a follow-up answer")
             seen = [m["content"] for m in model.received[-1]]
             assert "first answer" in seen and "second answer" not in seen
 

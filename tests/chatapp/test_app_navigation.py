@@ -31,11 +31,11 @@ def test_opening_a_conversation_from_the_list_focuses_the_composer(tmp_path, def
         app = app_with_history(tmp_path, default_gguf)
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause()
-            assert app.store.get_conversation(app.conversation_id).title == "Weather in Oslo"
+            assert app.store.get_conversation(app.chat_screen.conversation_id).title == "Weather in Oslo"
             app.query_one("#conversations", ListView).focus()
             await pilot.press("down", "enter")
             await pilot.pause()
-            assert app.store.get_conversation(app.conversation_id).title == "Rust lifetimes"
+            assert app.store.get_conversation(app.chat_screen.conversation_id).title == "Rust lifetimes"
             assert isinstance(app.focused, Composer)
             # Enter on the conversation already open also goes to the composer.
             app.query_one("#conversations", ListView).focus()
@@ -57,7 +57,7 @@ def test_enter_in_search_moves_into_the_results_and_opening_focuses_the_composer
             assert app.focused is results and results.index == 0
             await pilot.press("enter")
             await pilot.pause()
-            assert app.store.get_conversation(app.conversation_id).title == "Pasta recipes"
+            assert app.store.get_conversation(app.chat_screen.conversation_id).title == "Pasta recipes"
             assert isinstance(app.focused, Composer)
 
     run(main())

@@ -18,7 +18,7 @@ def run(coro):
 
 
 def reply_done(app):
-    return lambda: app.job is None and any(m.role == "assistant" and m.status != "streaming" for m in messages(app))
+    return lambda: app.chat_screen.job is None and any(m.role == "assistant" and m.status != "streaming" for m in messages(app))
 
 
 def test_a_multi_line_paste_is_sent_as_one_message_with_every_line(tmp_path, default_gguf):
@@ -32,7 +32,7 @@ def test_a_multi_line_paste_is_sent_as_one_message_with_every_line(tmp_path, def
             app.post_message(events.Paste(CODE))  # as the terminal delivers a bracketed paste
             await pilot.pause()
             assert composer.text == CODE
-            assert app.conversation_id is None  # the pasted newlines did not send anything
+            assert app.chat_screen.conversation_id is None  # the pasted newlines did not send anything
             await pilot.press("enter")
             await wait_for(pilot, reply_done(app), what="the reply")
             user, reply = messages(app)
@@ -52,7 +52,7 @@ def test_ctrl_j_and_shift_enter_add_lines_and_enter_sends(tmp_path, default_gguf
             composer = app.query_one("#prompt", Composer)
             await pilot.press("a", "ctrl+j", "b", "shift+enter", "c")
             assert composer.text == "a\nb\nc"
-            assert app.conversation_id is None and app.job is None
+            assert app.chat_screen.conversation_id is None and app.chat_screen.job is None
             await pilot.press("enter")
             await wait_for(pilot, reply_done(app), what="the reply")
             assert messages(app)[0].content == "a\nb\nc"
@@ -84,7 +84,7 @@ def test_text_is_kept_when_a_reply_is_still_running(tmp_path, default_gguf):
             composer = app.query_one("#prompt", Composer)
             composer.text = "first"
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.job is not None and len(messages(app)) == 2, what="the reply to start")
+            await wait_for(pilot, lambda: app.chat_screen.job is not None and len(messages(app)) == 2, what="the reply to start")
             composer.text = "a follow-up\nwith two lines"
             await pilot.press("enter")
             await pilot.pause()

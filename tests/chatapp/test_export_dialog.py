@@ -46,7 +46,7 @@ def app_with_conversation(tmp_path, default_gguf):
 
 
 async def open_export(pilot, fmt: str) -> ExportScreen:
-    pilot.app.action_export(fmt)
+    pilot.app.chat_screen.action_export(fmt)
     await pilot.pause()
     assert isinstance(pilot.app.screen, ExportScreen)
     return pilot.app.screen

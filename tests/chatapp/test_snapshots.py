@@ -33,6 +33,8 @@ def app(tmp_path, default_gguf):
 
 async def ready(pilot) -> None:
     app = pilot.app
+    while not app.query("StatusBar"):  # the chat screen composes after the auto-pilot starts
+        await pilot.pause(0.05)
     status = app.query_one("StatusBar")
     # Ready, and the reopened conversation's context counted (it arrives from a worker).
     while not app.model_ready.is_set() or status.state != "ready" or status.context_used is None:

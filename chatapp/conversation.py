@@ -1,0 +1,162 @@
+"""What the chat screen does to a conversation, without widgets: each operation works on the Store
+and returns plain data, so it is tested on a real SQLite file without a Pilot.
+
+The screen (chatapp/screens/chat.py) decides when to call these and shows what they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .records import Alternatives, Message
+from .store import Store
+
+if TYPE_CHECKING:
+    from engine import SamplingParams
+
+DEFAULT_LABEL = "the default model"
+
+# Conversations used to store this copy of the defaults; it means "nothing chosen", so that the
+# model's recommended sampling applies to them too.
+LEGACY_DEFAULT_COPY = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 512}
+
+
+def model_label(name: str | None) -> str:
+    """What a requested model is called: the name or path asked for, else the registry's default."""
+    if name:
+        return name
+    from engine import RegistryError, load_registry
+
+    try:
+        return load_registry().default or DEFAULT_LABEL
+    except RegistryError:
+        return DEFAULT_LABEL
+
+
+# ---- opening ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A conversation as the screen shows it."""
+
+    messages: list[Message]
+    alternatives: Alternatives  # of the last reply: which one is shown, of how many
+    last_reply_id: int | None  # the message that carries the "2/3" label (None: no reply yet)
+
+
+def open_conversation(store: Store, conversation_id: int) -> Opened:
+    messages = store.messages(conversation_id)
+    last_user = max((m.seq for m in messages if m.role == "user"), default=None)
+    reply = next((m for m in messages if last_user is not None and m.seq == last_user + 1), None)
+    return Opened(messages, store.reply_alternatives(conversation_id), reply.id if reply is not None else None)
+
+
+def model_note(store: Store, conversation_id: int, using: str) -> str | None:
+    """What to say when a conversation last answered by another model is opened (None: nothing)."""
+    used = store.get_conversation(conversation_id).model
+    if used and used != using:
+        return f"This conversation used {used}; replies now come from {using} (ctrl+o changes the model)."
+    return None
+
+
+def record_model(store: Store, conversation_id: int, label: str) -> None:
+    """The conversation reopens with the model that answered it last (or was switched to in it)."""
+    store.update_conversation(conversation_id, model=label)
+
+
+# ---- settings and sampling ------------------------------------------------------------------------
+
+
+def conversation_settings(store: Store, conversation_id: int | None) -> tuple[str | None, dict]:
+    """The system prompt and the sampling values the user chose for this conversation; the
+    model's defaults (and SamplingParams') fill in the rest when it generates."""
+    if conversation_id is None:
+        return None, {}
+    conv = store.get_conversation(conversation_id)
+    chosen = dict(conv.settings or {})
+    return conv.system_prompt, {} if chosen == LEGACY_DEFAULT_COPY else chosen
+
+
+def sampling_params(model, chosen: dict) -> SamplingParams:
+    """SamplingParams() < the model's recommended defaults < what the user chose (ValueError on a
+    stored value SamplingParams refuses)."""
+    from engine import SamplingParams
+
+    return SamplingParams.merged(getattr(model, "sampling_defaults", None), chosen)
+
+
+def save_settings(store: Store, conversation_id: int | None, system_prompt: str | None, sampling: dict,
+                  *, model: str) -> int:
+    """Store the settings; settings saved before the first message start the conversation. Returns
+    the conversation's id."""
+    if conversation_id is None:
+        conversation_id = store.create_conversation(model=model).id
+    store.update_conversation(conversation_id, system_prompt=system_prompt, settings=sampling)
+    return conversation_id
+
+
+# ---- turns ------------------------------------------------------------------------------------------
+
+
+def add_user_message(store: Store, conversation_id: int | None, text: str, *, model: str) -> Message:
+    """Store the user's message (before generation starts: a crash from then on never loses it),
+    starting a conversation when none is open."""
+    if conversation_id is None:
+        conversation_id = store.create_conversation(model=model).id
+    return store.add_message(conversation_id, "user", text)
+
+
+def regenerate(store: Store, conversation_id: int) -> bool:
+    """Set the last reply aside (kept: alt+left shows it again) for a new one; False when the
+    conversation has no user message to answer."""
+    if not any(m.role == "user" for m in store.messages(conversation_id)):
+        return False
+    store.set_reply_aside(conversation_id)
+    return True
+
+
+def edit_target(store: Store, conversation_id: int, focused: Message | None) -> Message | None:
+    """The user message an edit starts from: the focused one, else the last (None: there is none)."""
+    if focused is not None and focused.role == "user":
+        return focused
+    users = [m for m in store.messages(conversation_id) if m.role == "user"]
+    return users[-1] if users else None
+
+
+def edit_and_resend(store: Store, conversation_id: int, target: Message, text: str) -> Message | None:
+    """Replace `target` and everything after it with the edited text; None (nothing changed) when
+    the edit is blank."""
+    if not text.strip():
+        return None
+    store.delete_messages_from(conversation_id, target.seq)
+    return store.add_message(conversation_id, "user", text.strip())
+
+
+Browse = Literal["no alternatives", "moved", "at the end"]
+
+
+def browse_reply(store: Store, conversation_id: int, step: int) -> Browse:
+    """Show the reply `step` alternatives away; the shown one is what the model sees next."""
+    before = store.reply_alternatives(conversation_id)
+    if before.count == 1:
+        return "no alternatives"
+    return "moved" if store.show_alternative(conversation_id, step) != before else "at the end"
+
+
+# ---- deleting ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deleted:
+    was_open: bool  # the deleted conversation was the one shown
+    open_next: int | None  # when it was: the conversation to show instead (None: a new one)
+
+
+def delete_conversation(store: Store, target: int, open_id: int | None) -> Deleted:
+    store.delete_conversation(target)
+    if target != open_id:
+        return Deleted(False, open_id)
+    recent = store.most_recent()
+    return Deleted(True, recent.id if recent else None)
