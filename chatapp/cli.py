@@ -32,7 +32,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     messages.append({"role": "user", "content": question})
     sampling = sampling_kwargs(args)
     model = load_model(args)
-    print_stream(model.chat(messages, **sampling), stats=args.stats)
+    print_stream(model.chat(messages, sampling), stats=args.stats)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from textual.message import Message
@@ -95,7 +95,7 @@ def _one_reply(job: Job, store: Store, post) -> list:
     last_save = last_post = time.monotonic()
     result = None
     try:
-        for event in session.chat(history, tools=schemas, should_stop=job.cancel.is_set, **asdict(params)):
+        for event in session.chat(history, params, tools=schemas, should_stop=job.cancel.is_set):
             if isinstance(event, TextDelta):
                 text += event.text
                 unposted += event.text
