@@ -383,36 +383,31 @@ def quantize_model(
     }
 
 
-def pack_for_cpu(model: nn.Module, dtype: torch.dtype) -> int:
-    """Swap every INT8/INT4 linear of `model` for its `CPUQuantLinear` form for activations in
-    `dtype` (bfloat16 or float16), which holds only the kernel's layout (one copy of the
-    weights); returns how many were swapped. For inference on CPU: the packed modules do not
-    save or move. Layers the kernel does not fit stay as they are."""
+def _swap_packed(model: nn.Module, pack) -> int:
+    """Replace every INT8/INT4 linear of `model` by `pack(layer)` where that is not None; returns
+    how many were replaced. The stored tensors go with the old modules: the weights are held once."""
     swapped = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, (Int8Linear, Int4Linear)):
-                packed = child.packed_for_cpu(dtype)
+                packed = pack(child)
                 if packed is not None:
                     setattr(module, name, packed)
                     swapped += 1
     return swapped
+
+
+def pack_for_cpu(model: nn.Module, dtype: torch.dtype) -> int:
+    """Each INT8/INT4 linear in its `CPUQuantLinear` form for activations in `dtype` (bfloat16 or
+    float16), which holds only the kernel's layout. For inference on CPU: the packed modules do
+    not save or move. Layers the kernel does not fit stay as they are."""
+    return _swap_packed(model, lambda layer: layer.packed_for_cpu(dtype))
 
 
 def pack_for_cuda(model: nn.Module) -> int:
-    """Swap every INT8/INT4 linear of `model` (already on a CUDA device) for its `CUDAQuantLinear`
-    form, once, at load time; returns how many were swapped. The stored tensors are dropped with
-    the old modules, so the weights are held once. Layers no kernel takes stay as they are and
-    keep dequantizing per call."""
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, (Int8Linear, Int4Linear)):
-                packed = child.packed_for_cuda()
-                if packed is not None:
-                    setattr(module, name, packed)
-                    swapped += 1
-    return swapped
+    """Each INT8/INT4 linear of `model` (already on a CUDA device) in its `CUDAQuantLinear` form,
+    once, at load time. Layers no kernel takes stay as they are and keep dequantizing per call."""
+    return _swap_packed(model, lambda layer: layer.packed_for_cuda())
 
 
 def quantize_for_inference(model: nn.Module, scheme: str, *, group_size: int | None = 32, dtype: torch.dtype) -> dict:
