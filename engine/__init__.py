@@ -75,6 +75,7 @@ def load(
     context_length: int | None = None,
     verbose: bool = False,
     threads: int | None = None,
+    decode: str = "auto",
 ) -> Model:
     """Load a models.toml name (None: the default model), a path to a .gguf file, a Hugging Face
     checkpoint folder (config.json + safetensors) or a folder written by `quant`.
@@ -88,6 +89,8 @@ def load(
     verbose: let llama.cpp print its own logs (gguf backend); they are kept quiet otherwise.
     threads: CPU threads for llama.cpp (gguf backend; default: all cores). The native backend
     follows torch.set_num_threads.
+    decode: native backend, "auto", "static" (fixed-shape KV buckets, CUDA graphs on CUDA) or
+    "plain" (the decoder over a growing cache); see `NativeModel.decode_path`.
 
     The model's `sampling_defaults` are its recommended sampling: a checkpoint folder's
     generation_config.json, overlaid by the models.toml entry's [models.NAME.sampling] table.
@@ -104,6 +107,10 @@ def load(
     spec, path = resolve(model)
     loaded = _load(spec, path, backend=backend, device=device, dtype=dtype, context_length=context_length,
                    verbose=verbose, threads=threads)
+    if getattr(loaded, "backend", None) == "native":
+        loaded.decode_path = decode
+    elif decode != "auto":
+        raise RequestError(f"decode={decode!r} is a native-backend setting; {loaded.backend} decodes its own way")
     if spec is not None:  # models.toml wins over what the checkpoint's own files recommend
         loaded.sampling_defaults = {**loaded.sampling_defaults, **spec.sampling}
     return loaded

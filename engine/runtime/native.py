@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import RequestError
 from ..formats.gguf import read_gguf
 from ..model.cache import KVCache, PromptCache, common_prefix
 from ..model.config import ModelArgs
@@ -18,6 +19,9 @@ from ..model.packing import can_pack, pack_linears
 from .base import Model
 from .runner import DecodeRunner
 from .sampling import SamplingParams, token_id
+from .static import supports as static_supports
+
+DECODE_PATHS = ("auto", "static", "plain")
 
 if TYPE_CHECKING:
     from ..text.hf_text import HFTextSide
@@ -35,6 +39,7 @@ class NativeModel(Model):
         dtype: str | torch.dtype | None = None,
         context_length: int | None = None,
         pack_weights: bool = True,
+        decode: str = "auto",
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
@@ -45,9 +50,9 @@ class NativeModel(Model):
             self.args = ModelArgs.from_gguf(gguf.metadata, frozenset(gguf.tensors))
             self._load_text_side(gguf.metadata)  # before the weights: a bad vocabulary fails fast
             self.model: Transformer = load_gguf_model(gguf, self.args, dtype=self.dtype, device=self.device)
-        self._finish_load(pack_weights, context_length)
+        self._finish_load(pack_weights, context_length, decode)
 
-    def _finish_load(self, pack_weights: bool, context_length: int | None) -> None:
+    def _finish_load(self, pack_weights: bool, context_length: int | None, decode: str = "auto") -> None:
         # On CPU, prepacked oneDNN weights decode ~1.3x faster (engine/model/packing.py). The quant
         # command asks for the plain modules, since it swaps them itself.
         if pack_weights and can_pack(self.device, self.dtype):
@@ -56,6 +61,25 @@ class NativeModel(Model):
             release_freed_memory()
         self.sampling_defaults = {}
         self.context_length = min(context_length or self.args.context_length, self.args.context_length)
+        self.decode_path = decode
+
+    @property
+    def decode_path(self) -> str:
+        """How generation decodes: "static" (fixed-shape KV buckets, CUDA graphs on CUDA:
+        engine/runtime/static.py) or "plain" (the decoder over a growing KV cache). "auto", the
+        default, is static wherever it runs (all but dynamic NTK RoPE): measured faster on both
+        CUDA and CPU (docs/performance.md). `logits` always runs plain."""
+        return self._decode_path
+
+    @decode_path.setter
+    def decode_path(self, value: str) -> None:
+        if value not in DECODE_PATHS:
+            raise RequestError(f"decode must be one of {', '.join(DECODE_PATHS)}, got {value!r}")
+        if value == "static" and not static_supports(self.args):
+            raise RequestError("the static decode path does not run dynamic NTK RoPE; use decode='plain'")
+        if value == "auto":
+            value = "static" if static_supports(self.args) else "plain"
+        self._decode_path = value
 
     @classmethod
     def from_transformer(
@@ -70,6 +94,7 @@ class NativeModel(Model):
         context_length: int | None = None,
         text_side: HFTextSide | None = None,
         pack_weights: bool = True,
+        decode: str = "auto",
     ) -> NativeModel:
         """Wrap a Transformer built elsewhere (a Hugging Face folder, a quantized checkpoint) with
         its tokenizer and chat template: `text_side` from Hugging Face tokenizer files, else
@@ -83,7 +108,7 @@ class NativeModel(Model):
         else:
             self._load_text_side(self.metadata)
         self.model = model
-        self._finish_load(pack_weights, context_length)
+        self._finish_load(pack_weights, context_length, decode)
         return self
 
     @classmethod
@@ -96,6 +121,7 @@ class NativeModel(Model):
         dtype: str | torch.dtype | None = None,
         context_length: int | None = None,
         pack_weights: bool = True,
+        decode: str = "auto",
     ) -> NativeModel:
         """A Hugging Face checkpoint folder: config.json, safetensors weights (engine/formats/hf.py)
         and its tokenizer files (engine/text/hf_text.py)."""
@@ -109,7 +135,8 @@ class NativeModel(Model):
         text_side = load_hf_text_side(folder)  # before the weights: a bad tokenizer fails fast
         model = load_hf_weights(folder, args, dtype=dtype, device=device)
         self = cls.from_transformer(model, None, path=folder, name=name, device=device, dtype=dtype,
-                                    context_length=context_length, text_side=text_side, pack_weights=pack_weights)
+                                    context_length=context_length, text_side=text_side, pack_weights=pack_weights,
+                                    decode=decode)
         self.sampling_defaults = generation_defaults(Path(folder))
         return self
 
@@ -131,10 +158,16 @@ class NativeModel(Model):
             return torch.empty(0, self.args.vocab_size)
         return self.runner.logits(ids, self.new_cache(len(ids)))
 
-    @torch.inference_mode()
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+        if self.decode_path == "static":
+            return self.runner.static_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
+                                                context_length=self.context_length, cache=cache)
+        return self._plain_token_ids(prompt_ids, params, cache)
+
+    @torch.inference_mode()
+    def _plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
         runner = self.runner
-        sample = runner.sampler(params, self.tokenizer.vocab_size)
+        sample = runner.sampler(params, self.tokenizer.vocab_size, prompt_ids)
         # The cache holds the prompt and every generated token but the last (never fed back).
         needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), self.context_length)
         if cache is None:
@@ -149,12 +182,10 @@ class NativeModel(Model):
         kv = cache.kv
         logits = runner.prefill(prompt_ids[reused:], kv)
         cache.ids = list(prompt_ids)
-        history = list(prompt_ids)
         while True:
-            token = sample(logits, history)  # a 0-d device tensor
+            token = sample(logits)  # a 0-d device tensor
             next_id = token_id(token)  # the one host sync of the step
             yield next_id
-            history.append(next_id)
             if kv.offset >= kv.max_seq_len:
                 return  # the context window is full
             logits = runner.decode(token, kv)

@@ -10,36 +10,43 @@ decoder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from ..model.cache import KVCache
+from ..model.cache import KVCache, PromptCache, common_prefix
 from ..model.decoder import Transformer
 from ..model.rope import RopeTables
-from .sampling import LogitsProcessor, SamplingParams
+from .sampling import SamplingParams, token_id
+from .static import StaticDecoder
 
 PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
 
 
 class TokenSampler:
-    """One request's sampling: the logits processors (repetition penalty), then the device
-    sampler (seeded once, so its draws continue across calls). Returns a 0-d int64 tensor on the
-    logits' device, -1 for non-finite logits (`engine.runtime.sampling.token_id` reads it)."""
+    """One request's sampling, all on the logits' device: the repetition penalty (its history a
+    device ring, `engine.runtime.sampling.DevicePenalty`), then the device sampler (seeded once,
+    so its draws continue across calls). Returns a 0-d int64 tensor on the logits' device, -1 for
+    non-finite logits (`engine.runtime.sampling.token_id` reads it); nothing here waits for the
+    device, so the one host sync per token is the caller's read of that tensor."""
 
-    def __init__(self, params: SamplingParams, n_tokens: int) -> None:
+    def __init__(self, params: SamplingParams, n_tokens: int, history: Sequence[int], device: torch.device) -> None:
         self.n_tokens = n_tokens
-        self.processors: list[LogitsProcessor] = params.processors()
+        self.penalty = params.device_penalty(history, device)
         self.draw = params.device_sampler()
 
-    def __call__(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
-        """logits: (vocab,) or (T, vocab), the last row is used; history: the ids so far."""
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: (vocab,) or (T, vocab), the last row is used. The token drawn joins the
+        penalty's history."""
         # Checkpoints often pad the embedding past the tokenizer (Qwen2.5: 151,936 rows for
         # 151,665 tokens); ids with no token are never sampled.
         next_logits = logits.reshape(-1, logits.shape[-1])[-1, : self.n_tokens].float()
-        for process in self.processors:
-            next_logits = process(history, next_logits)
-        return self.draw(next_logits)
+        if self.penalty is not None:
+            next_logits = self.penalty(next_logits)
+        token = self.draw(next_logits)
+        if self.penalty is not None:
+            self.penalty.push(token)
+        return token
 
 
 class DecodeRunner:
@@ -56,6 +63,9 @@ class DecodeRunner:
         # The decode step's input, (1, 1) int64, written in place: a sampled token goes in
         # without leaving the device, and a captured graph would read it from a fixed address.
         self._token = torch.zeros(1, 1, dtype=torch.long, device=device)
+        self._static: StaticDecoder | None = None  # made on the first static generation
+        self._static_ids: list[int] = []  # the ids whose keys the static decoder holds
+        self._static_turn = 0  # which generation owns the static decoder now
 
     @torch.inference_mode()
     def forward(self, ids: Sequence[int] | torch.Tensor, cache: KVCache | None, *, last_only: bool) -> torch.Tensor:
@@ -87,6 +97,58 @@ class DecodeRunner:
         out = [self.forward(ids[i : i + PREFILL_CHUNK], cache, last_only=False) for i in range(0, len(ids), PREFILL_CHUNK)]
         return torch.cat(out).float().cpu()
 
-    def sampler(self, params: SamplingParams, n_tokens: int) -> TokenSampler:
-        """The request's sampler over the first `n_tokens` logits (the tokenizer's ids)."""
-        return TokenSampler(params, n_tokens)
+    def sampler(self, params: SamplingParams, n_tokens: int, history: Sequence[int]) -> TokenSampler:
+        """The request's sampler over the first `n_tokens` logits (the tokenizer's ids), its
+        repetition penalty starting from `history` (the prompt's ids)."""
+        return TokenSampler(params, n_tokens, history, self.device)
+
+    # -- the static path (engine/runtime/static.py) --------------------------------------------
+
+    def static_decoder(self, context_length: int) -> StaticDecoder:
+        """The one static decoder of this model (its buckets and graphs are kept across turns
+        and conversations), for a context of `context_length` positions."""
+        if self._static is None or self._static.limit != context_length:
+            self._static = StaticDecoder(self.model, context_length=context_length)
+            self._static_ids = []
+        return self._static
+
+    @torch.inference_mode()
+    def static_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
+                         context_length: int, cache: PromptCache | None = None) -> Iterator[int]:
+        """Sampled ids after `prompt_ids`, decoded through the static decoder, until the caller
+        stops or the context is full.
+
+        Like llama.cpp's context, the decoder is the model's one KV store: a prompt reuses the
+        longest prefix it shares with whatever the decoder holds (from any conversation), and
+        `cache.reused` says how much. One generation at a time: a suspended generator whose
+        decoder was taken over by a newer one raises instead of decoding from the wrong keys."""
+        dec = self.static_decoder(context_length)
+        self._static_turn += 1
+        turn = self._static_turn
+        held = self._static_ids
+        if len(held) != dec.offset:  # the decoder was used directly (reset, trimmed): trust nothing
+            held.clear()
+            dec.reset()
+        reused = min(common_prefix(held, prompt_ids), len(prompt_ids) - 1)  # decode at least one
+        dec.trim(dec.offset - reused)
+        del held[reused:]
+        if cache is not None:
+            cache.ids, cache.reused = list(prompt_ids), reused
+        try:
+            logits = dec.prefill(prompt_ids[reused:])
+        except BaseException:
+            dec.trim(dec.offset - reused)  # a chunk may have landed: forget it
+            raise
+        held.extend(prompt_ids[reused:])
+        sample = self.sampler(params, n_tokens, prompt_ids)
+        while True:
+            token = sample(logits)  # a 0-d device tensor
+            next_id = token_id(token)  # the one host sync of the step
+            yield next_id
+            if dec.offset >= dec.limit:
+                return  # the context window is full
+            if self._static_turn != turn:
+                raise RuntimeError("another generation took over this model's KV cache; "
+                                   "finish one generation before starting the next")
+            logits = dec.decode(token)
+            held.append(next_id)

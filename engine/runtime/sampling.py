@@ -217,8 +217,11 @@ def make_sampler(
     return lambda logits: token_id(sample(logits))
 
 
+REPETITION_CONTEXT = 64  # ids the repetition penalty looks back over (llama.cpp's repeat_last_n)
+
+
 def make_logits_processors(
-    repetition_penalty: float = 1.0, repetition_context_size: int = 64
+    repetition_penalty: float = 1.0, repetition_context_size: int = REPETITION_CONTEXT
 ) -> list[LogitsProcessor]:
     """Processors `(token_ids, logits) -> logits`; an empty list when nothing is enabled.
 
@@ -255,6 +258,48 @@ def make_logits_processors(
         return logits.index_copy(-1, index, penalized)
 
     return [repetition_penalty_processor]
+
+
+class DevicePenalty:
+    """The repetition penalty with its history on the logits' device: a fixed ring of the last
+    `context_size` ids (-1 where empty), so applying it and recording a sampled token (a 0-d
+    device tensor) never wait for the device. The same maths as `make_logits_processors`'s
+    processor: each distinct recent id in the vocabulary is penalised once.
+
+        penalty = DevicePenalty(1.2, 64, prompt_ids, device)
+        logits = penalty(logits)     # (vocab,) float
+        penalty.push(token)          # after the draw
+    """
+
+    def __init__(self, repetition_penalty: float, context_size: int, history: Sequence[int],
+                 device: torch.device | str) -> None:
+        make_logits_processors(repetition_penalty, context_size)  # the same argument checks
+        import torch
+
+        self.penalty = repetition_penalty
+        recent = [int(t) for t in list(history)[-context_size:]]
+        ring = torch.full((context_size,), -1, dtype=torch.long)
+        if recent:
+            ring[context_size - len(recent):] = torch.tensor(recent, dtype=torch.long)
+        self.recent = ring.to(device)  # (context_size,), oldest first
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        vocab = logits.shape[-1]
+        recent = self.recent
+        valid = ((recent >= 0) & (recent < vocab)).to(logits.dtype)
+        # how often each id occurs among the recent ones; ids outside the vocabulary add 0
+        hits = torch.zeros(vocab, dtype=logits.dtype, device=logits.device).index_add_(0, recent.clamp(0, vocab - 1), valid)
+        penalized = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        return torch.where(hits > 0, penalized, logits)
+
+    def push(self, token: torch.Tensor | int) -> None:
+        """Record the sampled token: the oldest id leaves the ring."""
+        import torch
+
+        token = torch.as_tensor(token, dtype=torch.long, device=self.recent.device).reshape(1)
+        self.recent = torch.cat((self.recent[1:], token))
 
 
 @dataclass(frozen=True)
@@ -313,3 +358,9 @@ class SamplingParams:
 
     def processors(self) -> list[LogitsProcessor]:
         return make_logits_processors(self.repetition_penalty)
+
+    def device_penalty(self, history: Sequence[int], device: torch.device | str) -> DevicePenalty | None:
+        """The repetition penalty kept on `device` (None when it is 1, i.e. off)."""
+        if self.repetition_penalty == 1.0:
+            return None
+        return DevicePenalty(self.repetition_penalty, REPETITION_CONTEXT, history, device)

@@ -142,8 +142,9 @@ class StaticDecoder:
         *,
         context_length: int | None = None,
         min_bucket: int = MIN_BUCKET,
-        prefill_lengths: Sequence[int] = PREFILL_LENGTHS,
+        prefill_lengths: Sequence[int] | None = None,
         step: str | None = None,
+        keep_buckets: bool | None = None,
     ) -> None:
         if not supports(model.args):
             raise ValueError("the static decoder does not run dynamic NTK RoPE; use the plain path")
@@ -153,8 +154,14 @@ class StaticDecoder:
         self.dtype = model.tok_embeddings.weight.dtype
         self.limit = min(context_length or self.args.context_length, self.args.context_length)
         self.min_bucket = min(min_bucket, self.limit)
+        if prefill_lengths is None:  # padding saves planning on CUDA; on a CPU it is only work
+            prefill_lengths = PREFILL_LENGTHS if self.device.type == "cuda" else ()
         self.prefill_lengths = tuple(sorted(prefill_lengths))
+        self.chunk_len = self.prefill_lengths[-1] if self.prefill_lengths else PREFILL_LENGTHS[-1]
         self.step = step or default_step(self.device)
+        # Graphs and compiled steps are made per bucket and kept for reuse; an eager step has
+        # nothing to keep, so a bucket outgrown is freed (one conversation's KV, not the sum).
+        self.keep_buckets = self.step != "eager" if keep_buckets is None else keep_buckets
         if self.step not in STEP_KINDS:
             raise ValueError(f"step must be one of {STEP_KINDS}, got {step!r}")
         if self.step == "graph" and self.device.type != "cuda":
@@ -210,11 +217,11 @@ class StaticDecoder:
             raise ValueError("prefill needs at least one token")
         if self._offset + len(ids) > self.limit:
             raise ContextOverflowError(f"{self._offset} cached + {len(ids)} new tokens exceed the context of {self.limit}")
-        chunk_len = self.prefill_lengths[-1]
+        chunk_len = self.chunk_len
         for i in range(0, len(ids), chunk_len):
             chunk = ids[i : i + chunk_len]
             n, start = len(chunk), self._offset
-            padded = next(length for length in self.prefill_lengths if length >= n)
+            padded = next((length for length in self.prefill_lengths if length >= n), n)
             if start + padded > self.limit:
                 padded = n  # the last positions of the context: no room to pad
             bucket = self._enter_bucket(start + padded)
@@ -314,6 +321,8 @@ class StaticDecoder:
             filled = self._offset
             for new, old in ((bucket.cache.keys, current.cache.keys), (bucket.cache.values, current.cache.values)):
                 new[:, :, :, :filled].copy_(old[:, :, :, :filled])
+        if not self.keep_buckets:
+            self._buckets = {capacity: bucket}
         self._bucket = bucket
         return bucket
 

@@ -110,8 +110,16 @@ def test_regenerate_reuses_the_whole_prompt_and_gives_the_same_reply(backend, de
     assert fresh.text == first.text
 
 
-def test_native_logits_after_prefix_reuse_equal_a_fresh_prefill(default_model):
-    model = default_model
+@pytest.fixture
+def plain_decode(default_model):
+    """The default model decoding through the plain path (a growing KVCache per session)."""
+    default_model.decode_path = "plain"
+    yield default_model
+    default_model.decode_path = "auto"
+
+
+def test_native_logits_after_prefix_reuse_equal_a_fresh_prefill(plain_decode):
+    model = plain_decode
     session = ChatSession(model)
     a, b = turns(3)[1], turns(3)[2]
     result_of(session.chat(a, max_tokens=4, temperature=0))
@@ -124,6 +132,22 @@ def test_native_logits_after_prefix_reuse_equal_a_fresh_prefill(default_model):
     with torch.inference_mode():
         tail = model.runner.forward(ids[reused:], cache.kv, last_only=False).float()
     torch.testing.assert_close(tail, model.logits(ids)[reused:], atol=1e-4, rtol=0)
+
+
+def test_static_logits_after_prefix_reuse_equal_a_fresh_prefill(default_model):
+    model = default_model
+    assert model.decode_path == "static"
+    session = ChatSession(model)
+    a, b = turns(3)[1], turns(3)[2]
+    result_of(session.chat(a, max_tokens=4, temperature=0))
+    ids = model.tokenizer.encode(model.render_chat(b), parse_special=True)
+    dec = model.runner.static_decoder(model.context_length)
+    reused = min(sum(1 for _ in zip(session.cache.ids, ids) if _[0] == _[1]), len(ids) - 1)
+    assert reused > len(ids) // 2 and dec.offset > reused
+    dec.trim(dec.offset - reused)
+    tail = dec.prefill(ids[reused:]).float().cpu()  # (1, vocab): the last position
+    torch.testing.assert_close(tail[0], model.logits(ids)[-1], atol=1e-4, rtol=0)
+    dec.reset()  # the decoder no longer holds what the runner recorded: start the next one afresh
 
 
 def test_gguf_logits_after_prefix_reuse_equal_a_fresh_prefill(gguf_model):

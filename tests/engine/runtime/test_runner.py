@@ -2,6 +2,7 @@
 caller through Model.generate/chat and ChatSession."""
 
 import math
+from itertools import islice
 
 import pytest
 import torch
@@ -75,14 +76,22 @@ SETTINGS = [
 ]
 
 
+@pytest.fixture(params=["static", "plain"])
+def decode_path(request, tiny):
+    tiny.decode_path = request.param
+    yield request.param
+    tiny.decode_path = "auto"
+
+
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
-def test_runner_loop_gives_the_reference_samplers_tokens(tiny, settings):
-    """100 tokens from NativeModel (runner, KV cache, on-device sampler, one read per token)
-    equal a plain loop: the decoder over the whole sequence each step and the host sampler as it
-    was before the device samplers (tests/reference_sampler.py), with the same seed."""
+def test_runner_loop_gives_the_reference_samplers_tokens(tiny, settings, decode_path):
+    """100 tokens from NativeModel (runner, KV cache, on-device sampler and repetition penalty,
+    one read per token), through either decode path, equal a plain loop: the decoder over the
+    whole sequence each step and the host sampler and penalty as they were before the device
+    ones (tests/reference_sampler.py), with the same seed."""
     params = SamplingParams(max_tokens=100, **settings)
     prompt = tiny.tokenizer.encode("Once upon a time", add_special=True)
-    got = list(tiny._token_ids(prompt, params, None))[:100]
+    got = list(islice(tiny._token_ids(prompt, params, None), 100))
 
     sample = reference_sampler(params.temperature, params.top_p, params.top_k, params.min_p, params.seed)
     processors = params.processors()

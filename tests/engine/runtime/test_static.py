@@ -10,7 +10,7 @@ from engine.errors import ContextOverflowError
 from engine.model.cache import KVCache
 from engine.model.config import ModelArgs, RopeScaling
 from engine.model.decoder import Transformer
-from engine.runtime.static import StaticDecoder, bucket_capacity, supports
+from engine.runtime.static import PREFILL_LENGTHS, StaticDecoder, bucket_capacity, supports
 
 ATOL = 1e-5
 VOCAB = 300
@@ -73,7 +73,8 @@ def run_both(plain: Plain, static: StaticDecoder, prompt: list[int], steps: list
                          ids=["full", "window", "window-and-full-layer"])
 def test_decode_equals_plain_path_across_buckets(window, full_layers):
     model = tiny_model(window=window, full_layers=full_layers)
-    plain, static = Plain(model), StaticDecoder(model, min_bucket=16)
+    # The CUDA configuration (padded prefill, every bucket kept), run eagerly here.
+    plain, static = Plain(model), StaticDecoder(model, min_bucket=16, prefill_lengths=PREFILL_LENGTHS, keep_buckets=True)
     assert static.step == "eager"
     # 11 prompt tokens (padded to 16) and 110 decode steps: buckets 16, 32, 64 and 128.
     assert run_both(plain, static, tokens(11, 1), tokens(110, 2)) < ATOL
@@ -84,7 +85,7 @@ def test_decode_equals_plain_path_across_buckets(window, full_layers):
 @pytest.mark.parametrize("window", [None, 24])
 def test_trim_and_prefix_reuse_equal_plain_path(window):
     model = tiny_model(window=window, seed=3)
-    plain, static = Plain(model), StaticDecoder(model, min_bucket=16)
+    plain, static = Plain(model), StaticDecoder(model, min_bucket=16, prefill_lengths=PREFILL_LENGTHS)
     assert run_both(plain, static, tokens(40, 4), tokens(60, 5)) < ATOL  # 100 positions, bucket 128
     # Regenerate: drop the last 25 generated tokens and decode others.
     assert plain.kv.trim(25) == static.trim(25) == 25
@@ -99,13 +100,24 @@ def test_trim_and_prefix_reuse_equal_plain_path(window):
 
 def test_reset_starts_in_the_smallest_bucket_and_reuses_storage():
     model = tiny_model(seed=5)
-    static = StaticDecoder(model, min_bucket=16)
+    static = StaticDecoder(model, min_bucket=16, prefill_lengths=PREFILL_LENGTHS, keep_buckets=True)
     run_both(Plain(model), static, tokens(20, 1), tokens(20, 2))
     assert static.capacity == 64
     static.reset()
     assert static.offset == 0 and static.capacity == 0
     assert run_both(Plain(model), static, tokens(5, 3), tokens(30, 4)) < ATOL
     assert list(static.buckets()) == [16, 32, 64]  # no new storage for the second conversation
+
+
+def test_eager_step_frees_outgrown_buckets():
+    model = tiny_model(seed=5)
+    static = StaticDecoder(model, min_bucket=16)  # eager on a CPU: nothing to keep per bucket
+    assert static.keep_buckets is False
+    assert run_both(Plain(model), static, tokens(20, 1), tokens(20, 2)) < ATOL
+    assert list(static.buckets()) == [64]  # 16 and 32 were freed as the reply outgrew them
+    static.reset()
+    assert run_both(Plain(model), static, tokens(5, 3), tokens(3, 4)) < ATOL
+    assert list(static.buckets()) == [16]
 
 
 def test_long_prompt_in_padded_chunks_up_to_the_context_end():
@@ -125,7 +137,7 @@ def test_long_prompt_in_padded_chunks_up_to_the_context_end():
 def test_token_as_device_tensor_and_rope_scaling():
     model = tiny_model(seed=7, rope_scaling=RopeScaling(kind="yarn", factor=4.0, original_context=64,
                                                         attention_factor=1.2))
-    plain, static = Plain(model), StaticDecoder(model, min_bucket=16)
+    plain, static = Plain(model), StaticDecoder(model, min_bucket=16, prefill_lengths=PREFILL_LENGTHS)
     worst = (plain.feed(tokens(12, 1)) - static.prefill(tokens(12, 1))).abs().max().item()
     for token in tokens(80, 2):
         worst = max(worst, (plain.feed([token]) - static.decode(torch.tensor([token]))).abs().max().item())
@@ -207,7 +219,7 @@ def test_growing_a_bucket_works_outside_inference_mode():
     """Found on the H200: the buckets are made under prefill's inference mode, so `ensure` called
     from ordinary code (as the GPU check script does) must not write into them outside it."""
     model = tiny_model()
-    plain, static = Plain(model), StaticDecoder(model, min_bucket=16)
+    plain, static = Plain(model), StaticDecoder(model, min_bucket=16, prefill_lengths=PREFILL_LENGTHS)
     static.prefill(tokens(40, 6))  # makes the 64 bucket, under inference mode
     static.reset()
     prompt = tokens(12, 7)
