@@ -211,6 +211,8 @@ class _RemoteErrors:
         detail = _api_message(e)
         if isinstance(e, openai.APITimeoutError):
             return f"{host} did not answer in time ({self.what}): is the server overloaded or stuck?"
+        if isinstance(e, openai.APIConnectionError) and self.what == "the reply stream":  # the server died mid-reply
+            return f"the connection to {host} broke during the reply ({e.__cause__ or e}): the partial reply is kept"
         if isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e.__context__
             why = f": {cause}" if cause else ""
