@@ -112,6 +112,21 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return app.return_code or 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .serve.app import serve
+
+    api_key = args.api_key or os.environ.get("CHATAPP_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach this port can use the model",
+              file=sys.stderr)
+    model = load_model(args)
+    print(f"serving {model.name} ({model.where}) on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    serve(model, host=args.host, port=args.port, api_key=api_key)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="chatapp",
@@ -143,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the models in models.toml and which are on this machine")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("serve", help="serve the model over the OpenAI API (chat/completions, completions, models)",
+                       description="Serve one model over an OpenAI-compatible HTTP API on 127.0.0.1 unless told otherwise.")
+    add_model_args(p, subcommand=True)
+    p.add_argument("--ctx", type=int, default=argparse.SUPPRESS, dest="context_length",
+                   help="context window in tokens, at most the model's (default: the model's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $CHATAPP_API_KEY, else no key)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

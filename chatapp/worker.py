@@ -140,6 +140,8 @@ def _one_reply(job: Job, store: Store, post) -> list:
             post(Notice(f"A tool call could not be parsed: {error}", "warning"))
         if parsed.tool_calls:  # otherwise the raw text stays, parse failures included
             calls, content = parsed.tool_calls, parsed.content
+    if status == "complete" and job.tools is not None and result is not None and result.tool_calls:
+        calls = [*calls, *result.tool_calls]  # a remote server's calls arrive parsed, outside the text
     store.update_message(reply.id, content=content, status=status, meta=meta,
                          tool_calls=[c.to_openai() for c in calls] or None)
     post(ReplyFinished(reply.id, status, result))

@@ -23,6 +23,7 @@ from .errors import (
     ModelNotFoundError,
     NumericalError,
     RegistryError,
+    RemoteError,
     RequestError,
     TemplateError,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "ModelFormatError",
     "GGUFError",
     "RegistryError",
+    "RemoteError",
     "RequestError",
     "TemplateError",
     "ContextOverflowError",
@@ -77,7 +79,8 @@ def load(
     threads: int | None = None,
     decode: str = "auto",
 ) -> Model:
-    """Load a models.toml name (None: the default model), a path to a .gguf file, a Hugging Face
+    """Load a models.toml name (None: the default model; a `source = "remote"` entry connects to
+    its OpenAI-compatible server and ignores the local-only arguments), a path to a .gguf file, a Hugging Face
     checkpoint folder (config.json + safetensors) or a folder written by `quant`.
 
     backend: "native" (our PyTorch engine), "gguf" (llama.cpp fast path) or "auto": the
@@ -104,7 +107,13 @@ def load(
     if context_length is not None and (isinstance(context_length, bool) or not isinstance(context_length, int)
                                        or context_length < 1):
         raise RequestError(f"context_length must be an integer >= 1 (None: the model's own), got {context_length!r}")
-    spec, path = resolve(model)
+    spec, path = resolve(model, allow_remote=True)
+    if spec is not None and spec.is_remote:
+        from .runtime.remote import RemoteModel
+
+        remote = RemoteModel(spec.base_url, spec.model, name=spec.name, api_key_env=spec.api_key_env)
+        remote.sampling_defaults = dict(spec.sampling)
+        return remote
     loaded = _load(spec, path, backend=backend, device=device, dtype=dtype, context_length=context_length,
                    verbose=verbose, threads=threads)
     if getattr(loaded, "backend", None) == "native":

@@ -37,3 +37,8 @@ class ContextOverflowError(EngineError):
 
 class NumericalError(EngineError):
     """Non-finite logits (NaN/Inf), typically float16 overflow: never sampled from."""
+
+
+class RemoteError(EngineError):
+    """A remote model's server that cannot be reached, refuses the key, fails or answers with
+    something that is not the OpenAI API. The message names the host and says what to check."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .text.toolcalls import ToolCall
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class GenerationResult:
     stop_sequence: str | None = None
     cached_tokens: int = 0  # prompt tokens reused from the KV cache (not prefilled again)
     dropped_messages: int = 0  # oldest messages a ChatSession left out to fit the context window
+    # Calls a remote server already parsed (OpenAI `tool_calls`); local models leave them in `text`
+    # for the caller's parse_tool_calls, since only the caller knows which tools it offered.
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def prompt_tokens_per_second(self) -> float:

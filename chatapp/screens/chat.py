@@ -154,7 +154,7 @@ class ChatScreen(Screen):
 
     def model_loaded(self, model, requested: str | None) -> None:
         status = self.query_one(StatusBar)
-        status.model_name = f"{model.name} · {model.backend}"
+        status.model_name = f"{model.name} · {model.where}"
         status.context_size = model.context_length
         if self.job is None:
             status.state = "ready"

@@ -22,7 +22,7 @@ Pull = Callable[[str, Progress], None]  # download a models.toml entry by name, 
 
 def availability(registry: Registry) -> dict[str, bool]:
     """Which entries are on this machine: no network, no hashing (the picker opens instantly)."""
-    return {name: find_local(spec) is not None for name, spec in registry.models.items()}
+    return {name: spec.is_remote or find_local(spec) is not None for name, spec in registry.models.items()}
 
 
 def hub_reachable() -> bool:
@@ -92,6 +92,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
             mark = "●" if here else ("✗" if offline else "○")
             current = "  (current)" if name == self.current else ""
             size = f"  [{spec.size}]" if spec.size else ""
+            size += f"  (remote: {spec.host})" if spec.is_remote else ""
             why = "" if here else ("  (not on this machine; offline)" if offline else "  (d: download)")
             options.append(Option(Content(f"{mark} {name}{current}  {spec.description}{size}{why}"), id=name,
                                   disabled=not here and offline))

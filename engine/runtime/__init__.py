@@ -8,6 +8,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "NativeModel": ".native",
     "DecodeRunner": ".runner",
     "LlamaCppModel": ".llamacpp",
+    "RemoteModel": ".remote",
     "SamplingParams": ".sampling",
     "make_sampler": ".sampling",
     "ChatSession": ".session",

@@ -30,6 +30,14 @@ class Model(ABC):
     # Recommended sampling (models.toml, generation_config.json): applied under the caller's
     # explicit arguments in generate()/chat(). Possibly empty; keys as SamplingParams'.
     sampling_defaults: dict[str, float | int]
+    # A model served elsewhere (runtime/remote.py): no tokenizer or template here, and its
+    # server, not a ChatSession, fits the conversation to the window and keeps the prefix cache.
+    is_remote: bool = False
+
+    @property
+    def where(self) -> str:
+        """Where it runs, for a status line: the backend, or a remote model's host."""
+        return self.backend
 
     def _load_text_side(self, metadata: dict) -> None:
         """Tokenizer and chat template from GGUF metadata: the same for every backend."""

@@ -36,6 +36,9 @@ class ChatSession:
         """Like Model.chat, with prefix reuse and the overflow policy; ContextOverflowError when
         the newest message alone does not fit."""
         model = self.model
+        if model.is_remote:  # its server renders, counts and caches the prompt
+            yield from model.chat(messages, params, tools=tools, should_stop=should_stop, **overrides)
+            return
         params = model.sampling_params(params, **overrides)
         fitted = fit_to_context(
             messages,

@@ -1,0 +1,144 @@
+"""Request bodies of the OpenAI API, validated with pydantic: a bad field is a 400 that names it.
+
+Only what the engine can honour is modelled; other OpenAI fields (user, presence_penalty, ...)
+are accepted and ignored, as llama-server and vLLM do, so that ordinary clients work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["ChatRequest", "CompletionRequest", "ValidationError", "error_body", "first_error"]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class FunctionDef(_Lenient):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Lenient):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: dict[str, str]
+
+    @field_validator("function")
+    @classmethod
+    def _has_name(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value.get("name"):
+            raise ValueError("must be {\"name\": \"<a tool's name>\"}")
+        return value
+
+
+class Message(_Lenient):
+    model_config = ConfigDict(extra="allow")  # tool_calls, name, tool_call_id pass through to the template
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def for_template(self) -> dict:
+        """The message as our chat templates take it: text content, `developer` read as `system`."""
+        out = self.model_dump(exclude_none=True)
+        if self.role == "developer":
+            out["role"] = "system"
+        if isinstance(self.content, list):  # content parts: the text ones, in order
+            out["content"] = "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        out.setdefault("content", "")
+        return out
+
+
+class _Sampling(_Lenient):
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0)
+    n: int = Field(default=1, ge=1, le=1)  # one choice per request: the engine decodes one sequence
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else value
+        if stops is not None and (len(stops) > 4 or not all(stops)):
+            raise ValueError("at most 4 non-empty stop strings")
+        return stops
+
+    def sampling(self) -> dict:
+        """SamplingParams fields the client chose (None: the model's defaults apply)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                "stop": tuple(self.stop) if self.stop else None}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    @property
+    def reply_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def offered_tools(self) -> list[dict] | None:
+        """The tool schemas the template shows: none under tool_choice "none", only the named one
+        under a named choice. ("required" is passed on as "auto": nothing forces a call.)"""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        tools = [t.model_dump(exclude_none=True) for t in self.tools]
+        if isinstance(self.tool_choice, NamedToolChoice):
+            tools = [t for t in tools if t["function"]["name"] == self.tool_choice.function["name"]]
+        return tools or None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value):
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise ValueError("one prompt per request (a list of exactly one string)")
+            value = value[0]
+        if not value:
+            raise ValueError("the prompt is empty")
+        return value
+
+    @property
+    def reply_limit(self) -> int | None:
+        return self.max_tokens
+
+
+def error_body(message: str, type_: str = "invalid_request_error", *, param: str | None = None,
+               code: str | None = None) -> dict:
+    """OpenAI's error JSON."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def first_error(e: ValidationError) -> tuple[str, str]:
+    """(the field, a one-line message naming it) for the first problem pydantic found."""
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[", "str", "list[", "dict["))]
+    field = ".".join(loc) or "body"
+    return field, f"{field}: {err['msg']}"
