@@ -9,6 +9,7 @@ load has finished); the generation worker gets its chat session from here, never
 from __future__ import annotations
 
 import concurrent.futures
+from functools import partial
 from pathlib import Path
 
 from textual import on, work
@@ -34,6 +35,7 @@ from ..messages import (
     ReplyFinished,
     ReplyStarted,
 )
+from ..pending import WRITE_ERRORS, PendingWrites, describe
 from ..store import Store
 from ..tools.runner import ToolRunner
 from ..widgets.composer import Composer
@@ -48,6 +50,9 @@ from .export import ExportScreen
 from .settings import SettingsScreen
 
 BUSY = "Wait for the reply to finish, or press Esc to stop it."
+# Seconds before each new try of a message the history could not take; then Enter tries again.
+SEND_RETRY_DELAYS = (1.0, 2.0, 4.0)
+PENDING_RETRY_S = 2.0  # how often writes kept in memory (history locked, disk full) are retried
 
 
 class ChatScreen(Screen):
@@ -80,6 +85,8 @@ class ChatScreen(Screen):
         self.session = None  # engine ChatSession of the open conversation, made on this (the UI) thread
         self.session_conversation: int | None = None
         self.views: dict[int, MessageView] = {}
+        self.pending = PendingWrites()  # history writes kept in memory until the file takes them
+        self._send_retries = 0  # automatic tries of the message in the composer so far
 
     # ---- layout -------------------------------------------------------------------------
 
@@ -96,9 +103,14 @@ class ChatScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        interrupted = self.store.recover_interrupted()
+        try:
+            interrupted = self.store.recover_interrupted()
+        except WRITE_ERRORS as e:
+            interrupted = 0
+            self.notify(f"The chat history cannot be written now ({describe(e)}).", severity="warning", markup=False)
         if interrupted:
             self.notify(f"{interrupted} reply(s) cut off last time are kept, marked as stopped.")
+        self.set_interval(PENDING_RETRY_S, self._retry_pending)
         recent = self.store.most_recent()
         if recent is not None:  # answered by the model asked for on the command line (or the default)
             self.open_conversation(recent.id)
@@ -159,7 +171,8 @@ class ChatScreen(Screen):
         if self.job is None:
             status.state = "ready"
         if self.conversation_id is not None:  # the conversation's model is the one answering it
-            conv_ops.record_model(self.store, self.conversation_id, model_label(requested))
+            self.pending.write("the model used", partial(conv_ops.record_model, self.store, self.conversation_id,
+                                                         model_label(requested)))
         self.count_context()
         self._start_waiting()
 
@@ -205,6 +218,10 @@ class ChatScreen(Screen):
     @on(Composer.Submitted, "#prompt")
     @on(Button.Pressed, "#send")
     def action_send(self) -> None:
+        self._send_retries = 0
+        self._send()
+
+    def _send(self) -> None:
         prompt = self.query_one("#prompt", Composer)
         text = prompt.text.strip()
         if not text:
@@ -212,7 +229,15 @@ class ChatScreen(Screen):
         if self.job is not None:
             self.notify(BUSY, severity="warning")
             return
-        message = conv_ops.add_user_message(self.store, self.conversation_id, text, model=model_label(self.app.model_name))
+        try:
+            self.pending.flush()
+            if self.pending:  # what is kept in memory goes first, in order
+                raise _Unwritable(self.pending.last_error or "earlier writes are still waiting")
+            message = conv_ops.add_user_message(self.store, self.conversation_id, text,
+                                                model=model_label(self.app.model_name))
+        except (*WRITE_ERRORS, _Unwritable) as e:
+            self._send_failed(describe(e))
+            return
         self.conversation_id = message.conversation_id
         prompt.clear()
         chat = self.query_one("#chat", VerticalScroll)
@@ -221,8 +246,25 @@ class ChatScreen(Screen):
         self.refresh_sidebar()
         self.start_generation()
 
+    def _send_failed(self, why: str) -> None:
+        """The message stays in the composer; try again a few times, then on the next Enter."""
+        if self._send_retries < len(SEND_RETRY_DELAYS):
+            delay = SEND_RETRY_DELAYS[self._send_retries]
+            self._send_retries += 1
+            self.set_timer(delay, self._send)
+            then = f"trying again in {delay:g} s"
+        else:
+            then = "press Enter to try again"
+        self.on_notice(Notice(f"Your message could not be saved: the chat history cannot be written ({why}). "
+                              f"It is still in the message box; {then}.", "warning"))
+
+    @work(thread=True, exclusive=True, group="pending")
+    def _retry_pending(self) -> None:
+        if self.pending and self.pending.flush() and not self.pending:
+            self.post_message(Notice("The chat history can be written again: everything kept in memory is saved."))
+
     def start_generation(self) -> None:
-        self.job = Job(conversation_id=self.conversation_id, tools=self.tool_runner)
+        self.job = Job(conversation_id=self.conversation_id, tools=self.tool_runner, pending=self.pending)
         self.query_one("#stop", Button).disabled = False
         self.query_one("#send", Button).disabled = True
         if self.app.model_ready.is_set():
@@ -322,7 +364,8 @@ class ChatScreen(Screen):
         if self.conversation_id is not None:
             self._label_alternatives(conv_ops.open_conversation(self.store, self.conversation_id))
             if self.app.model is not None:  # the conversation's model is the one that answered it last
-                conv_ops.record_model(self.store, self.conversation_id, model_label(self.app.model_name))
+                self.pending.write("the model used", partial(conv_ops.record_model, self.store, self.conversation_id,
+                                                             model_label(self.app.model_name)))
 
     # ---- tool approval (asked on the generation worker's thread) ------------------------
 
@@ -480,3 +523,7 @@ class ChatScreen(Screen):
     @on(Sidebar.SearchChanged)
     def _search_changed(self, event: Sidebar.SearchChanged) -> None:
         self.refresh_sidebar(event.query)
+
+
+class _Unwritable(Exception):
+    """Writes kept in memory still wait: a new message must not overtake them."""
