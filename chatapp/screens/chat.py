@@ -87,6 +87,7 @@ class ChatScreen(Screen):
         self.views: dict[int, MessageView] = {}
         self.pending = PendingWrites()  # history writes kept in memory until the file takes them
         self._send_retries = 0  # automatic tries of the message in the composer so far
+        self.closing = False  # set on quit: what the stopping worker still posts is not shown
 
     # ---- layout -------------------------------------------------------------------------
 
@@ -347,9 +348,13 @@ class ChatScreen(Screen):
         status.context_used, status.context_size = event.prompt_tokens, event.context_length
 
     def on_history_changed(self, _event: HistoryChanged) -> None:
+        if self.closing:
+            return
         self.open_conversation(self.conversation_id)
 
     def on_notice(self, event: Notice) -> None:
+        if self.closing:
+            return
         # In the chat only, where it stays beside the replies it is about; a toast would repeat it.
         chat = self.query_one("#chat", VerticalScroll)
         chat.mount(Static(inert(event.text), classes=f"notice {event.severity}", markup=False))
@@ -357,6 +362,8 @@ class ChatScreen(Screen):
 
     def on_job_done(self, _event: JobDone) -> None:
         self.job = None
+        if self.closing:
+            return
         self.query_one("#stop", Button).disabled = True
         self.query_one("#send", Button).disabled = False
         self.query_one(StatusBar).state = "ready" if self.app.model is not None else "no model"
