@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -456,8 +456,11 @@ class Store:
         db.execute("DELETE FROM messages WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = ?)"
                    " AND seq > ?", (user["id"], user["seq"]))
 
-    def recover_interrupted(self) -> int:
-        """Mark replies left "streaming" by an app that died as "stopped"; return how many. Call it
-        at start-up: it cannot tell a dead writer from another instance still streaming."""
+    def recover_interrupted(self, writer_alive: Callable[[int], bool] = lambda conversation_id: False) -> int:
+        """Mark replies left "streaming" by an app that died as "stopped"; return how many.
+        `writer_alive(conversation_id)` keeps the replies another running app is still writing."""
         with self._write() as db:
-            return db.execute("UPDATE messages SET status = 'stopped' WHERE status = 'streaming'").rowcount
+            ids = [r[0] for r in db.execute("SELECT DISTINCT conversation_id FROM messages WHERE status = 'streaming'")]
+            gone = [i for i in ids if not writer_alive(i)]
+            return sum(db.execute("UPDATE messages SET status = 'stopped' WHERE status = 'streaming'"
+                                  " AND conversation_id = ?", (i,)).rowcount for i in gone)

@@ -35,6 +35,7 @@ from ..messages import (
     ReplyFinished,
     ReplyStarted,
 )
+from ..presence import ConversationLocks
 from ..pending import WRITE_ERRORS, PendingWrites, describe
 from ..store import Store
 from ..tools.runner import ToolRunner
@@ -88,6 +89,7 @@ class ChatScreen(Screen):
         self.pending = PendingWrites()  # history writes kept in memory until the file takes them
         self._send_retries = 0  # automatic tries of the message in the composer so far
         self.closing = False  # set on quit: what the stopping worker still posts is not shown
+        self.locks = ConversationLocks(store.path)  # the open conversation, claimed for this app
 
     # ---- layout -------------------------------------------------------------------------
 
@@ -105,7 +107,8 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         try:
-            interrupted = self.store.recover_interrupted()
+            # Only replies whose writer is gone: another app running on this file keeps its own.
+            interrupted = self.store.recover_interrupted(self.locks.in_use_elsewhere)
         except WRITE_ERRORS as e:
             interrupted = 0
             self.notify(f"The chat history cannot be written now ({describe(e)}).", severity="warning", markup=False)
@@ -126,8 +129,14 @@ class ChatScreen(Screen):
     def refresh_sidebar(self, search: str | None = None) -> None:
         self.query_one(Sidebar).show(self.store.list_conversations(search or None), self.conversation_id)
 
+    def on_unmount(self) -> None:
+        self.locks.release_all()
+
     def open_conversation(self, conversation_id: int | None) -> None:
         switched = conversation_id != self.conversation_id  # not a reload of the one shown
+        if switched:
+            self.locks.release(self.conversation_id)
+        elsewhere = switched and conversation_id is not None and not self.locks.claim(conversation_id)
         self.conversation_id = conversation_id
         chat = self.query_one("#chat", VerticalScroll)
         chat.remove_children()
@@ -137,6 +146,8 @@ class ChatScreen(Screen):
             chat.mount_all([self._view(m) for m in opened.messages])
             chat.scroll_end(animate=False)
             self._label_alternatives(opened)
+            if elsewhere:
+                self.on_notice(Notice(self._elsewhere(conversation_id), "warning"))
             if switched:
                 note = conv_ops.model_note(self.store, conversation_id, model_label(self.app.model_name))
                 if note:
@@ -230,6 +241,8 @@ class ChatScreen(Screen):
         if self.job is not None:
             self.notify(BUSY, severity="warning")
             return
+        if not self._writable():
+            return
         try:
             self.pending.flush()
             if self.pending:  # what is kept in memory goes first, in order
@@ -240,12 +253,27 @@ class ChatScreen(Screen):
             self._send_failed(describe(e))
             return
         self.conversation_id = message.conversation_id
+        self.locks.claim(self.conversation_id)  # a new conversation is this app's from the start
         prompt.clear()
         chat = self.query_one("#chat", VerticalScroll)
         chat.mount(self._view(message))
         chat.scroll_end(animate=False)
         self.refresh_sidebar()
         self.start_generation()
+
+    def _elsewhere(self, conversation_id: int) -> str:
+        pid = self.locks.holder(conversation_id)
+        where = f" (process {pid})" if pid else ""
+        return (f"This conversation is open in another chatapp{where}: it is read-only here. "
+                "Close it there, or start a new conversation (ctrl+n).")
+
+    def _writable(self) -> bool:
+        """False, with a notice, while another running app has the open conversation (claimed
+        again here once that app has let it go)."""
+        if self.conversation_id is None or self.locks.claim(self.conversation_id):
+            return True
+        self.on_notice(Notice(self._elsewhere(self.conversation_id), "warning"))
+        return False
 
     def _send_failed(self, why: str) -> None:
         """The message stays in the composer; try again a few times, then on the next Enter."""
@@ -409,7 +437,7 @@ class ChatScreen(Screen):
         self.query_one("#prompt", Composer).focus()
 
     def action_regenerate(self) -> None:
-        if self.job is not None or self.conversation_id is None:
+        if self.job is not None or self.conversation_id is None or not self._writable():
             return
         if conv_ops.regenerate(self.store, self.conversation_id):
             self.open_conversation(self.conversation_id)
@@ -430,7 +458,7 @@ class ChatScreen(Screen):
 
     def action_edit_message(self) -> None:
         """Edit the focused user message (else the last one) and resend from there."""
-        if self.job is not None or self.conversation_id is None:
+        if self.job is not None or self.conversation_id is None or not self._writable():
             return
         focused = self.focused
         while focused is not None and not isinstance(focused, MessageView):

@@ -63,3 +63,51 @@ def test_a_switch_that_runs_out_of_memory_keeps_the_current_model(tmp_path, defa
             assert messages(app)[1].content == "still here"
 
     asyncio.run(main())
+
+
+def notices(app) -> str:
+    return "\n".join(str(w.render()) for w in app.chat_screen.query(".notice"))
+
+
+def test_a_second_instance_leaves_the_first_ones_live_reply_and_conversation_alone(tmp_path, default_gguf):
+    from chatapp.presence import ConversationLocks
+
+    path = tmp_path / "history.db"
+    # The first instance, as it is mid-reply: its conversation claimed, its reply streaming.
+    first = Store(path)
+    live = first.create_conversation()
+    first.add_message(live.id, "user", "first app's question")
+    streaming = first.add_message(live.id, "assistant", "half an answ", status="streaming")
+    first_locks = ConversationLocks(path)
+    assert first_locks.claim(live.id)
+    # A reply whose writer died: nobody holds its conversation.
+    dead = first.create_conversation()
+    first.add_message(dead.id, "user", "old question")
+    cut = first.add_message(dead.id, "assistant", "cut o", status="streaming")
+    first.update_message(streaming.id, content="half an answ")  # the live one is the most recent
+
+    model = ScriptedModel(default_gguf, ["answer in the second app"])
+
+    async def main():
+        app = ChatApp(store=Store(path), load_model=lambda name: model)
+        async with app.run_test() as pilot:
+            await wait_for(pilot, lambda: app.model is not None, what="the model")
+            assert app.chat_screen.conversation_id == live.id
+            by_id = {m.id: m for m in app.store.messages(live.id) + app.store.messages(dead.id)}
+            assert by_id[streaming.id].status == "streaming"  # its writer is alive
+            assert by_id[cut.id].status == "stopped"  # its writer is gone
+            assert "open in another chatapp" in notices(app) and "read-only" in notices(app)
+
+            await send(pilot, "written in the second app")
+            await pilot.pause(0.2)
+            assert [m.content for m in app.store.messages(live.id)] == ["first app's question", "half an answ"]
+            assert app.query_one("#prompt").text == "written in the second app"  # kept, not sent
+            assert app.chat_screen.job is None
+
+            first_locks.release_all()  # the first app closed the conversation
+            await send(pilot, "written in the second app")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(app.store.messages(live.id)) == 4,
+                           what="the reply once the first app let go")
+            assert app.store.messages(live.id)[-1].content == "answer in the second app"
+
+    asyncio.run(main())
