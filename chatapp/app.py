@@ -28,7 +28,6 @@ from .tools.builtin import FileAccess
 from .tools.registry import ToolRegistry
 from .tools.runner import ToolRunner
 
-
 QUIT_WAIT_S = 2.0  # longest wait on quit for a reply to stop and be saved
 
 
