@@ -26,7 +26,7 @@ from .store import Store
 from .tools.approval import ApprovalPolicy
 from .tools.builtin import FileAccess
 from .tools.registry import ToolRegistry
-from .tools.runner import ToolRunner
+from .tools.runner import TOOL_TIMEOUT_S, ToolRunner
 
 QUIT_WAIT_S = 2.0  # longest wait on quit for a reply to stop and be saved
 
@@ -48,6 +48,7 @@ class ChatApp(App):
         load_model: Callable[[str | None], object] | None = None,
         allowed_dirs: Iterable[Path] = (),
         tool_registry: ToolRegistry | None = None,
+        tool_timeout: float = TOOL_TIMEOUT_S,
     ) -> None:
         super().__init__()
         self.store = store
@@ -58,7 +59,7 @@ class ChatApp(App):
         self.model_ready = threading.Event()  # set once the first load has finished, loaded or not
         self.model_error: str | None = None
         self.tool_registry = tool_registry or ToolRegistry(FileAccess([Path(d) for d in allowed_dirs]))
-        self.tool_runner = ToolRunner(self.tool_registry)
+        self.tool_runner = ToolRunner(self.tool_registry, timeout=tool_timeout)
         self.tool_registry.register_plugin(ApprovalPolicy(self._ask_approval))
         self.chat_screen: ChatScreen | None = None  # made with the first screen, once the app runs
 

@@ -74,7 +74,7 @@ def run_job(job: Job, store: Store, post: Callable[[Message], object]) -> None:
             for call in calls:
                 if job.cancel.is_set():
                     return
-                result = job.tools.run(call)
+                result = job.tools.run(call, job.cancel)  # Esc answers a tool still running
                 msg = result.to_message()
                 saved = job.pending.write("a tool result", partial(
                     store.add_message, job.conversation_id, "tool", msg["content"], tool_call_id=msg["tool_call_id"],
@@ -83,6 +83,8 @@ def run_job(job: Job, store: Store, post: Callable[[Message], object]) -> None:
                     post(Notice(_unsaved("the tool result", job.pending.last_error), "warning"))
                     return
             post(HistoryChanged())
+            if job.cancel.is_set():  # stopped while a tool ran: its result is kept, the model not asked again
+                return
         post(Notice(f"Stopped after {MAX_CHAINED_CALLS} rounds of tool calls in one turn.", "warning"))
     except EngineError as e:
         post(Notice(str(e), "error"))
