@@ -83,3 +83,42 @@ def test_escape_cancels_a_running_tool(tmp_path, default_gguf):
         plugin.release.set()
 
     asyncio.run(main())
+
+
+def test_links_in_a_reply_show_their_target_and_ask_and_other_schemes_are_refused(tmp_path, default_gguf, monkeypatch):
+    from textual.widgets._markdown import MarkdownParagraph
+
+    from chatapp.screens.dialogs import ConfirmScreen
+
+    # markdown-it already makes no link of file: and javascript: targets; other schemes it keeps.
+    reply = ("[docs](file:///etc/passwd)\n\n[x](javascript:alert(1))\n\n[https://example.com](vscode://file/etc/passwd)"
+             "\n\n[the site](https://example.com/page)")
+    model = ScriptedModel(default_gguf, [reply])
+    opened = []
+
+    async def main():
+        app = ChatApp(store=Store(tmp_path / "history.db"), load_model=lambda name: model)
+        monkeypatch.setattr(app, "open_url", lambda url, **kw: opened.append(url))  # no browser in a test
+        async with app.run_test(size=(100, 40)) as pilot:
+            await send(pilot, "links please")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(messages(app)) == 2, what="the reply")
+            await pilot.pause(0.2)
+            view = app.chat_screen.views[messages(app)[1].id]
+            paragraphs = list(view.query(MarkdownParagraph))
+            assert len(paragraphs) == 4
+            for paragraph in paragraphs[:3]:  # file:, javascript:, and a custom scheme dressed as https
+                await pilot.click(paragraph, offset=(1, 0))
+                await pilot.pause(0.1)
+                assert not isinstance(app.screen, ConfirmScreen)
+            refused = [n.message for n in app._notifications]
+            assert any("Not opened: vscode://file/etc/passwd" in m for m in refused)
+            assert opened == []
+
+            await pilot.click(paragraphs[3], offset=(1, 0))
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+            assert "https://example.com/page" in app.screen.question  # the real target, not the text
+            assert opened == []
+            await pilot.press("y")
+            await wait_for(pilot, lambda: opened == ["https://example.com/page"], what="the link opened")
+
+    asyncio.run(main())
