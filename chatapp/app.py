@@ -3,6 +3,7 @@ the global keys, the command palette, and the chat screen (chatapp/screens/chat.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -25,7 +26,9 @@ from .store import Store
 from .tools.approval import ApprovalPolicy
 from .tools.builtin import FileAccess
 from .tools.registry import ToolRegistry
-from .tools.runner import ToolRunner
+from .tools.runner import TOOL_TIMEOUT_S, ToolRunner
+
+QUIT_WAIT_S = 2.0  # longest wait on quit for a reply to stop and be saved
 
 
 class ChatApp(App):
@@ -45,6 +48,7 @@ class ChatApp(App):
         load_model: Callable[[str | None], object] | None = None,
         allowed_dirs: Iterable[Path] = (),
         tool_registry: ToolRegistry | None = None,
+        tool_timeout: float = TOOL_TIMEOUT_S,
     ) -> None:
         super().__init__()
         self.store = store
@@ -55,7 +59,7 @@ class ChatApp(App):
         self.model_ready = threading.Event()  # set once the first load has finished, loaded or not
         self.model_error: str | None = None
         self.tool_registry = tool_registry or ToolRegistry(FileAccess([Path(d) for d in allowed_dirs]))
-        self.tool_runner = ToolRunner(self.tool_registry)
+        self.tool_runner = ToolRunner(self.tool_registry, timeout=tool_timeout)
         self.tool_registry.register_plugin(ApprovalPolicy(self._ask_approval))
         self.chat_screen: ChatScreen | None = None  # made with the first screen, once the app runs
 
@@ -87,6 +91,8 @@ class ChatApp(App):
             model = self._load_model(name)
         except (EngineError, ValueError, OSError) as e:
             self.post_message(ModelFailed(str(e), name))
+        except Exception as e:  # MemoryError, a RuntimeError from torch or llama.cpp: the app stays up
+            self.post_message(ModelFailed(f"{type(e).__name__}: {e}", name))
         else:
             self.post_message(ModelLoaded(model, name))
 
@@ -100,6 +106,16 @@ class ChatApp(App):
             self.model_error = event.error
         self.model_ready.set()
         self.chat_screen.model_failed(event.error, event.requested)
+
+    async def action_quit(self) -> None:
+        """Stop a reply being generated (kept, marked stopped) before leaving: a thread worker is
+        not cancelled by the app closing, and would go on generating in a windowless process."""
+        job = self.chat_screen.job if self.chat_screen is not None else None
+        if job is not None:
+            self.chat_screen.closing = True
+            job.cancel.set()
+            await asyncio.to_thread(job.finished.wait, QUIT_WAIT_S)
+        self.exit()
 
     def action_pick_model(self) -> None:
         from engine import load_registry

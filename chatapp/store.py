@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -100,8 +100,9 @@ class Store:
     """Chat history in one SQLite file. Missing ids raise KeyError, bad arguments ValueError,
     an unusable database StoreError."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path).expanduser() if path is not None else default_db_path()
+        self.busy_timeout = busy_timeout  # seconds a write waits for another process's transaction
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = self._open()
@@ -109,7 +110,7 @@ class Store:
     def _open(self) -> sqlite3.Connection:
         try:
             # isolation_level=None: no implicit transactions; timeout is SQLite's busy timeout.
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                  check_same_thread=False)
         except sqlite3.Error as e:
             raise self._error(e) from e
@@ -138,7 +139,9 @@ class Store:
         code = getattr(e, "sqlite_errorname", "") or ""
         if code.startswith("SQLITE_BUSY"):
             return StoreError(f"chat history {self.path} stayed locked by another process for "
-                              f"{BUSY_TIMEOUT_S:g} s; try again")
+                              f"{self.busy_timeout:g} s; try again")
+        if code.startswith("SQLITE_FULL"):
+            return StoreError(f"chat history {self.path}: the disk is full; free some space")
         if code.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
             return StoreError(f"chat history {self.path} is corrupt or not an SQLite database ({e}); "
                               "move it aside and chatapp will start a new one")
@@ -453,8 +456,11 @@ class Store:
         db.execute("DELETE FROM messages WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = ?)"
                    " AND seq > ?", (user["id"], user["seq"]))
 
-    def recover_interrupted(self) -> int:
-        """Mark replies left "streaming" by an app that died as "stopped"; return how many. Call it
-        at start-up: it cannot tell a dead writer from another instance still streaming."""
+    def recover_interrupted(self, writer_alive: Callable[[int], bool] = lambda conversation_id: False) -> int:
+        """Mark replies left "streaming" by an app that died as "stopped"; return how many.
+        `writer_alive(conversation_id)` keeps the replies another running app is still writing."""
         with self._write() as db:
-            return db.execute("UPDATE messages SET status = 'stopped' WHERE status = 'streaming'").rowcount
+            ids = [r[0] for r in db.execute("SELECT DISTINCT conversation_id FROM messages WHERE status = 'streaming'")]
+            gone = [i for i in ids if not writer_alive(i)]
+            return sum(db.execute("UPDATE messages SET status = 'stopped' WHERE status = 'streaming'"
+                                  " AND conversation_id = ?", (i,)).rowcount for i in gone)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from textual.message import Message
@@ -27,6 +28,7 @@ from .messages import (
     ReplyFinished,
     ReplyStarted,
 )
+from .pending import WRITE_ERRORS, PendingWrites, describe, with_retries
 from .store import Store
 from .tools.runner import MAX_CHAINED_CALLS, ToolRunner
 
@@ -47,6 +49,9 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     session: ChatSession | None = None
     params: SamplingParams | None = None  # SamplingParams.merged(model defaults, conversation's)
+    # Writes the history file could not take yet (locked, disk full): the screen retries them.
+    pending: PendingWrites = field(default_factory=PendingWrites)
+    finished: threading.Event = field(default_factory=threading.Event)  # set when run_job returns
 
 
 def history_for_model(store: Store, conversation_id: int) -> list[dict]:
@@ -69,17 +74,27 @@ def run_job(job: Job, store: Store, post: Callable[[Message], object]) -> None:
             for call in calls:
                 if job.cancel.is_set():
                     return
-                result = job.tools.run(call)
+                result = job.tools.run(call, job.cancel)  # Esc answers a tool still running
                 msg = result.to_message()
-                store.add_message(job.conversation_id, "tool", msg["content"], tool_call_id=msg["tool_call_id"], name=msg["name"],
-                                  meta={"is_error": result.is_error, "denied": result.denied})
+                saved = job.pending.write("a tool result", partial(
+                    store.add_message, job.conversation_id, "tool", msg["content"], tool_call_id=msg["tool_call_id"],
+                    name=msg["name"], meta={"is_error": result.is_error, "denied": result.denied}))
+                if not saved:  # the next round reads the history: it cannot go on without the result
+                    post(Notice(_unsaved("the tool result", job.pending.last_error), "warning"))
+                    return
             post(HistoryChanged())
+            if job.cancel.is_set():  # stopped while a tool ran: its result is kept, the model not asked again
+                return
         post(Notice(f"Stopped after {MAX_CHAINED_CALLS} rounds of tool calls in one turn.", "warning"))
     except EngineError as e:
         post(Notice(str(e), "error"))
+    except WRITE_ERRORS as e:
+        post(Notice(f"The reply could not start: the chat history cannot be written ({describe(e)}). "
+                    "Your message is saved; ctrl+r tries again.", "error"))
     except Exception as e:  # a bug must not take the app (and the user's typing) down with it
         post(Notice(f"Generation failed: {type(e).__name__}: {e}", "error"))
     finally:
+        job.finished.set()
         post(JobDone())
 
 
@@ -89,7 +104,9 @@ def _one_reply(job: Job, store: Store, post) -> list:
     model = session.model
     schemas = job.tools.registry.schemas() if job.tools is not None and model.supports_tools else None
     history = history_for_model(store, job.conversation_id)
-    reply = store.add_message(job.conversation_id, "assistant", "", status="streaming", meta={"model": model.name})
+    # Retried a few times: without the row there is nothing to stream into (the turn is kept).
+    reply = with_retries(partial(store.add_message, job.conversation_id, "assistant", "", status="streaming",
+                                 meta={"model": model.name}), stop=job.cancel.is_set)
     post(ReplyStarted(reply))
     text, unposted = "", ""
     last_save = last_post = time.monotonic()
@@ -103,15 +120,19 @@ def _one_reply(job: Job, store: Store, post) -> list:
                 if now - last_post >= POST_INTERVAL:
                     post(ReplyDelta(reply.id, unposted))
                     unposted, last_post = "", now
-                if now - last_save >= SAVE_INTERVAL:
-                    store.update_message(reply.id, content=text)
+                if now - last_save >= SAVE_INTERVAL and not job.pending:
+                    try:
+                        store.update_message(reply.id, content=text)
+                    except WRITE_ERRORS:
+                        pass  # the text is in memory; the final write saves all of it
                     last_save = now
             else:
                 result = event
     except Exception as e:
         # Shown once, on the reply it stopped (and kept with it): not again as a notice.
         error = str(e) if isinstance(e, EngineError) else f"Generation failed: {type(e).__name__}: {e}"
-        store.update_message(reply.id, content=text, status="error", meta={"error": error, "model": model.name})
+        _save(job, post, partial(store.update_message, reply.id, content=text, status="error",
+                                 meta={"error": error, "model": model.name}))
         if unposted:
             post(ReplyDelta(reply.id, unposted))
         post(ReplyFinished(reply.id, "error", None))
@@ -142,8 +163,21 @@ def _one_reply(job: Job, store: Store, post) -> list:
             calls, content = parsed.tool_calls, parsed.content
     if status == "complete" and job.tools is not None and result is not None and result.tool_calls:
         calls = [*calls, *result.tool_calls]  # a remote server's calls arrive parsed, outside the text
-    store.update_message(reply.id, content=content, status=status, meta=meta,
-                         tool_calls=[c.to_openai() for c in calls] or None)
+    saved = _save(job, post, partial(store.update_message, reply.id, content=content, status=status, meta=meta,
+                                     tool_calls=[c.to_openai() for c in calls] or None))
     post(ReplyFinished(reply.id, status, result))
-    return calls
+    return calls if saved else []  # tool results must not be stored before the calls that asked
+
+
+def _save(job: Job, post, write) -> bool:
+    """The reply's final write: now, or kept in memory (and said so) until the file takes it."""
+    if job.pending.write("the reply", write):
+        return True
+    post(Notice(_unsaved("the reply", job.pending.last_error), "warning"))
+    return False
+
+
+def _unsaved(what: str, why: str | None) -> str:
+    return (f"The chat history cannot be written now ({why}); {what} is kept in memory "
+            "and saved as soon as it can be.")
 

@@ -9,20 +9,19 @@ load has finished); the generation worker gets its chat session from here, never
 from __future__ import annotations
 
 import concurrent.futures
-from pathlib import Path
+from functools import partial
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Static
+from textual.widgets import Button, Footer, Static
 
 from engine import EngineError
 
 from .. import conversation as conv_ops
 from ..conversation import model_label
-from ..export import default_export_path, export_to_file
 from ..messages import (
     ApprovalRequested,
     ContextCounted,
@@ -34,6 +33,8 @@ from ..messages import (
     ReplyFinished,
     ReplyStarted,
 )
+from ..pending import WRITE_ERRORS, PendingWrites, describe
+from ..presence import ConversationLocks
 from ..store import Store
 from ..tools.runner import ToolRunner
 from ..widgets.composer import Composer
@@ -43,14 +44,16 @@ from ..widgets.sidebar import Sidebar
 from ..widgets.status import StatusBar
 from ..worker import Job, history_for_model, run_job
 from .approval import ApprovalScreen
-from .dialogs import ConfirmScreen, TextPromptScreen
-from .export import ExportScreen
-from .settings import SettingsScreen
+from .chat_actions import ConversationActions
+from .dialogs import TextPromptScreen
 
 BUSY = "Wait for the reply to finish, or press Esc to stop it."
+# Seconds before each new try of a message the history could not take; then Enter tries again.
+SEND_RETRY_DELAYS = (1.0, 2.0, 4.0)
+PENDING_RETRY_S = 2.0  # how often writes kept in memory (history locked, disk full) are retried
 
 
-class ChatScreen(Screen):
+class ChatScreen(ConversationActions, Screen):
     # The footer lists these, then the app's (F1 help); F1 lists these, then the app's help and
     # quit. Quit is repeated here only to keep its place first in the footer, where Textual's
     # App bindings have always put it.
@@ -80,6 +83,10 @@ class ChatScreen(Screen):
         self.session = None  # engine ChatSession of the open conversation, made on this (the UI) thread
         self.session_conversation: int | None = None
         self.views: dict[int, MessageView] = {}
+        self.pending = PendingWrites()  # history writes kept in memory until the file takes them
+        self._send_retries = 0  # automatic tries of the message in the composer so far
+        self.closing = False  # set on quit: what the stopping worker still posts is not shown
+        self.locks = ConversationLocks(store.path)  # the open conversation, claimed for this app
 
     # ---- layout -------------------------------------------------------------------------
 
@@ -96,9 +103,15 @@ class ChatScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        interrupted = self.store.recover_interrupted()
+        try:
+            # Only replies whose writer is gone: another app running on this file keeps its own.
+            interrupted = self.store.recover_interrupted(self.locks.in_use_elsewhere)
+        except WRITE_ERRORS as e:
+            interrupted = 0
+            self.notify(f"The chat history cannot be written now ({describe(e)}).", severity="warning", markup=False)
         if interrupted:
             self.notify(f"{interrupted} reply(s) cut off last time are kept, marked as stopped.")
+        self.set_interval(PENDING_RETRY_S, self._retry_pending)
         recent = self.store.most_recent()
         if recent is not None:  # answered by the model asked for on the command line (or the default)
             self.open_conversation(recent.id)
@@ -113,8 +126,14 @@ class ChatScreen(Screen):
     def refresh_sidebar(self, search: str | None = None) -> None:
         self.query_one(Sidebar).show(self.store.list_conversations(search or None), self.conversation_id)
 
+    def on_unmount(self) -> None:
+        self.locks.release_all()
+
     def open_conversation(self, conversation_id: int | None) -> None:
         switched = conversation_id != self.conversation_id  # not a reload of the one shown
+        if switched:
+            self.locks.release(self.conversation_id)
+        elsewhere = switched and conversation_id is not None and not self.locks.claim(conversation_id)
         self.conversation_id = conversation_id
         chat = self.query_one("#chat", VerticalScroll)
         chat.remove_children()
@@ -124,6 +143,8 @@ class ChatScreen(Screen):
             chat.mount_all([self._view(m) for m in opened.messages])
             chat.scroll_end(animate=False)
             self._label_alternatives(opened)
+            if elsewhere:
+                self.on_notice(Notice(self._elsewhere(conversation_id), "warning"))
             if switched:
                 note = conv_ops.model_note(self.store, conversation_id, model_label(self.app.model_name))
                 if note:
@@ -159,7 +180,8 @@ class ChatScreen(Screen):
         if self.job is None:
             status.state = "ready"
         if self.conversation_id is not None:  # the conversation's model is the one answering it
-            conv_ops.record_model(self.store, self.conversation_id, model_label(requested))
+            self.pending.write("the model used", partial(conv_ops.record_model, self.store, self.conversation_id,
+                                                         model_label(requested)))
         self.count_context()
         self._start_waiting()
 
@@ -205,6 +227,10 @@ class ChatScreen(Screen):
     @on(Composer.Submitted, "#prompt")
     @on(Button.Pressed, "#send")
     def action_send(self) -> None:
+        self._send_retries = 0
+        self._send()
+
+    def _send(self) -> None:
         prompt = self.query_one("#prompt", Composer)
         text = prompt.text.strip()
         if not text:
@@ -212,8 +238,19 @@ class ChatScreen(Screen):
         if self.job is not None:
             self.notify(BUSY, severity="warning")
             return
-        message = conv_ops.add_user_message(self.store, self.conversation_id, text, model=model_label(self.app.model_name))
+        if not self._writable():
+            return
+        try:
+            self.pending.flush()
+            if self.pending:  # what is kept in memory goes first, in order
+                raise _Unwritable(self.pending.last_error or "earlier writes are still waiting")
+            message = conv_ops.add_user_message(self.store, self.conversation_id, text,
+                                                model=model_label(self.app.model_name))
+        except (*WRITE_ERRORS, _Unwritable) as e:
+            self._send_failed(describe(e))
+            return
         self.conversation_id = message.conversation_id
+        self.locks.claim(self.conversation_id)  # a new conversation is this app's from the start
         prompt.clear()
         chat = self.query_one("#chat", VerticalScroll)
         chat.mount(self._view(message))
@@ -221,8 +258,39 @@ class ChatScreen(Screen):
         self.refresh_sidebar()
         self.start_generation()
 
+    def _elsewhere(self, conversation_id: int) -> str:
+        pid = self.locks.holder(conversation_id)
+        where = f" (process {pid})" if pid else ""
+        return (f"This conversation is open in another chatapp{where}: it is read-only here. "
+                "Close it there, or start a new conversation (ctrl+n).")
+
+    def _writable(self) -> bool:
+        """False, with a notice, while another running app has the open conversation (claimed
+        again here once that app has let it go)."""
+        if self.conversation_id is None or self.locks.claim(self.conversation_id):
+            return True
+        self.on_notice(Notice(self._elsewhere(self.conversation_id), "warning"))
+        return False
+
+    def _send_failed(self, why: str) -> None:
+        """The message stays in the composer; try again a few times, then on the next Enter."""
+        if self._send_retries < len(SEND_RETRY_DELAYS):
+            delay = SEND_RETRY_DELAYS[self._send_retries]
+            self._send_retries += 1
+            self.set_timer(delay, self._send)
+            then = f"trying again in {delay:g} s"
+        else:
+            then = "press Enter to try again"
+        self.on_notice(Notice(f"Your message could not be saved: the chat history cannot be written ({why}). "
+                              f"It is still in the message box; {then}.", "warning"))
+
+    @work(thread=True, exclusive=True, group="pending")
+    def _retry_pending(self) -> None:
+        if self.pending and self.pending.flush() and not self.pending:
+            self.post_message(Notice("The chat history can be written again: everything kept in memory is saved."))
+
     def start_generation(self) -> None:
-        self.job = Job(conversation_id=self.conversation_id, tools=self.tool_runner)
+        self.job = Job(conversation_id=self.conversation_id, tools=self.tool_runner, pending=self.pending)
         self.query_one("#stop", Button).disabled = False
         self.query_one("#send", Button).disabled = True
         if self.app.model_ready.is_set():
@@ -305,9 +373,13 @@ class ChatScreen(Screen):
         status.context_used, status.context_size = event.prompt_tokens, event.context_length
 
     def on_history_changed(self, _event: HistoryChanged) -> None:
+        if self.closing:
+            return
         self.open_conversation(self.conversation_id)
 
     def on_notice(self, event: Notice) -> None:
+        if self.closing:
+            return
         # In the chat only, where it stays beside the replies it is about; a toast would repeat it.
         chat = self.query_one("#chat", VerticalScroll)
         chat.mount(Static(inert(event.text), classes=f"notice {event.severity}", markup=False))
@@ -315,6 +387,8 @@ class ChatScreen(Screen):
 
     def on_job_done(self, _event: JobDone) -> None:
         self.job = None
+        if self.closing:
+            return
         self.query_one("#stop", Button).disabled = True
         self.query_one("#send", Button).disabled = False
         self.query_one(StatusBar).state = "ready" if self.app.model is not None else "no model"
@@ -322,7 +396,8 @@ class ChatScreen(Screen):
         if self.conversation_id is not None:
             self._label_alternatives(conv_ops.open_conversation(self.store, self.conversation_id))
             if self.app.model is not None:  # the conversation's model is the one that answered it last
-                conv_ops.record_model(self.store, self.conversation_id, model_label(self.app.model_name))
+                self.pending.write("the model used", partial(conv_ops.record_model, self.store, self.conversation_id,
+                                                             model_label(self.app.model_name)))
 
     # ---- tool approval (asked on the generation worker's thread) ------------------------
 
@@ -359,7 +434,7 @@ class ChatScreen(Screen):
         self.query_one("#prompt", Composer).focus()
 
     def action_regenerate(self) -> None:
-        if self.job is not None or self.conversation_id is None:
+        if self.job is not None or self.conversation_id is None or not self._writable():
             return
         if conv_ops.regenerate(self.store, self.conversation_id):
             self.open_conversation(self.conversation_id)
@@ -380,7 +455,7 @@ class ChatScreen(Screen):
 
     def action_edit_message(self) -> None:
         """Edit the focused user message (else the last one) and resend from there."""
-        if self.job is not None or self.conversation_id is None:
+        if self.job is not None or self.conversation_id is None or not self._writable():
             return
         focused = self.focused
         while focused is not None and not isinstance(focused, MessageView):
@@ -396,77 +471,6 @@ class ChatScreen(Screen):
 
         self.app.push_screen(TextPromptScreen("Edit the message and resend from there", target.content, multiline=True), resend)
 
-    def action_settings(self) -> None:
-        system, sampling = conv_ops.conversation_settings(self.store, self.conversation_id)
-
-        def saved(result) -> None:
-            if result is None:
-                return
-            self.conversation_id = conv_ops.save_settings(self.store, self.conversation_id, result[0], result[1],
-                                                          model=model_label(self.app.model_name))
-            self.refresh_sidebar()
-            self.notify("Settings saved for this conversation.")
-
-        model_defaults = getattr(self.app.model, "sampling_defaults", None) or {}
-        self.app.push_screen(SettingsScreen(system, sampling, model_defaults), saved)
-
-    def action_toggle_sidebar(self) -> None:
-        sidebar = self.query_one(Sidebar)
-        sidebar.display = not sidebar.display
-
-    def action_search(self) -> None:
-        self.query_one(Sidebar).display = True
-        self.query_one("#search", Input).focus()
-
-    def action_rename(self) -> None:
-        if self.conversation_id is None:
-            return
-        conv = self.store.get_conversation(self.conversation_id)
-
-        def renamed(title: str | None) -> None:
-            if title is not None:
-                self.store.rename(conv.id, title)
-                self.refresh_sidebar()
-
-        self.app.push_screen(TextPromptScreen("Rename conversation (empty: title from the first message)", conv.title), renamed)
-
-    def action_delete_conversation(self) -> None:
-        target = self.query_one(Sidebar).highlighted_id() if self.focused and self.query_one(Sidebar) in self.focused.ancestors else None
-        target = target or self.conversation_id
-        if target is None:
-            return
-        title = self.store.get_conversation(target).title
-
-        def confirmed(yes: bool | None) -> None:
-            if not yes:
-                return
-            if self.job is not None and target == self.conversation_id:
-                self.action_stop()
-            deleted = conv_ops.delete_conversation(self.store, target, self.conversation_id)
-            if deleted.was_open:
-                self.open_conversation(deleted.open_next)
-            else:
-                self.refresh_sidebar()
-
-        self.app.push_screen(ConfirmScreen(f"Delete “{inert(title)}” and all its messages?", yes="Delete"), confirmed)
-
-    def action_export(self, fmt: str) -> None:
-        if self.conversation_id is None:
-            self.notify("Nothing to export yet.", severity="warning")
-            return
-        conv = self.store.get_conversation(self.conversation_id)
-
-        def exported(path: Path | None) -> None:
-            if path is not None:
-                self.notify(f"Exported to {path}", title="Exported", markup=False)
-
-        label = "Markdown" if fmt == "markdown" else "JSON"
-        self.app.push_screen(
-            ExportScreen(f"Export “{inert(conv.title)}” as {label}", default_export_path(conv.title, fmt),
-                         lambda path: export_to_file(self.store, conv.id, fmt, path)),
-            exported,
-        )
-
     @on(Sidebar.Selected)
     def _conversation_selected(self, event: Sidebar.Selected) -> None:
         if event.conversation_id != self.conversation_id:
@@ -480,3 +484,7 @@ class ChatScreen(Screen):
     @on(Sidebar.SearchChanged)
     def _search_changed(self, event: Sidebar.SearchChanged) -> None:
         self.refresh_sidebar(event.query)
+
+
+class _Unwritable(Exception):
+    """Writes kept in memory still wait: a new message must not overtake them."""

@@ -7,6 +7,7 @@ Every outcome is a `ToolResult` the model can read, errors included, so that it 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import TYPE_CHECKING, Any
 
 from engine import ToolCall
@@ -23,22 +24,27 @@ __all__ = ["Decision", "ToolResult", "ToolRunner", "MAX_CHAINED_CALLS"]
 MAX_CHAINED_CALLS = 5
 # Results longer than this are cut: a whole file or listing would crowd out the conversation.
 MAX_RESULT_CHARS = 50_000
+# Seconds a tool may run before its call is answered "timed out" (ToolRunner(timeout=...)).
+TOOL_TIMEOUT_S = 60.0
 
 
 class ToolRunner:
-    def __init__(self, registry: ToolRegistry, *, max_result_chars: int = MAX_RESULT_CHARS):
+    def __init__(self, registry: ToolRegistry, *, max_result_chars: int = MAX_RESULT_CHARS,
+                 timeout: float = TOOL_TIMEOUT_S):
         self.registry = registry
         self.max_result_chars = max_result_chars
+        self.timeout = timeout
 
-    def run(self, call: ToolCall) -> ToolResult:
-        """Run `call` through the hooks and the tool; never raises."""
+    def run(self, call: ToolCall, cancel: threading.Event | None = None) -> ToolResult:
+        """Run `call` through the hooks and the tool; never raises. Setting `cancel` (Esc in the
+        app) answers a running tool's call at once, as does the timeout."""
         try:
-            call, result = self._run(call)
+            call, result = self._run(call, cancel or threading.Event())
         except Exception as exc:  # a bug in a hook or here must not end the conversation
             result = _error(call, f"{call.name} failed: {type(exc).__name__}: {exc}")
         return self._after(call, result)
 
-    def _run(self, call: ToolCall) -> tuple[ToolCall, ToolResult]:
+    def _run(self, call: ToolCall, cancel: threading.Event) -> tuple[ToolCall, ToolResult]:
         """The call as the before hooks leave it (what the after hooks see) and its result."""
         tool = self.registry.get(call.name)
         if tool is None:
@@ -67,7 +73,9 @@ class ToolRunner:
                 call = dataclasses.replace(call, arguments=decision.arguments)
 
         try:
-            content = tool.invoke(call.arguments)
+            content = self._invoke(tool, call, cancel)
+        except _Abandoned as exc:
+            return call, _error(call, str(exc))
         except ToolArgumentError as exc:
             return call, _error(call, f"invalid arguments for {call.name}: {exc}")
         except ToolExecutionError as exc:
@@ -77,6 +85,32 @@ class ToolRunner:
                        + f"\n[truncated: the result had {len(content)} characters; showed the first "
                          f"{self.max_result_chars}]")
         return call, ToolResult(call.id, call.name, content)
+
+    def _invoke(self, tool, call: ToolCall, cancel: threading.Event) -> str:
+        """The tool on a daemon thread of its own, waited for until it returns, the timeout passes
+        or `cancel` is set. Python cannot stop a thread: an abandoned tool runs on unseen, but the
+        conversation goes on without it."""
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["content"] = tool.invoke(call.arguments)
+            except BaseException as exc:  # handed to the waiting thread, which raises it there
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=target, name=f"tool {call.name}", daemon=True)
+        worker.start()
+        waited, step = 0.0, 0.05
+        while worker.is_alive():
+            if cancel.is_set():
+                raise _Abandoned(f"{call.name} was cancelled by the user before it finished")
+            if waited >= self.timeout:
+                raise _Abandoned(f"{call.name} timed out after {self.timeout:g} s without returning")
+            worker.join(step)
+            waited += step
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["content"]
 
     def _after(self, call: ToolCall, result: ToolResult) -> ToolResult:
         for impl in _in_call_order(self.registry.plugin_manager.hook.after_tool_call):
@@ -108,3 +142,7 @@ def _in_call_order(hook_caller: Any) -> list:
 def _call_impl(impl: Any, **kwargs: Any) -> Any:
     # An implementation may accept a subset of the spec's arguments, as in pluggy itself.
     return impl.function(**{name: kwargs[name] for name in impl.argnames})
+
+
+class _Abandoned(Exception):
+    """The tool's call was answered without its result: it timed out or was cancelled."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Markdown, Static
@@ -12,6 +14,9 @@ from ..store import Message as StoredMessage
 from .inert import inert
 
 STATUS_LABELS = {"stopped": "⏹ stopped", "error": "⚠ error", "streaming": "…"}
+# The only links a reply may open, and only once the user has seen the real target and agreed:
+# a reply's link text can say anything, and file:, javascript: or a custom scheme must not open.
+OPENABLE_SCHEMES = frozenset({"http", "https", "mailto"})
 
 
 class MessageView(Vertical, can_focus=True):
@@ -27,7 +32,7 @@ class MessageView(Vertical, can_focus=True):
         m = self.message
         yield Label(self._title(), classes="message-title", markup=False)
         if m.role == "assistant":
-            yield Markdown(inert(m.content))
+            yield Markdown(inert(m.content), open_links=False)
             for call in m.tool_calls or ():
                 fn = call.get("function", {})
                 yield Static(inert(f"→ {fn.get('name')}({fn.get('arguments')})"), classes="tool-call", markup=False)
@@ -36,6 +41,22 @@ class MessageView(Vertical, can_focus=True):
         else:
             yield Static(inert(m.content), classes="text", markup=False)
         yield Label(self._footer(), classes="message-footer", markup=False)
+
+    @on(Markdown.LinkClicked)
+    def _link_clicked(self, event: Markdown.LinkClicked) -> None:
+        event.stop()
+        href = event.href.strip()
+        if urlsplit(href).scheme.lower() not in OPENABLE_SCHEMES:
+            self.app.notify(inert(f"Not opened: {href}\nOnly http(s) and mailto links open from a reply."),
+                            title="Link refused", severity="warning", markup=False)
+            return
+        from ..screens.dialogs import ConfirmScreen  # screens import widgets, not the other way round at load
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.open_url(href)
+
+        self.app.push_screen(ConfirmScreen(inert(f"Open this link?\n\n{href}"), yes="Open"), answered)
 
     def _title(self) -> str:
         m = self.message
