@@ -13,6 +13,7 @@ from engine.cli import (
     add_model_args,
     add_sampling_args,
     check_args,
+    inert,
     load_model,
     print_stream,
     run_cli,
@@ -42,10 +43,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
     spec = load_registry().get(args.name)
     pulled = pull(spec, revision=args.revision, force=args.force)
     where = {"hf": f"{spec.repo} @ {pulled.revision}", "package": f"bundled in {spec.package}"}.get(spec.source, str(spec.path))
-    print(f"{spec.name}: {where} ({spec.format}, {len(pulled.files)} file(s), {_human(sum(f.size for f in pulled.files))})", file=sys.stderr)
+    # File names and revisions come from the Hub: inert, as a model's text is.
+    print(inert(f"{spec.name}: {where} ({spec.format}, {len(pulled.files)} file(s), {_human(sum(f.size for f in pulled.files))})"),
+          file=sys.stderr)
     width = max((len(f.name) for f in pulled.files), default=0)
     for f in pulled.files:
-        print(f"  {f.name:<{width}}  {_human(f.size):>8}  {f.check}", file=sys.stderr)
+        print(inert(f"  {f.name:<{width}}  {_human(f.size):>8}  {f.check}"), file=sys.stderr)
     if args.revision and find_local(spec) != pulled.path:
         print(f"models.toml uses revision {spec.revision or 'main'}; to use this one: chatapp --model {pulled.path}", file=sys.stderr)
     print(pulled.path)  # stdout: the one line a script wants

@@ -13,9 +13,10 @@ from .errors import EngineError
 from .hub.spec import BACKENDS
 from .results import Event, GenerationResult, TextDelta
 from .runtime.sampling import SamplingParams
+from .text.terminal import inert
 
 # The argument checks are part of what every CLI here shares.
-__all__ = ["OneLineParser", "UsageError", "add_model_args", "add_sampling_args", "check_args", "load_model",
+__all__ = ["OneLineParser", "UsageError", "add_model_args", "add_sampling_args", "check_args", "inert", "load_model",
            "print_stream", "run_cli", "sampling_kwargs"]
 
 
@@ -84,11 +85,12 @@ def load_model(args: argparse.Namespace):
 
 
 def print_stream(events: Iterator[Event], *, stats: bool = False) -> GenerationResult:
-    """Write text deltas to stdout as they arrive; return the final result."""
+    """Write text deltas to stdout as they arrive, made inert (a model's text is hostile: an escape
+    sequence in it would reach the terminal); return the final result."""
     result = None
     for event in events:
         if isinstance(event, TextDelta):
-            sys.stdout.write(event.text)
+            sys.stdout.write(inert(event.text))
             sys.stdout.flush()
         elif isinstance(event, GenerationResult):
             result = event
@@ -118,8 +120,8 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> int:
         return 130
     except BrokenPipeError:
         return 141
-    except (EngineError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except (EngineError, OSError) as e:  # the message may quote a hostile file: keep it inert
+        print(f"{prog}: error: {inert(str(e))}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the last resort for bugs: report, never swallow
         return _report_bug(prog, e)
@@ -136,7 +138,8 @@ def _report_bug(prog: str, error: Exception) -> int:
     text = "".join(traceback.format_exception(error))
     frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     where = f" at {frame.filename}:{frame.lineno}" if frame else ""
-    print(f"{prog}: internal error (a bug, not something you did): {type(error).__name__}: {error}{where}", file=sys.stderr)
+    print(f"{prog}: internal error (a bug, not something you did): {type(error).__name__}: {inert(str(error))}{where}",
+          file=sys.stderr)
     try:
         folder = Path(user_log_dir("chatapp"))
         folder.mkdir(parents=True, exist_ok=True)
