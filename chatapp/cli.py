@@ -12,24 +12,26 @@ from engine.cli import (
     OneLineParser,
     add_model_args,
     add_sampling_args,
+    argv_text,
     check_args,
     inert,
     load_model,
     print_stream,
     run_cli,
     sampling_kwargs,
+    use_utf8_streams,
 )
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    question = " ".join(args.question).strip()
+    question = argv_text(" ".join(args.question)).strip()
     if question == "-" or (not question and not sys.stdin.isatty()):
         question = sys.stdin.read().strip()
     if not question:
         raise ValueError("ask needs a question: chatapp ask \"...\"")
     messages = []
     if args.system:
-        messages.append({"role": "system", "content": args.system})
+        messages.append({"role": "system", "content": argv_text(args.system)})
     messages.append({"role": "user", "content": question})
     sampling = sampling_kwargs(args)
     model = load_model(args)
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_utf8_streams()  # before argparse writes a word: --help and usage errors too
     args = build_parser().parse_args(argv)
 
     def run() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -16,8 +17,36 @@ from .runtime.sampling import SamplingParams
 from .text.terminal import inert
 
 # The argument checks are part of what every CLI here shares.
-__all__ = ["OneLineParser", "UsageError", "add_model_args", "add_sampling_args", "check_args", "inert", "load_model",
-           "print_stream", "run_cli", "sampling_kwargs"]
+__all__ = ["OneLineParser", "UsageError", "add_model_args", "add_sampling_args", "argv_text", "check_args", "inert",
+           "load_model", "print_stream", "run_cli", "sampling_kwargs", "use_utf8_streams"]
+
+
+def use_utf8_streams() -> None:
+    """Whatever the locale, never fail on a character: under an ASCII locale (LC_ALL=C) a reply in
+    any other script would stop mid-stream with UnicodeEncodeError. An ASCII stream becomes UTF-8
+    (what Python's own UTF-8 mode does for the C locale, and what terminals and pipes nearly always
+    carry); another legacy encoding is kept, with characters it lacks replaced. Call first thing:
+    a stream can change its encoding only before anything is written to it."""
+    for stream, errors in ((sys.stdin, "replace"), (sys.stdout, "replace"), (sys.stderr, "backslashreplace")):
+        encoding = getattr(stream, "encoding", None)
+        if encoding is None or not hasattr(stream, "reconfigure"):
+            continue  # replaced by the caller (a test's capture, a pipe wrapper): theirs to configure
+        name = codecs.lookup(encoding).name
+        if name == "ascii":
+            stream.reconfigure(encoding="utf-8", errors=errors)
+        elif name not in ("utf-8", "utf-8-sig"):
+            stream.reconfigure(errors=errors)
+
+
+def argv_text(text: str) -> str:
+    """A command-line argument meant as text (a prompt, a stop string), as the user typed it.
+
+    Under an ASCII locale Python decodes argv with surrogateescape: "é" arrives as two lone
+    surrogates, which a Hugging Face tokenizer refuses with a TypeError. Such bytes are UTF-8
+    (else replaced). File paths are left alone: their surrogates round-trip to the same bytes."""
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    return os.fsencode(text).decode("utf-8", errors="replace")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, model_flag: bool = True, subcommand: bool = False) -> None:
@@ -63,7 +92,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         "min_p": args.min_p,
         "repetition_penalty": args.repeat_penalty,
         "seed": args.seed,
-        "stop": tuple(args.stop),
+        "stop": tuple(argv_text(s) for s in args.stop),
     }
     SamplingParams.merged(chosen)
     return {k: v for k, v in chosen.items() if v is not None}
@@ -109,6 +138,7 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> int:
     an exit code; so do failures of the machine around it (a disk full, a file not readable:
     OSError). Anything else is a bug, and hiding it behind a one-liner would hide the bug: its
     traceback is written to a file and a short report says where."""
+    use_utf8_streams()
     try:
         return main() or 0
     except UsageError as e:
@@ -144,7 +174,7 @@ def _report_bug(prog: str, error: Exception) -> int:
         folder = Path(user_log_dir("chatapp"))
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-        path.write_text(f"{prog} {' '.join(sys.argv[1:])}\n\n{text}")
+        path.write_text(f"{prog} {' '.join(sys.argv[1:])}\n\n{text}", encoding="utf-8", errors="replace")
         print(f"{prog}: the full traceback is in {path}; please include it in a bug report", file=sys.stderr)
     except OSError:
         sys.stderr.write(text)

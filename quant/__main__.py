@@ -205,8 +205,9 @@ def run_eval(args: argparse.Namespace, source: Path, spec) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.cli import run_cli
+    from engine.cli import run_cli, use_utf8_streams
 
+    use_utf8_streams()  # before argparse writes a word: --help and usage errors too
     args = build_parser().parse_args(argv)
     return run_cli("quant", lambda: run(args))
 

@@ -5,6 +5,8 @@ of `engine.load` inside the CLI's own process."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import pty
 import subprocess
@@ -22,10 +24,14 @@ HOSTILE = "Hi\x1b]0;pwned\x07 there\nsee \x1b]8;;http://evil.example/\x1b\\this\
 
 DRIVER = """
 import sys
+import atexit, json, os
 import engine
 from scripted import ScriptedModel
-reply, gguf = sys.argv[1], sys.argv[2]
-engine.load = lambda *a, **k: ScriptedModel(gguf, [reply])
+reply, gguf = os.fsencode(sys.argv[1]).decode("utf-8"), sys.argv[2]  # (argv under LC_ALL=C: bytes)
+model = ScriptedModel(gguf, [reply])
+engine.load = lambda *a, **k: model
+if os.environ.get("SCRIPTED_RECEIVED"):  # what the model was asked, for the test to read
+    atexit.register(lambda: open(os.environ["SCRIPTED_RECEIVED"], "w", encoding="utf-8").write(json.dumps(model.received)))
 sys.argv = sys.argv[3:]
 if sys.argv[0] == "chatapp":
     from chatapp.cli import main
@@ -82,3 +88,52 @@ def test_an_error_that_quotes_a_hostile_name_is_inert(tmp_path):
     err = out.stderr.decode("utf-8")
     assert "model␛]0;pwned␇.gguf" in err and "\x1b" not in err and "\x07" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": None}
+NON_ASCII = "Grüße aus Köln — 東京 ✓ naïve"
+
+
+@pytest.mark.parametrize("how", ["argument", "stdin"])
+def test_an_ascii_locale_streams_a_non_ascii_reply_whole(default_gguf, tmp_path, how):
+    """LC_ALL=C used to stop `ask` at the first non-ASCII character ('ascii' codec can't encode),
+    and to hand the model the question's UTF-8 bytes as lone surrogates."""
+    received = tmp_path / "received.json"
+    argv = ("chatapp", "ask", "-s", "Réponds en français", *(["-"] if how == "stdin" else ["Wie heißt du? 你好"]))
+    code, out, err = run_scripted(NON_ASCII, default_gguf, *argv, tty=False, stdin="Wie heißt du? 你好".encode(),
+                                  env={**ASCII_LOCALE, "SCRIPTED_RECEIVED": str(received)})
+    assert code == 0, err
+    assert out.decode("utf-8") == NON_ASCII + "\n"
+    assert b"Traceback" not in err
+    messages = json.loads(received.read_text(encoding="utf-8"))[0]
+    assert [m["content"] for m in messages] == ["Réponds en français", "Wie heißt du? 你好"]
+
+
+def test_an_ascii_locale_keeps_engine_generate_whole(default_gguf):
+    code, out, err = run_scripted(NON_ASCII, default_gguf, "engine", "generate", "Es war einmal ein König",
+                                  tty=False, env=ASCII_LOCALE)
+    assert code == 0, err
+    assert out.decode("utf-8") == NON_ASCII + "\n"
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory) -> Path:
+    """A tiny Llama checkpoint folder with a Hugging Face tokenizer (tokenizer.json)."""
+    from hf_models import HFTiny, build_hf_model, save_hf_model
+
+    spec = importlib.util.spec_from_file_location("hf_folder_files", TESTS / "engine" / "formats" / "test_hf_folder.py")
+    files = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(files)
+    folder = save_hf_model(build_hf_model(HFTiny("llama", seed=3)).eval(), tmp_path_factory.mktemp("hf") / "tiny")
+    return files.write_tokenizer_files(folder)
+
+
+def test_a_non_ascii_argument_reaches_a_hugging_face_tokenizer_under_an_ascii_locale(hf_checkpoint):
+    """It used to be a TypeError traceback (argv's lone surrogates reached `tokenizers`)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    for argv in (["chatapp.cli", "ask", "Grüße, 你好", "--stop", "ü"], ["engine", "generate", "Grüße, 你好", "--stop", "ü"]):
+        out = subprocess.run([sys.executable, "-m", *argv, "--model", str(hf_checkpoint), "-n", "4", "-t", "0"],
+                             capture_output=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr == b""
