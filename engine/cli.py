@@ -153,6 +153,10 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> int:
     except (EngineError, OSError) as e:  # the message may quote a hostile file: keep it inert
         print(f"{prog}: error: {inert(str(e))}", file=sys.stderr)
         return 1
+    except MemoryError:  # the machine, not a bug (the engine's own OutOfMemoryError is an EngineError)
+        print(f"{prog}: error: out of memory; try a smaller model or quantization, --dtype bfloat16, or a smaller --ctx",
+              file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - the last resort for bugs: report, never swallow
         return _report_bug(prog, e)
 

@@ -137,3 +137,14 @@ def test_a_non_ascii_argument_reaches_a_hugging_face_tokenizer_under_an_ascii_lo
                              capture_output=True, env=env, timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stderr == b""
+
+
+def test_running_out_of_memory_is_one_line_not_a_bug_report(capsys):
+    from engine.cli import run_cli
+
+    def allocate():
+        raise MemoryError
+
+    assert run_cli("chatapp", allocate) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("chatapp: error: out of memory;") and len(err.strip().splitlines()) == 1
