@@ -8,14 +8,23 @@ import sys
 from pathlib import Path
 
 from .argcheck import OneLineParser, check_args
-from .cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
+from .cli import (
+    add_model_args,
+    add_sampling_args,
+    argv_text,
+    load_model,
+    print_stream,
+    run_cli,
+    sampling_kwargs,
+    use_utf8_streams,
+)
 from .errors import RequestError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     chosen = sampling_kwargs(args)  # checked before the (slow) load
     model = load_model(args)
-    print_stream(model.generate(args.prompt, model.sampling_params(chosen)), stats=args.stats)
+    print_stream(model.generate(argv_text(args.prompt), model.sampling_params(chosen)), stats=args.stats)
     return 0
 
 
@@ -123,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_utf8_streams()  # before argparse writes a word: --help and usage errors too
     args = build_parser().parse_args(argv)
 
     def run() -> int:
