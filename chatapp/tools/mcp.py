@@ -78,6 +78,10 @@ class McpTools:
                 for tool in tools:
                     register(tool)
 
+    def tools_of(self, server: str) -> list[Tool]:
+        with self._lock:
+            return list(self._tools.get(server, []))
+
     # ---- servers ---------------------------------------------------------------------------
 
     def start(self) -> bool:
