@@ -18,7 +18,7 @@ from engine import EngineError
 
 from .commands import HELP_ROWS, PALETTE
 from .conversation import model_label
-from .messages import ModelFailed, ModelLoaded, Notice
+from .messages import ModelFailed, ModelLoaded
 from .screens.chat import ChatScreen
 from .screens.help import HelpScreen
 from .screens.models import ModelPickerScreen
@@ -84,9 +84,10 @@ class ChatApp(App):
         await asyncio.to_thread(self.mcp.close)  # stdio servers are our child processes
 
     def _mcp_notice(self, text: str) -> None:
-        """A server failed to start or stopped: said in the chat (from whatever thread saw it)."""
-        if self.chat_screen is not None:
-            self.chat_screen.post_message(Notice(text, "warning"))
+        """A server failed to start or stopped (said from whatever thread saw it: notify posts a
+        message). A toast, not a line in the chat: it is about the app, and the chat is redrawn
+        after each round of tool calls."""
+        self.notify(text, title="MCP", severity="warning", timeout=15, markup=False)
 
     def _ask_approval(self, call, tool) -> str:
         """The ApprovalPolicy's `ask`, on the generation worker's thread: the chat screen asks."""
