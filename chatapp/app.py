@@ -25,6 +25,8 @@ from .screens.models import ModelPickerScreen
 from .store import Store
 from .tools.approval import ApprovalPolicy
 from .tools.builtin import FileAccess
+from .tools.mcp import McpTools
+from .tools.mcp_config import load_mcp_config
 from .tools.registry import ToolRegistry
 from .tools.runner import TOOL_TIMEOUT_S, ToolRunner
 
@@ -49,6 +51,7 @@ class ChatApp(App):
         allowed_dirs: Iterable[Path] = (),
         tool_registry: ToolRegistry | None = None,
         tool_timeout: float = TOOL_TIMEOUT_S,
+        mcp_config: Path | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -61,6 +64,9 @@ class ChatApp(App):
         self.tool_registry = tool_registry or ToolRegistry(FileAccess([Path(d) for d in allowed_dirs]))
         self.tool_runner = ToolRunner(self.tool_registry, timeout=tool_timeout)
         self.tool_registry.register_plugin(ApprovalPolicy(self._ask_approval))
+        # MCP servers (mcp.json, or --mcp FILE) start on the first reply that offers tools.
+        self.mcp = McpTools(load_mcp_config(mcp_config), notify=self._mcp_notice, call_timeout=tool_timeout)
+        self.tool_registry.register_plugin(self.mcp)
         self.chat_screen: ChatScreen | None = None  # made with the first screen, once the app runs
 
     def get_default_screen(self) -> Screen:
@@ -69,6 +75,19 @@ class ChatApp(App):
         # starts the first model load once it has been painted.
         self.chat_screen = ChatScreen(self.store, self.tool_runner)
         return self.chat_screen
+
+    def on_mount(self) -> None:
+        for error in self.mcp.config.errors:  # a bad mcp.json entry: said once, the rest still loads
+            self.notify(error, title="MCP config", severity="warning", timeout=15, markup=False)
+
+    async def on_unmount(self) -> None:
+        await asyncio.to_thread(self.mcp.close)  # stdio servers are our child processes
+
+    def _mcp_notice(self, text: str) -> None:
+        """A server failed to start or stopped (said from whatever thread saw it: notify posts a
+        message). A toast, not a line in the chat: it is about the app, and the chat is redrawn
+        after each round of tool calls."""
+        self.notify(text, title="MCP", severity="warning", timeout=15, markup=False)
 
     def _ask_approval(self, call, tool) -> str:
         """The ApprovalPolicy's `ask`, on the generation worker's thread: the chat screen asks."""

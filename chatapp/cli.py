@@ -110,7 +110,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         return engine.load(name, backend=args.backend, device=args.device, dtype=args.dtype, context_length=args.context_length)
 
     with Store(args.db) as store:
-        app = ChatApp(store=store, model=args.model, load_model=load, allowed_dirs=args.allow_dir)
+        app = ChatApp(store=store, model=args.model, load_model=load, allowed_dirs=args.allow_dir, mcp_config=args.mcp)
         app.run()
     # Textual prints a crash's traceback after leaving the alternate screen and sets the code to 1:
     # a shell or a script must see that the app failed.
@@ -132,6 +132,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mcp_list(args: argparse.Namespace) -> int:
+    from .tools.mcp_cli import cmd_mcp_list
+
+    return cmd_mcp_list(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="chatapp",
@@ -145,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-dir", action="append", type=Path, default=[], metavar="DIR",
         help="let the file tools list and read files under DIR (repeatable; default: none)",
     )
+    parser.add_argument("--mcp", type=Path, default=None, metavar="FILE",
+                        help="MCP servers to offer as tools (default: mcp.json in the user config dir)")
     parser.set_defaults(func=cmd_tui)
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("ask", help="ask one question and stream the answer to stdout")
@@ -173,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $CHATAPP_API_KEY, else no key)")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("mcp", help="MCP servers: `chatapp mcp list` starts each one and lists its tools")
+    mcp_sub = p.add_subparsers(dest="mcp_command", required=True)
+    p = mcp_sub.add_parser("list", help="start each configured MCP server; show its state and its tools")
+    p.add_argument("--mcp", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                   help="the MCP config to read (default: mcp.json in the user config dir)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_mcp_list)
     return parser
 
 

@@ -102,7 +102,10 @@ def _one_reply(job: Job, store: Store, post) -> list:
     """Stream one assistant message; return the tool calls it made (empty when none)."""
     session, params = job.session, job.params
     model = session.model
-    schemas = job.tools.registry.schemas() if job.tools is not None and model.supports_tools else None
+    schemas = None
+    if job.tools is not None and model.supports_tools:
+        job.tools.registry.prepare()  # starts MCP servers on first use (here, off the UI thread)
+        schemas = job.tools.registry.schemas()
     history = history_for_model(store, job.conversation_id)
     # Retried a few times: without the row there is nothing to stream into (the turn is kept).
     reply = with_retries(partial(store.add_message, job.conversation_id, "assistant", "", status="streaming",

@@ -24,13 +24,16 @@ class ApprovalScreen(ModalScreen[str]):
         ("d", "dismiss('deny')", "Deny"),
     ]
 
-    def __init__(self, tool_name: str, arguments: dict, description: str = "") -> None:
+    def __init__(self, tool_name: str, arguments: dict, description: str = "", source: str = "") -> None:
         super().__init__(classes="dialog-screen")
         self.tool_name, self.arguments, self.description = tool_name, arguments, description
+        self.source = source  # e.g. "MCP server 'files'": a tool from outside this app says where
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide", id="approval"):
             yield Label(inert(f"The model wants to run the tool “{self.tool_name}”"), classes="dialog-title", markup=False)
+            if self.source:
+                yield Label(inert(f"from the {self.source}"), id="tool-source", markup=False)
             if self.description:
                 yield Label(inert(self.description), classes="muted", markup=False)
             yield Label("with exactly these arguments:", markup=False)

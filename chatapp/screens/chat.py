@@ -423,7 +423,8 @@ class ChatScreen(ConversationActions, Screen):
                 event.answer.set_result(choice or "deny")
 
         description = event.tool.description if event.tool is not None else ""
-        self.app.push_screen(ApprovalScreen(event.call.name, event.call.arguments, description), answered)
+        source = getattr(event.tool, "source", "")
+        self.app.push_screen(ApprovalScreen(event.call.name, event.call.arguments, description, source), answered)
 
     # ---- actions ------------------------------------------------------------------------
 

@@ -64,3 +64,10 @@ def before_tool_call(call: ToolCall, tool: Tool | None) -> Decision | None:
 def after_tool_call(call: ToolCall, result: ToolResult) -> ToolResult | None:
     """After every call, denied and failed ones included: return a ToolResult to replace the
     result the model will see, or None to keep it."""
+
+
+@hookspec
+def prepare_tools() -> bool | None:
+    """Before the tools are offered to the model, on the generation worker's thread (it may block):
+    start what the plugin's tools need (MCP servers). Return True when the plugin's tools changed,
+    so that the registry collects them again."""

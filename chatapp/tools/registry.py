@@ -76,6 +76,19 @@ class ToolRegistry:
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
 
+    def prepare(self) -> None:
+        """Run the plugins' prepare_tools hooks (they may block: call it off the UI thread) and
+        collect the tools again if one says its tools changed. A failing hook is a load error."""
+        changed = False
+        for impl in self.plugin_manager.hook.prepare_tools.get_hookimpls():
+            try:
+                changed = bool(impl.function()) or changed
+            except Exception as exc:
+                self._plugin_errors.append(f"plugin {impl.plugin_name!r}: prepare_tools failed: "
+                                           f"{type(exc).__name__}: {exc}")
+        if changed:
+            self._collect()
+
     def register_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object or module (its hooks run from now on; its tools are added).
 

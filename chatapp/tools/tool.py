@@ -58,6 +58,7 @@ class Tool:
     parameters: dict  # JSON schema of the arguments object
     function: Callable[..., Any]
     safe: bool = False  # safe tools run without asking the user
+    source: str = ""  # where the tool comes from when not this app, e.g. "MCP server 'files'" (the dialog says)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
