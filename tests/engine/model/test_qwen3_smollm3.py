@@ -25,7 +25,7 @@ from hf_models import HFTiny, build_hf_model, save_hf_model, write_gguf_from_hf
 from test_families import ATOL, LLAMA_CPP_ATOL, SEQ, hf_in_steps, max_diff, run_in_steps
 
 import engine
-from engine.errors import ModelFormatError
+from engine.errors import ModelFormatError, RequestError
 from engine.formats.gguf import read_gguf
 from engine.model.config import ModelArgs
 from engine.model.decoder import Transformer
@@ -254,3 +254,29 @@ def test_qwen3_folder_without_its_norms_is_refused(tmp_path, tmp_path_factory):
     (folder / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     with pytest.raises(ModelFormatError, match="_norm.weight' is not part of"):
         load_hf_weights(folder, read_hf_config(folder), dtype=torch.float32, device="cpu")
+
+
+# --- quantization keeps the new fields ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["qwen3-untied", "smollm3"])
+def test_quantized_checkpoint_round_trips_qk_norm_and_no_rope_layers(name, tmp_path, tmp_path_factory):
+    from quant.checkpoint import load_checkpoint, save_checkpoint
+    from quant.gguf_export import export_gguf
+    from quant.linear import quantize_model
+
+    family = _build(name, tmp_path_factory)
+    model = load_hf_weights(family.folder, family.args, dtype=torch.float32, device="cpu")
+    with read_gguf(write_gguf_from_hf(build_hf_model(SPECS["smollm3"]), tmp_path / "vocab.gguf")) as f:
+        metadata = f.metadata  # only its tokenizer keys are kept
+    out = save_checkpoint(tmp_path / "q", model, metadata, quantize_model(model, "int8"), {"name": "tiny"})
+    loaded = load_checkpoint(out, device="cpu", dtype="float32")
+    assert loaded.args == family.args  # no_rope_layers back as a tuple, qk_norm kept
+    ids = family.ids[0].tolist()
+    with torch.inference_mode():
+        expected = model(family.ids)[0]
+    torch.testing.assert_close(loaded.logits(ids), expected, atol=1e-5, rtol=1e-5)
+    # The export writes arch 'llama', which has neither switch: refused before any file is made.
+    with pytest.raises(RequestError, match="cannot be exported to a 'llama' GGUF"):
+        export_gguf(family.ours, metadata, tmp_path / "out.gguf", "q8_0")
+    assert not (tmp_path / "out.gguf").exists()
