@@ -12,23 +12,26 @@ from engine.cli import (
     OneLineParser,
     add_model_args,
     add_sampling_args,
+    argv_text,
     check_args,
+    inert,
     load_model,
     print_stream,
     run_cli,
     sampling_kwargs,
+    use_utf8_streams,
 )
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    question = " ".join(args.question).strip()
+    question = argv_text(" ".join(args.question)).strip()
     if question == "-" or (not question and not sys.stdin.isatty()):
         question = sys.stdin.read().strip()
     if not question:
         raise ValueError("ask needs a question: chatapp ask \"...\"")
     messages = []
     if args.system:
-        messages.append({"role": "system", "content": args.system})
+        messages.append({"role": "system", "content": argv_text(args.system)})
     messages.append({"role": "user", "content": question})
     sampling = sampling_kwargs(args)
     model = load_model(args)
@@ -42,10 +45,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
     spec = load_registry().get(args.name)
     pulled = pull(spec, revision=args.revision, force=args.force)
     where = {"hf": f"{spec.repo} @ {pulled.revision}", "package": f"bundled in {spec.package}"}.get(spec.source, str(spec.path))
-    print(f"{spec.name}: {where} ({spec.format}, {len(pulled.files)} file(s), {_human(sum(f.size for f in pulled.files))})", file=sys.stderr)
+    # File names and revisions come from the Hub: inert, as a model's text is.
+    print(inert(f"{spec.name}: {where} ({spec.format}, {len(pulled.files)} file(s), {_human(sum(f.size for f in pulled.files))})"),
+          file=sys.stderr)
     width = max((len(f.name) for f in pulled.files), default=0)
     for f in pulled.files:
-        print(f"  {f.name:<{width}}  {_human(f.size):>8}  {f.check}", file=sys.stderr)
+        print(inert(f"  {f.name:<{width}}  {_human(f.size):>8}  {f.check}"), file=sys.stderr)
     if args.revision and find_local(spec) != pulled.path:
         print(f"models.toml uses revision {spec.revision or 'main'}; to use this one: chatapp --model {pulled.path}", file=sys.stderr)
     print(pulled.path)  # stdout: the one line a script wants
@@ -172,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_utf8_streams()  # before argparse writes a word: --help and usage errors too
     args = build_parser().parse_args(argv)
 
     def run() -> int:

@@ -8,14 +8,23 @@ import sys
 from pathlib import Path
 
 from .argcheck import OneLineParser, check_args
-from .cli import add_model_args, add_sampling_args, load_model, print_stream, run_cli, sampling_kwargs
+from .cli import (
+    add_model_args,
+    add_sampling_args,
+    argv_text,
+    load_model,
+    print_stream,
+    run_cli,
+    sampling_kwargs,
+    use_utf8_streams,
+)
 from .errors import RequestError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     chosen = sampling_kwargs(args)  # checked before the (slow) load
     model = load_model(args)
-    print_stream(model.generate(args.prompt, model.sampling_params(chosen)), stats=args.stats)
+    print_stream(model.generate(argv_text(args.prompt), model.sampling_params(chosen)), stats=args.stats)
     return 0
 
 
@@ -109,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", help="instead of a model file: random weights of a named shape, built in memory "
                                    "(llama-3.2-1b, llama-3.1-8b, smollm2-135m), on --device")
     p.add_argument("--scheme", choices=("int8", "int4"), help="with --shape: quantize it first, through `quant`")
+    p.add_argument("--decode", choices=("static", "plain"), default="static",
+                   help="with --shape: the native decode path (static: what generation uses; plain: the decoder over a growing cache)")
     p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=32, help="with --scheme: its group size (default: 32)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one config in this process
     p.set_defaults(func=cmd_bench)
@@ -123,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_utf8_streams()  # before argparse writes a word: --help and usage errors too
     args = build_parser().parse_args(argv)
 
     def run() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -13,10 +14,39 @@ from .errors import EngineError
 from .hub.spec import BACKENDS
 from .results import Event, GenerationResult, TextDelta
 from .runtime.sampling import SamplingParams
+from .text.terminal import inert
 
 # The argument checks are part of what every CLI here shares.
-__all__ = ["OneLineParser", "UsageError", "add_model_args", "add_sampling_args", "check_args", "load_model",
-           "print_stream", "run_cli", "sampling_kwargs"]
+__all__ = ["OneLineParser", "UsageError", "add_model_args", "add_sampling_args", "argv_text", "check_args", "inert",
+           "load_model", "print_stream", "run_cli", "sampling_kwargs", "use_utf8_streams"]
+
+
+def use_utf8_streams() -> None:
+    """Whatever the locale, never fail on a character: under an ASCII locale (LC_ALL=C) a reply in
+    any other script would stop mid-stream with UnicodeEncodeError. An ASCII stream becomes UTF-8
+    (what Python's own UTF-8 mode does for the C locale, and what terminals and pipes nearly always
+    carry); another legacy encoding is kept, with characters it lacks replaced. Call first thing:
+    a stream can change its encoding only before anything is written to it."""
+    for stream, errors in ((sys.stdin, "replace"), (sys.stdout, "replace"), (sys.stderr, "backslashreplace")):
+        encoding = getattr(stream, "encoding", None)
+        if encoding is None or not hasattr(stream, "reconfigure"):
+            continue  # replaced by the caller (a test's capture, a pipe wrapper): theirs to configure
+        name = codecs.lookup(encoding).name
+        if name == "ascii":
+            stream.reconfigure(encoding="utf-8", errors=errors)
+        elif name not in ("utf-8", "utf-8-sig"):
+            stream.reconfigure(errors=errors)
+
+
+def argv_text(text: str) -> str:
+    """A command-line argument meant as text (a prompt, a stop string), as the user typed it.
+
+    Under an ASCII locale Python decodes argv with surrogateescape: "é" arrives as two lone
+    surrogates, which a Hugging Face tokenizer refuses with a TypeError. Such bytes are UTF-8
+    (else replaced). File paths are left alone: their surrogates round-trip to the same bytes."""
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    return os.fsencode(text).decode("utf-8", errors="replace")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, model_flag: bool = True, subcommand: bool = False) -> None:
@@ -62,7 +92,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         "min_p": args.min_p,
         "repetition_penalty": args.repeat_penalty,
         "seed": args.seed,
-        "stop": tuple(args.stop),
+        "stop": tuple(argv_text(s) for s in args.stop),
     }
     SamplingParams.merged(chosen)
     return {k: v for k, v in chosen.items() if v is not None}
@@ -84,11 +114,12 @@ def load_model(args: argparse.Namespace):
 
 
 def print_stream(events: Iterator[Event], *, stats: bool = False) -> GenerationResult:
-    """Write text deltas to stdout as they arrive; return the final result."""
+    """Write text deltas to stdout as they arrive, made inert (a model's text is hostile: an escape
+    sequence in it would reach the terminal); return the final result."""
     result = None
     for event in events:
         if isinstance(event, TextDelta):
-            sys.stdout.write(event.text)
+            sys.stdout.write(inert(event.text))
             sys.stdout.flush()
         elif isinstance(event, GenerationResult):
             result = event
@@ -107,6 +138,7 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> int:
     an exit code; so do failures of the machine around it (a disk full, a file not readable:
     OSError). Anything else is a bug, and hiding it behind a one-liner would hide the bug: its
     traceback is written to a file and a short report says where."""
+    use_utf8_streams()
     try:
         return main() or 0
     except UsageError as e:
@@ -118,8 +150,12 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> int:
         return 130
     except BrokenPipeError:
         return 141
-    except (EngineError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except (EngineError, OSError) as e:  # the message may quote a hostile file: keep it inert
+        print(f"{prog}: error: {inert(str(e))}", file=sys.stderr)
+        return 1
+    except MemoryError:  # the machine, not a bug (the engine's own OutOfMemoryError is an EngineError)
+        print(f"{prog}: error: out of memory; try a smaller model or quantization, --dtype bfloat16, or a smaller --ctx",
+              file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the last resort for bugs: report, never swallow
         return _report_bug(prog, e)
@@ -136,12 +172,13 @@ def _report_bug(prog: str, error: Exception) -> int:
     text = "".join(traceback.format_exception(error))
     frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     where = f" at {frame.filename}:{frame.lineno}" if frame else ""
-    print(f"{prog}: internal error (a bug, not something you did): {type(error).__name__}: {error}{where}", file=sys.stderr)
+    print(f"{prog}: internal error (a bug, not something you did): {type(error).__name__}: {inert(str(error))}{where}",
+          file=sys.stderr)
     try:
         folder = Path(user_log_dir("chatapp"))
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-        path.write_text(f"{prog} {' '.join(sys.argv[1:])}\n\n{text}")
+        path.write_text(f"{prog} {' '.join(sys.argv[1:])}\n\n{text}", encoding="utf-8", errors="replace")
         print(f"{prog}: the full traceback is in {path}; please include it in a bug report", file=sys.stderr)
     except OSError:
         sys.stderr.write(text)

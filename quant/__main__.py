@@ -65,9 +65,12 @@ def check_request(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_request(args)
-    from .checkpoint import check_output_folder
+    from .output import check_free_space, check_output_folder, estimate_bytes, recover, temporary_gguf
 
-    check_output_folder(args.out, force=args.force)
+    for line in recover(args.out):  # what killed runs for this output left behind
+        print(f"quant: {line}", file=sys.stderr)
+    given = Path(args.model)  # a path (not a models.toml name): checked against --out before any work
+    check_output_folder(args.out, force=args.force, source=given if given.exists() else None)
 
     import torch
     from tqdm import tqdm
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec, source = resolve(args.model)
+    check_output_folder(args.out, force=args.force, source=source)
     hf_folder = source.is_dir()
     if hf_folder and not (source / "config.json").is_file():
         raise ModelFormatError(f"{source} is not a Hugging Face checkpoint folder (no config.json)"
@@ -91,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     group_size = args.group_size or 32
     print(f"quant: reading {source.name} ({source_bytes(source) / 1e6:.1f} MB)", file=sys.stderr)
     model = open_source(source, name=spec.name if spec else None, dtype="float32", pack_weights=False)
+    shapes = [tuple(p.shape) for p in model.model.parameters()]
+    check_free_space(args.out, estimate_bytes(shapes, args.scheme, group_size, GGUF_KIND[args.scheme]
+                                              if args.format == "gguf" else None))
     if hf_folder:
         files = sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
         source_info = {"name": model.name, "folder": source.name, "bytes": source_bytes(source),
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         from .gguf_export import export_gguf
 
         kind = GGUF_KIND[args.scheme]
-        gguf_tmp = args.out.resolve().parent / f".{args.out.name}.{kind}.gguf.tmp"
+        gguf_tmp = temporary_gguf(args.out, kind)
         with tqdm(unit="tensor", desc=f"writing {kind.upper()} GGUF", file=sys.stderr) as bar:
             export_gguf(model.model, model.metadata, gguf_tmp, kind, progress=_ticker(bar))
         extra[f"model-{kind.upper()}.gguf"] = gguf_tmp
@@ -205,9 +212,15 @@ def run_eval(args: argparse.Namespace, source: Path, spec) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.cli import run_cli
+    import signal
 
+    from engine.cli import run_cli, use_utf8_streams
+
+    use_utf8_streams()  # before argparse writes a word: --help and usage errors too
     args = build_parser().parse_args(argv)
+    # SIGTERM (a `kill`, a closed session) ends the run as Ctrl-C does, so its temporaries are
+    # removed on the way out; SIGKILL leaves them to the next run (quant/output.py).
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
     return run_cli("quant", lambda: run(args))
 
 

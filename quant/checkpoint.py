@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,10 +33,11 @@ import torch
 from engine import ModelFormatError
 from engine.model import ModelArgs, RopeScaling
 
-FORMAT = "chatapp-quantized"
+from .output import FORMAT, QUANTIZATION, check_output_folder, swap_in, temporary_folder
+
 FORMAT_VERSION = 2  # 2: INT8 scales may be per group
 READABLE_VERSIONS = (1, 2)
-WEIGHTS, ARGS, TOKENIZER, QUANTIZATION = "model.safetensors", "model_args.json", "tokenizer_metadata.json", "quantization.json"
+WEIGHTS, ARGS, TOKENIZER = "model.safetensors", "model_args.json", "tokenizer_metadata.json"
 TOKENIZER_KEY_PREFIXES = ("tokenizer.",)
 
 
@@ -59,20 +60,6 @@ def sha256_of(path: Path) -> str:
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-def check_output_folder(out_dir: Path, *, force: bool) -> None:
-    """Refuse, before any work, an output that exists (without force) or a parent we cannot write."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise FileExistsError(f"{out_dir} already exists; pass --force to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder")
-    parent = out_dir.resolve().parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write in {parent}")
 
 
 def _state_for_saving(model: torch.nn.Module, tied: bool) -> dict[str, torch.Tensor]:
@@ -99,12 +86,15 @@ def save_checkpoint(
 ) -> Path:
     """Write the folder into a temporary sibling, then rename it into place.
 
-    An interrupted run leaves at most a hidden `.<name>.tmp-*` folder that holds no
-    `quantization.json` until the very end, so nothing that looks like a model. With `force`,
-    an existing folder is swapped out only after the new one is complete. `text_folder`: a
+    An interrupted run leaves at most a hidden `.<name>.tmp-<pid>-*` folder that holds no
+    `quantization.json` until the very end, so nothing that looks like a model (quant/output.py:
+    the next run removes it). With `force`, an existing folder (quant's own) is swapped out only
+    after the new one is complete. A write that fails (a full disk) is one OSError line, and
+    leaves nothing behind. `text_folder`: a
     Hugging Face source folder whose tokenizer files are copied (else `metadata`'s tokenizer
     keys are written).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from engine.text import TEXT_FILES
@@ -112,7 +102,7 @@ def save_checkpoint(
     out_dir = Path(out_dir)
     check_output_folder(out_dir, force=force)
     args: ModelArgs = model.args
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.resolve().parent))
+    tmp = temporary_folder(out_dir)
     try:
         os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700: the finished model is an ordinary folder
         save_file(_state_for_saving(model, report["tied_output"]), str(tmp / WEIGHTS), metadata={"format": FORMAT})
@@ -145,13 +135,14 @@ def save_checkpoint(
         for file in tmp.iterdir():  # safetensors writes 0600, whatever the umask
             os.chmod(file, umask_mode(0o666))
         _fsync_folder(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, out_dir)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors reports a full disk as SafetensorError("... IoError(Os { code: 28 ... })")
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        reason = m.group(1) if (m := re.search(r'message: "([^"]+)"', reason)) else reason
+        raise OSError(f"could not write {out_dir}: {reason}; nothing was written (free some space or "
+                      f"choose another --out)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -187,6 +187,7 @@ def _run_worker(config: str, args: argparse.Namespace, prompt: list[int], contex
     if config == "shape":
         cmd += ["--shape", args.shape, "--prompt-tokens", str(args.prompt_tokens), "--group-size", str(args.group_size)]
         cmd += ["--scheme", args.scheme] if args.scheme else []
+        cmd += ["--decode", args.decode]
     # The worker must import this same engine package, wherever the parent was started from.
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds the engine package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}

@@ -16,8 +16,10 @@ Each round is a fresh process (`--worker shape`), which reports:
   rate as a fraction of it.
 The table gives each figure's best round.
 
-`prefill` and `decode` below are the whole per-token loop: the place where the runtime's decode
-runner takes over from the plain `Transformer.forward` calls.
+The loop is `generate`'s own: the decode runner's token generator (`--decode static`, the default
+and what generation uses, or `plain`), greedy on the device with one host sync a token. Cold
+figures include what a fresh process pays once (allocating the first KV bucket, on CUDA capturing
+its decode graph); "whole reply" is the prompt plus every generated token.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from ..errors import RequestError
 SHAPE_NAMES = ("llama-3.2-1b", "llama-3.1-8b", "smollm2-135m")
 SCHEMES = ("int8", "int4")
 QUANTIZER_GROUP = "engine.model_quantizers"
-PREFILL_CHUNK = 512  # tokens per prefill pass, as NativeModel prefills
 INIT_STD = 0.02  # the std of the random weights: activations stay in range over 32 layers
 
 
@@ -91,30 +92,16 @@ def quantize_in_place(model, scheme: str, group_size: int, dtype) -> dict:
     return found["chatapp"].load()(model, scheme, group_size=group_size, dtype=dtype)
 
 
-# ---- the per-token loop ----
-
-
-def prefill(model, ids, cache):
-    """ids (1, T) -> the logits of the last position (1, vocab), in chunks of PREFILL_CHUNK."""
-    for start in range(0, ids.shape[1], PREFILL_CHUNK):
-        logits = model(ids[:, start : start + PREFILL_CHUNK], cache, last_only=True)
-    return logits[:, -1]
-
-
-def decode(model, token, cache):
-    """token (1, 1) -> logits (1, vocab)."""
-    return model(token, cache, last_only=True)[:, -1]
-
-
 # ---- the worker: one fresh process ----
 
 
 def run_shape_worker(opts: argparse.Namespace) -> int:
     import torch
 
-    from ..model.cache import KVCache
     from ..model.device import pick_device
     from ..model.packing import can_pack, pack_linears
+    from ..runtime.runner import DecodeRunner
+    from ..runtime.sampling import SamplingParams
     from .bench_worker import _bytes_read_per_token, _stream_gb_per_s, _sync, peak_rss_mib
 
     torch.set_num_threads(opts.threads)
@@ -129,36 +116,43 @@ def run_shape_worker(opts: argparse.Namespace) -> int:
     _sync(device)
     build_seconds = time.perf_counter() - start
 
+    # The loop `generate` runs: the runner's token generator for the chosen path (prefix reuse,
+    # on-device greedy sampling, one host sync a token), over a context of the model's length.
+    runner = DecodeRunner(model, device=device, dtype=dtype)
+    token_ids = runner.static_token_ids if opts.decode == "static" else runner.plain_token_ids
+    params = SamplingParams(temperature=0, max_tokens=opts.gen_tokens)
     gen = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, args.vocab_size, (1, opts.prompt_tokens), generator=gen).to(device) for _ in range(2)]
-    capacity = opts.prompt_tokens + opts.gen_tokens
-    ttft, rate = [], 0.0
-    with torch.inference_mode():
-        for ids in prompts:  # cold, then warm
-            start = time.perf_counter()
-            cache = KVCache(args, capacity, dtype=dtype, device=device)
-            token = prefill(model, ids, cache).argmax(-1, keepdim=True)  # (1, 1)
-            token.item()  # the first token reaches the host
-            ttft.append(time.perf_counter() - start)
+    prompts = [torch.randint(0, args.vocab_size, (opts.prompt_tokens,), generator=gen).tolist() for _ in range(2)]
+    ttft, reply, rate = [], [], 0.0
+    for ids in prompts:  # a fresh process's first reply, then a second of the same length
         start = time.perf_counter()
+        tokens = token_ids(ids, params, args.vocab_size, context_length=args.context_length)
+        next(tokens)  # the first token reaches the host
+        ttft.append(time.perf_counter() - start)
+        decode_start = time.perf_counter()
         for _ in range(opts.gen_tokens - 1):
-            token = decode(model, token, cache).argmax(-1, keepdim=True)
-            token.item()  # one host sync a token, as generate has
-        rate = (opts.gen_tokens - 1) / (time.perf_counter() - start)
+            next(tokens)
+        reply.append(time.perf_counter() - start)
+        rate = (opts.gen_tokens - 1) / (time.perf_counter() - decode_start)  # the second reply's
+        tokens.close()
     rss = peak_rss_mib()  # before the bandwidth probe's 256 MB
 
     linears = [m for m in model.modules() if hasattr(m, "in_features") and hasattr(m, "out_features")
                and not list(m.children())]
-    read = _bytes_read_per_token(SimpleNamespace(model=model, args=args, dtype=dtype), linears, capacity - opts.gen_tokens // 2)
+    position = opts.prompt_tokens + opts.gen_tokens // 2
+    read = _bytes_read_per_token(SimpleNamespace(model=model, args=args, dtype=dtype), linears, position)
     stream = _stream_gb_per_s(device)
     roofline = stream * 1e9 / read
     row = {
         "shape": opts.shape,
         "scheme": opts.scheme or "bfloat16",
+        "decode_path": opts.decode,
         "device": device.type,
         "build_seconds": round(build_seconds, 3),
         "ttft_cold_seconds": round(ttft[0], 6),
         "ttft_warm_seconds": round(ttft[1], 6),
+        "reply_cold_seconds": round(reply[0], 6),
+        "reply_warm_seconds": round(reply[1], 6),
         "decode_tokens_per_second": round(rate, 2),
         "mb_read_per_token": round(read / 1e6, 1),
         "stream_gb_per_s": round(stream, 1),
@@ -189,7 +183,7 @@ def run_shape_bench(opts: argparse.Namespace) -> int:
             print(f"bench: {opts.shape}, round {round_}/{opts.repeats}…", file=sys.stderr, end="\r", flush=True)
         rounds.append(_run_worker("shape", opts, [], 0))
     best = dict(rounds[0])
-    for key in ("build_seconds", "ttft_cold_seconds", "ttft_warm_seconds"):
+    for key in ("build_seconds", "ttft_cold_seconds", "ttft_warm_seconds", "reply_cold_seconds", "reply_warm_seconds"):
         best[key] = min(r[key] for r in rounds)
     best["decode_tokens_per_second"] = max(r["decode_tokens_per_second"] for r in rounds)
     best["decode_runs"] = [r["decode_tokens_per_second"] for r in rounds]
@@ -198,11 +192,12 @@ def run_shape_bench(opts: argparse.Namespace) -> int:
     best["roofline_tokens_per_second"] = fastest_stream["roofline_tokens_per_second"]
     best["roofline_fraction"] = round(best["decode_tokens_per_second"] / best["roofline_tokens_per_second"], 4)
     best["ttft_cold_vs_warm"] = round(best["ttft_cold_seconds"] / best["ttft_warm_seconds"], 3)
+    best["reply_cold_vs_warm"] = round(best["reply_cold_seconds"] / best["reply_warm_seconds"], 3)
     report = {
         "machine": machine_info(),
         "settings": {"shape": opts.shape, "scheme": opts.scheme or "bfloat16", "group_size": opts.group_size if opts.scheme else None,
                      "prompt_tokens": opts.prompt_tokens, "gen_tokens": opts.gen_tokens, "threads": opts.threads,
-                     "device": opts.device, "repeats": opts.repeats},
+                     "device": opts.device, "repeats": opts.repeats, "decode": opts.decode},
         "result": best,
     }
     print(json.dumps(report, indent=2) if opts.json else format_shape_report(report))
@@ -214,10 +209,12 @@ def format_shape_report(report: dict) -> str:
     grid = f" g{s['group_size']}" if s["group_size"] else ""
     return "\n".join([
         f"machine: {m['cpu']}{', ' + r['gpu'] if 'gpu' in r else ''}, torch {m['torch']}",
-        f"shape {s['shape']} (random weights), {s['scheme']}{grid} on {r['device']}, {s['prompt_tokens']} prompt tokens, "
-        f"{s['gen_tokens']} generated (greedy), best of {s['repeats']} round(s)",
+        f"shape {s['shape']} (random weights), {s['scheme']}{grid} on {r['device']}, {s['decode']} decode path, "
+        f"{s['prompt_tokens']} prompt tokens, {s['gen_tokens']} generated (greedy), best of {s['repeats']} round(s)",
         f"TTFT cold {r['ttft_cold_seconds'] * 1000:.1f} ms (a fresh model's first prompt), warm "
         f"{r['ttft_warm_seconds'] * 1000:.1f} ms (a second prompt of the same length): cold / warm {r['ttft_cold_vs_warm']:.2f}",
+        f"whole reply cold {r['reply_cold_seconds'] * 1000:.1f} ms, warm {r['reply_warm_seconds'] * 1000:.1f} ms: cold / warm "
+        f"{r['reply_cold_vs_warm']:.2f}",
         f"decode {r['decode_tokens_per_second']:.1f} tok/s; a step reads {r['mb_read_per_token']:.1f} MB at a stream rate of "
         f"{r['stream_gb_per_s']:.1f} GB/s: roofline {r['roofline_tokens_per_second']:.1f} tok/s, decode at "
         f"{r['roofline_fraction']:.1%} of it",

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import RequestError
 from ..formats.gguf import read_gguf
-from ..model.cache import KVCache, PromptCache, common_prefix
+from ..model.cache import KVCache, PromptCache
 from ..model.config import ModelArgs
 from ..model.decoder import Transformer
 from ..model.device import pick_device, pick_dtype, release_freed_memory
@@ -18,7 +18,7 @@ from ..model.load_gguf import load_gguf_model
 from ..model.packing import can_pack, pack_linears
 from .base import Model
 from .runner import DecodeRunner
-from .sampling import SamplingParams, token_id
+from .sampling import SamplingParams
 from .static import supports as static_supports
 
 DECODE_PATHS = ("auto", "static", "plain")
@@ -162,31 +162,5 @@ class NativeModel(Model):
         if self.decode_path == "static":
             return self.runner.static_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
                                                 context_length=self.context_length, cache=cache)
-        return self._plain_token_ids(prompt_ids, params, cache)
-
-    @torch.inference_mode()
-    def _plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
-        runner = self.runner
-        sample = runner.sampler(params, self.tokenizer.vocab_size, prompt_ids)
-        # The cache holds the prompt and every generated token but the last (never fed back).
-        needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), self.context_length)
-        if cache is None:
-            cache = PromptCache()
-        if cache.kv is None:
-            cache.kv = self.new_cache(needed)
-        # Reuse the longest common prefix; decode at least one token to get fresh logits.
-        reused = min(common_prefix(cache.ids, prompt_ids), len(prompt_ids) - 1)
-        cache.kv.trim(cache.kv.offset - reused)
-        cache.kv.ensure(needed)
-        cache.ids, cache.reused = prompt_ids[:reused], reused
-        kv = cache.kv
-        logits = runner.prefill(prompt_ids[reused:], kv)
-        cache.ids = list(prompt_ids)
-        while True:
-            token = sample(logits)  # a 0-d device tensor
-            next_id = token_id(token)  # the one host sync of the step
-            yield next_id
-            if kv.offset >= kv.max_seq_len:
-                return  # the context window is full
-            logits = runner.decode(token, kv)
-            cache.ids.append(next_id)
+        return self.runner.plain_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
+                                           context_length=self.context_length, cache=cache)

@@ -102,13 +102,45 @@ class DecodeRunner:
         repetition penalty starting from `history` (the prompt's ids)."""
         return TokenSampler(params, n_tokens, history, self.device)
 
+    # -- the plain path: a KVCache per conversation, grown as needed ---------------------------
+
+    @torch.inference_mode()
+    def plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
+                        context_length: int, cache: PromptCache | None = None) -> Iterator[int]:
+        """Sampled ids after `prompt_ids` through the plain decoder and `cache.kv` (made here when
+        missing), reusing the longest prefix `cache` holds, until the caller stops or the context
+        is full."""
+        sample = self.sampler(params, n_tokens, prompt_ids)
+        # The cache holds the prompt and every generated token but the last (never fed back).
+        needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), context_length)
+        if cache is None:
+            cache = PromptCache()
+        if cache.kv is None:
+            cache.kv = KVCache(self.model.args, needed, dtype=self.dtype, device=self.device)
+        # Reuse the longest common prefix; decode at least one token to get fresh logits.
+        reused = min(common_prefix(cache.ids, prompt_ids), len(prompt_ids) - 1)
+        cache.kv.trim(cache.kv.offset - reused)
+        cache.kv.ensure(needed)
+        cache.ids, cache.reused = prompt_ids[:reused], reused
+        kv = cache.kv
+        logits = self.prefill(prompt_ids[reused:], kv)
+        cache.ids = list(prompt_ids)
+        while True:
+            token = sample(logits)  # a 0-d device tensor
+            next_id = token_id(token)  # the one host sync of the step
+            yield next_id
+            if kv.offset >= min(kv.max_seq_len, context_length):
+                return  # the context window is full
+            logits = self.decode(token, kv)
+            cache.ids.append(next_id)
+
     # -- the static path (engine/runtime/static.py) --------------------------------------------
 
     def static_decoder(self, context_length: int) -> StaticDecoder:
         """The one static decoder of this model (its buckets and graphs are kept across turns
         and conversations), for a context of `context_length` positions."""
         if self._static is None or self._static.limit != context_length:
-            self._static = StaticDecoder(self.model, context_length=context_length)
+            self._static = StaticDecoder(self.model, context_length=context_length, dtype=self.dtype)
             self._static_ids = []
         return self._static
 

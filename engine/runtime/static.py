@@ -145,13 +145,16 @@ class StaticDecoder:
         prefill_lengths: Sequence[int] | None = None,
         step: str | None = None,
         keep_buckets: bool | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         if not supports(model.args):
             raise ValueError("the static decoder does not run dynamic NTK RoPE; use the plain path")
         self.model = model
         self.args = model.args
         self.device = model.inv_freq.device
-        self.dtype = model.tok_embeddings.weight.dtype
+        # The run dtype (the KV storage's): given by the runner, since a quantized embedding
+        # has no float weight to read it from.
+        self.dtype = dtype or model.tok_embeddings.weight.dtype
         self.limit = min(context_length or self.args.context_length, self.args.context_length)
         self.min_bucket = min(min_bucket, self.limit)
         if prefill_lengths is None:  # padding saves planning on CUDA; on a CPU it is only work

@@ -121,8 +121,15 @@ def test_an_existing_folder_needs_force(tiny_gguf, tmp_path, capsys):
     assert quant(tiny_gguf, "--scheme", "int8", "--out", out) == 1
     assert "already exists; pass --force" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only quant's own output (issue 16, item 7): this folder is the user's.
+    assert quant(tiny_gguf, "--scheme", "int8", "--out", out, "--force") == 1
+    assert "was not written by quant" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert quant(tiny_gguf, "--scheme", "int4", "--out", out) == 0
     assert quant(tiny_gguf, "--scheme", "int8", "--out", out, "--force") == 0
-    assert not (out / "keep.txt").exists() and (out / QUANTIZATION).is_file()
+    assert json.loads((out / QUANTIZATION).read_text())["scheme"] == "int8"
     assert leftovers(tmp_path) == []
 
 

@@ -19,7 +19,8 @@ import torch
 from engine.measure.bench_shape import SHAPE_NAMES, shape_args
 
 ROOT = Path(__file__).resolve().parents[3]
-FIELDS = ("build_seconds", "ttft_cold_seconds", "ttft_warm_seconds", "decode_tokens_per_second", "mb_read_per_token",
+FIELDS = ("build_seconds", "ttft_cold_seconds", "ttft_warm_seconds", "reply_cold_seconds", "reply_warm_seconds",
+          "decode_tokens_per_second", "mb_read_per_token",
           "stream_gb_per_s", "roofline_tokens_per_second", "roofline_fraction", "peak_rss_mib")
 
 
@@ -66,6 +67,15 @@ def test_shape_bench_on_cpu_reports_ttft_decode_and_roofline():
     assert r["roofline_tokens_per_second"] == pytest.approx(r["stream_gb_per_s"] * 1000 / r["mb_read_per_token"], rel=0.01)
     assert r["roofline_fraction"] == pytest.approx(r["decode_tokens_per_second"] / r["roofline_tokens_per_second"], rel=1e-3)
     assert r["ttft_cold_vs_warm"] == pytest.approx(r["ttft_cold_seconds"] / r["ttft_warm_seconds"], rel=1e-3)
+    assert r["reply_cold_vs_warm"] == pytest.approx(r["reply_cold_seconds"] / r["reply_warm_seconds"], rel=1e-3)
+    assert r["reply_cold_seconds"] > r["ttft_cold_seconds"]  # the reply holds its first token and 3 more
+    assert s["decode"] == r["decode_path"] == "static"  # what generation uses
+
+
+def test_shape_bench_runs_the_plain_path_on_request():
+    report = shape_report("--decode", "plain", repeats=1)
+    assert report["settings"]["decode"] == report["result"]["decode_path"] == "plain"
+    assert all(report["result"][key] > 0 for key in FIELDS)
 
 
 @pytest.mark.parametrize("scheme, lo, hi", [("int8", 160, 175), ("int4", 95, 110)])
@@ -128,17 +138,18 @@ def test_smollm2_shape_is_the_default_models():
 
 
 def test_random_model_runs_in_bfloat16():
-    from engine.measure.bench_shape import decode, prefill, random_model
+    from engine.measure.bench_shape import random_model
     from engine.model.cache import KVCache
+    from engine.runtime.runner import DecodeRunner
 
     args = shape_args("smollm2-135m")
     model = random_model(args, device=torch.device("cpu"), dtype=torch.bfloat16)
     assert model.layers[0].attention.wqkv.weight.dtype == torch.bfloat16
     assert model.norm.weight.dtype == torch.float32 and bool((model.norm.weight == 1).all())
     assert abs(float(model.tok_embeddings.weight.float().std()) - 0.02) < 1e-3
+    runner = DecodeRunner(model, device=torch.device("cpu"), dtype=torch.bfloat16)
     cache = KVCache(args, 8, dtype=torch.bfloat16, device=torch.device("cpu"))
-    with torch.inference_mode():
-        logits = prefill(model, torch.tensor([[1, 2, 3]]), cache)
-        assert logits.shape == (1, args.vocab_size) and logits.isfinite().all()
-        logits = decode(model, logits.argmax(-1, keepdim=True), cache)
+    logits = runner.prefill([1, 2, 3], cache)
+    assert logits.shape == (1, args.vocab_size) and logits.isfinite().all()
+    logits = runner.decode(logits.argmax(-1), cache)
     assert logits.shape == (1, args.vocab_size) and cache.offset == 4
