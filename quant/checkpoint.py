@@ -195,7 +195,9 @@ def _read_args(path: Path) -> ModelArgs:
             raise ValueError("architecture is not 'llama'")
         scaling = raw.pop("rope_scaling", None)
         full_layers = tuple(raw.pop("full_attention_layers", ()))  # a JSON list
-        return ModelArgs(**raw, rope_scaling=RopeScaling(**scaling) if scaling else None, full_attention_layers=full_layers)
+        no_rope = tuple(raw.pop("no_rope_layers", ()))  # a JSON list
+        return ModelArgs(**raw, rope_scaling=RopeScaling(**scaling) if scaling else None, full_attention_layers=full_layers,
+                         no_rope_layers=no_rope)
     except ModelFormatError:
         raise
     except (OSError, ValueError, TypeError, AttributeError) as e:

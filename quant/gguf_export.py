@@ -179,6 +179,8 @@ def _plan_tensors(model: Transformer, layer_type: str) -> list[_Planned]:
     if args.qkv_bias or args.sliding_window is not None:
         # The export writes arch 'llama', which llama.cpp runs without biases or a window.
         raise RequestError("Q/K/V biases (Qwen2) and sliding-window attention (Mistral) cannot be exported to a 'llama' GGUF")
+    if args.qk_norm or args.no_rope_layers:
+        raise RequestError("Q/K norms (Qwen3) and layers without RoPE (SmolLM3) cannot be exported to a 'llama' GGUF")
     q_size, kv_size = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
     plan = [_Planned("token_embd.weight", model.tok_embeddings.weight, EMBEDDING_TYPE)]
     freq_factors = _rope_freq_factors(model)

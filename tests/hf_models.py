@@ -1,5 +1,6 @@
-"""Tiny random Llama, Mistral and Qwen2 models built with transformers, saved as Hugging Face
-safetensors folders, and converted to F32 GGUF the way llama.cpp's convert_hf_to_gguf.py does."""
+"""Tiny random Llama, Mistral, Qwen2, Qwen3 and SmolLM3 models built with transformers, saved as
+Hugging Face safetensors folders, and converted to F32 GGUF the way llama.cpp's
+convert_hf_to_gguf.py does."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ import torch
 
 from tiny_models import add_tiny_vocabulary, vocabulary
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
+# GGUF architecture per family: llama.cpp's converter writes Mistral as 'llama'.
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
+PERMUTED_ARCHS = ("llama", "smollm3")  # converted by LlamaModel, Q/K rows permuted
 VOCAB = len(vocabulary()[0])  # the tiny GGUF vocabulary, so llama.cpp can load the converted files
 
 
 @dataclass(frozen=True)
 class HFTiny:
-    family: str  # "llama" | "mistral" | "qwen2"
+    family: str  # "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3"
     tied: bool = False
     rope: dict[str, Any] | None = None  # rope_scaling, transformers 4.x style
     rope_theta: float = 10000.0
@@ -34,7 +39,8 @@ class HFTiny:
     def config(self):
         import transformers
 
-        cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}
+        cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config,
+               "qwen3": transformers.Qwen3Config, "smollm3": transformers.SmolLM3Config}
         kwargs = dict(
             hidden_size=64, intermediate_size=96, num_hidden_layers=self.n_layers, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=self.max_positions, rms_norm_eps=1e-5,
@@ -42,6 +48,10 @@ class HFTiny:
         )
         if self.rope is not None:
             kwargs["rope_scaling"] = dict(self.rope)
+        if self.family == "qwen3":
+            kwargs.setdefault("head_dim", 16)  # its config class would default to 128
+        if self.family == "smollm3":  # its config class's token ids lie outside the tiny vocabulary
+            kwargs.update(pad_token_id=None, bos_token_id=None, eos_token_id=None)
         if self.family == "mistral":
             kwargs.setdefault("sliding_window", None)
         config = cls[self.family](**kwargs)
@@ -54,7 +64,8 @@ def build_hf_model(spec: HFTiny):
     import transformers
 
     cls = {"llama": transformers.LlamaForCausalLM, "mistral": transformers.MistralForCausalLM,
-           "qwen2": transformers.Qwen2ForCausalLM}[spec.family]
+           "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
+           "smollm3": transformers.SmolLM3ForCausalLM}[spec.family]
     model = cls._from_config(spec.config(), attn_implementation="eager", dtype=torch.float32)
     g = torch.Generator().manual_seed(spec.seed)
     with torch.no_grad():
@@ -104,14 +115,21 @@ def llama3_rope_factors(config: dict[str, Any], head_dim: int) -> np.ndarray:
 
 
 def write_gguf_from_hf(model, path: Path) -> Path:
-    """An F32 GGUF of a Llama or Qwen2 transformers model, as llama.cpp's converter writes it:
-    arch 'llama' with Q/K rows permuted, arch 'qwen2' unpermuted with Q/K/V biases, llama3
-    RoPE scaling as the `rope_freqs.weight` tensor, linear and yarn as metadata."""
+    """An F32 GGUF of a Llama, Qwen2, Qwen3 or SmolLM3 transformers model, as llama.cpp's
+    converter writes it: arch 'llama' and 'smollm3' with Q/K rows permuted, 'qwen2' unpermuted
+    with Q/K/V biases, 'qwen3' unpermuted with `attn_q_norm`/`attn_k_norm` and its head size as
+    the key/value length, llama3 RoPE scaling as the `rope_freqs.weight` tensor, linear and
+    yarn as metadata. SmolLM3's layers without RoPE have no GGUF key: llama.cpp assumes every
+    fourth, so another pattern is refused here."""
     config = model.config.to_dict()
     family = config["model_type"]
-    arch = "qwen2" if family == "qwen2" else "llama"
+    arch = GGUF_ARCH[family]
     n_heads, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
-    head_dim = config["hidden_size"] // n_heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_heads
+    if family == "smollm3":
+        every_fourth = [int((i + 1) % 4 != 0) for i in range(config["num_hidden_layers"])]
+        if config["no_rope_layers"] != every_fourth:
+            raise ValueError(f"llama.cpp's smollm3 runs every fourth layer without RoPE, not {config['no_rope_layers']}")
     rope = config.get("rope_parameters") or {}
 
     w = gguf.GGUFWriter(str(path), arch)
@@ -122,6 +140,9 @@ def write_gguf_from_hf(model, path: Path) -> Path:
     w.add_feed_forward_length(config["intermediate_size"])
     w.add_head_count(n_heads)
     w.add_head_count_kv(n_kv)
+    if config.get("head_dim") is not None:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     w.add_rope_freq_base(rope["rope_theta"])
     w.add_rope_dimension_count(head_dim)
@@ -157,10 +178,13 @@ def write_gguf_from_hf(model, path: Path) -> Path:
                 value = state.get(f"{h}self_attn.{theirs}.{part}")
                 if value is None:
                     continue
-                if arch == "llama" and heads is not None:
+                if arch in PERMUTED_ARCHS and heads is not None:
                     value = llama_cpp_permute(value, heads)
                 add(f"{b}{ours}.{part}", value)
         add(b + "attn_output.weight", state[h + "self_attn.o_proj.weight"])
+        for ours, theirs in (("attn_q_norm", "q_norm"), ("attn_k_norm", "k_norm")):
+            if f"{h}self_attn.{theirs}.weight" in state:
+                add(f"{b}{ours}.weight", state[f"{h}self_attn.{theirs}.weight"])
         add(b + "attn_norm.weight", state[h + "input_layernorm.weight"])
         add(b + "ffn_norm.weight", state[h + "post_attention_layernorm.weight"])
         add(b + "ffn_gate.weight", state[h + "mlp.gate_proj.weight"])

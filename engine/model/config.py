@@ -1,8 +1,9 @@
 """ModelArgs: the shape of a LLaMA-style decoder, read from GGUF metadata or a Hugging Face config.json.
 
-One model, with switches: `qkv_bias` (Qwen2), `sliding_window` (Mistral; Qwen2 when its config
-turns it on), and `rope_scaling` (linear, dynamic NTK, YaRN, Llama 3). Anything else a config
-asks for that the engine does not run is refused by name, never approximated.
+One model, with switches: `qkv_bias` (Qwen2), `qk_norm` (Qwen3), `no_rope_layers` (SmolLM3),
+`sliding_window` (Mistral; Qwen2/Qwen3/SmolLM3 when their config turns it on), and
+`rope_scaling` (linear, dynamic NTK, YaRN, Llama 3). Anything else a config asks for that the
+engine does not run is refused by name, never approximated.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from ..errors import ModelFormatError
 ROPE_SCALING_KINDS = ("linear", "dynamic", "yarn", "llama3")
 
 # Hugging Face `architectures` entry -> its `model_type`: the families this engine runs.
-HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+HF_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3", "SmolLM3ForCausalLM": "smollm3",
+}
+# GGUF `general.architecture` values this engine runs. 'llama' and 'smollm3' files hold Q/K rows
+# permuted for llama.cpp's adjacent-pair RoPE (its converter treats SmolLM3 as Llama).
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "smollm3")
+# llama.cpp has no GGUF key for SmolLM3's layers without RoPE: it hard-codes every fourth
+# (layer i skips RoPE when (i + 1) % 4 == 0, src/models/smollm3.cpp), as SmolLM3's config defaults.
+SMOLLM3_NO_ROPE_INTERVAL = 4
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ class ModelArgs:
     # and Qwen2 with use_sliding_window), except in `full_attention_layers`, which see all.
     sliding_window: int | None = None
     full_attention_layers: tuple[int, ...] = ()
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys (head_dim weights) before RoPE (Qwen3)
+    no_rope_layers: tuple[int, ...] = ()  # layers whose attention rotates nothing (SmolLM3's NoPE layers)
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "vocab_size", "context_length"):
@@ -102,18 +114,30 @@ class ModelArgs:
             isinstance(i, int) and 0 <= i < self.n_layers for i in self.full_attention_layers
         ):
             raise ModelFormatError(f"model config: full_attention_layers {self.full_attention_layers!r} are not layer indices")
+        if not isinstance(self.no_rope_layers, tuple) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.n_layers for i in self.no_rope_layers
+        ):
+            raise ModelFormatError(f"model config: no_rope_layers {self.no_rope_layers!r} are not layer indices")
+        if not isinstance(self.qk_norm, bool):
+            raise ModelFormatError(f"model config: qk_norm must be true or false, got {self.qk_norm!r}")
 
     def layer_window(self, layer: int) -> int | None:
         """The sliding window of one layer, or None where it attends to the whole context."""
         return None if layer in self.full_attention_layers else self.sliding_window
 
+    def layer_uses_rope(self, layer: int) -> bool:
+        """Whether one layer rotates its queries and keys (False for SmolLM3's NoPE layers)."""
+        return layer not in self.no_rope_layers
+
     @classmethod
     def from_gguf(cls, metadata: dict[str, Any], tensor_names: set[str] | frozenset[str]) -> ModelArgs:
-        """Arch 'llama' (Q/K rows permuted by the converter) or 'qwen2' (not permuted, Q/K/V biases)."""
+        """Arch 'llama' or 'smollm3' (Q/K rows permuted by the converter; smollm3 without RoPE in
+        every fourth layer), 'qwen2' (not permuted, Q/K/V biases) or 'qwen3' (not permuted, Q/K norms)."""
         arch = metadata.get("general.architecture")
-        if arch not in ("llama", "qwen2"):
+        if arch not in GGUF_ARCHITECTURES:
             raise ModelFormatError(
-                f"architecture {arch!r} is not supported by the native engine yet (it runs 'llama' and 'qwen2' models)"
+                f"architecture {arch!r} is not supported by the native engine yet "
+                f"(it runs {', '.join(repr(a) for a in GGUF_ARCHITECTURES)} models)"
             )
 
         def get(key: str, default: Any = None, kind: type = int) -> Any:
@@ -135,9 +159,15 @@ class ModelArgs:
         head_dim = get("attention.key_length", dim // n_heads if n_heads else 0)
         tokens = metadata.get("tokenizer.ggml.tokens")
         vocab = get("vocab_size", len(tokens) if isinstance(tokens, list) else None)
+        if get("attention.value_length", head_dim) != head_dim:
+            raise ModelFormatError(f"GGUF metadata '{arch}.attention.value_length' differs from the key length: not supported")
+        n_layers = get("block_count")
+        no_rope = ()
+        if arch == "smollm3":
+            no_rope = tuple(i for i in range(n_layers) if (i + 1) % SMOLLM3_NO_ROPE_INTERVAL == 0)
         return cls(
             dim=dim,
-            n_layers=get("block_count"),
+            n_layers=n_layers,
             n_heads=n_heads,
             n_kv_heads=get("attention.head_count_kv", n_heads),
             head_dim=head_dim,
@@ -150,11 +180,13 @@ class ModelArgs:
             tied_output="output.weight" not in tensor_names,
             rope_scaling=_gguf_rope_scaling(metadata, arch),
             qkv_bias="blk.0.attn_q.bias" in tensor_names,
+            qk_norm=arch == "qwen3",
+            no_rope_layers=no_rope,
         )
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> ModelArgs:
-        """A Hugging Face config.json (as a dict) of a Llama, Mistral or Qwen2 causal LM.
+        """A Hugging Face config.json (as a dict) of a Llama, Mistral, Qwen2, Qwen3 or SmolLM3 causal LM.
 
         Reads both the transformers 4.x layout (`rope_theta`, `rope_scaling`) and 5.x
         (`rope_parameters`). Where a key is absent, transformers' default for that family is used.
@@ -208,7 +240,7 @@ def _args_from_hf_config(cls: type[ModelArgs], config: dict[str, Any]) -> ModelA
         model_type = expected
     if model_type not in HF_ARCHITECTURES.values():
         raise ModelFormatError(
-            f"model_type {model_type!r} is not supported by the native engine (it runs llama, mistral and qwen2)"
+            f"model_type {model_type!r} is not supported by the native engine (it runs {', '.join(HF_ARCHITECTURES.values())})"
         )
 
     def integer(key: str, default: Any = ...) -> int:
@@ -241,13 +273,15 @@ def _args_from_hf_config(cls: type[ModelArgs], config: dict[str, Any]) -> ModelA
     n_layers = integer("num_hidden_layers")
     n_heads = integer("num_attention_heads")
     n_kv_heads = n_heads if config.get("num_key_value_heads") is None else integer("num_key_value_heads")
-    head_dim = (dim // n_heads if n_heads > 0 else 0) if config.get("head_dim") is None else integer("head_dim")
+    # Qwen3's config class defaults head_dim to 128, not hidden_size / heads.
+    default_head_dim = 128 if model_type == "qwen3" else (dim // n_heads if n_heads > 0 else 0)
+    head_dim = default_head_dim if config.get("head_dim") is None else integer("head_dim")
     max_positions = integer("max_position_embeddings")
 
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if not isinstance(rope, dict):
         raise ModelFormatError(f"config.json: rope_scaling {rope!r} is not an object")
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    theta = rope.get("rope_theta", config.get("rope_theta", 2000000.0 if model_type == "smollm3" else 10000.0))
     partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
         raise ModelFormatError(f"config.json: partial_rotary_factor {partial!r} (partial RoPE) is not supported")
@@ -259,7 +293,8 @@ def _args_from_hf_config(cls: type[ModelArgs], config: dict[str, Any]) -> ModelA
     elif scaling is not None and scaling.kind == "yarn":
         context = max(max_positions, int(scaling.original_context * scaling.factor))
 
-    window, full_layers = _hf_sliding_window(config, model_type, n_layers, integer)
+    no_rope = _hf_no_rope_layers(config, n_layers, integer) if model_type == "smollm3" else ()
+    window, full_layers = _hf_sliding_window(config, model_type, n_layers, integer, no_rope)
     return cls(
         dim=dim,
         n_layers=n_layers,
@@ -277,7 +312,25 @@ def _args_from_hf_config(cls: type[ModelArgs], config: dict[str, Any]) -> ModelA
         qkv_bias=model_type == "qwen2",
         sliding_window=window,
         full_attention_layers=full_layers,
+        qk_norm=model_type == "qwen3",
+        no_rope_layers=no_rope,
     )
+
+
+def _hf_no_rope_layers(config: dict[str, Any], n_layers: int, integer) -> tuple[int, ...]:
+    """SmolLM3's layers without RoPE. Its config's `no_rope_layers` has one flag per layer,
+    1 = uses RoPE, 0 = does not; absent, every `no_rope_layer_interval`-th layer (default 4)
+    goes without, as transformers' SmolLM3Config fills it in."""
+    flags = config.get("no_rope_layers")
+    if flags is None:
+        interval = integer("no_rope_layer_interval", SMOLLM3_NO_ROPE_INTERVAL)
+        if interval <= 0:
+            raise ModelFormatError(f"config.json: no_rope_layer_interval must be positive, got {interval}")
+        flags = [int((i + 1) % interval != 0) for i in range(n_layers)]
+    if not (isinstance(flags, list) and len(flags) == n_layers
+            and all(f in (0, 1) and not isinstance(f, float) for f in flags)):
+        raise ModelFormatError(f"config.json: no_rope_layers {flags!r} is not one 0/1 flag per layer (1 = uses RoPE)")
+    return tuple(i for i, uses_rope in enumerate(flags) if not uses_rope)
 
 
 def _hf_rope_scaling(rope: dict[str, Any], max_positions: int, number) -> RopeScaling | None:
@@ -321,12 +374,15 @@ def _hf_rope_scaling(rope: dict[str, Any], max_positions: int, number) -> RopeSc
     )
 
 
-def _hf_sliding_window(config: dict[str, Any], model_type: str, n_layers: int, integer) -> tuple[int | None, tuple[int, ...]]:
+def _hf_sliding_window(
+    config: dict[str, Any], model_type: str, n_layers: int, integer, no_rope: tuple[int, ...] = ()
+) -> tuple[int | None, tuple[int, ...]]:
     """(window, layers that ignore it), with transformers' semantics for each family.
 
     Llama has no window. Mistral applies `sliding_window` (default 4096, null for none) to every
-    layer. Qwen2 applies it only when `use_sliding_window` is true, and then to the layers that
-    `layer_types` marks "sliding_attention", or by default to layers from `max_window_layers` on.
+    layer. Qwen2 and Qwen3 apply it only when `use_sliding_window` is true, and then to the layers
+    that `layer_types` marks "sliding_attention", or by default to layers from `max_window_layers`
+    on. SmolLM3 likewise, its default being its layers without RoPE (`no_rope`).
     """
     if model_type == "llama":
         return None, ()
@@ -337,7 +393,9 @@ def _hf_sliding_window(config: dict[str, Any], model_type: str, n_layers: int, i
         return None, ()
     window = integer("sliding_window")
     layer_types = config.get("layer_types")
-    if layer_types is None:
+    if layer_types is None and model_type == "smollm3":
+        layer_types = ["sliding_attention" if i in no_rope else "full_attention" for i in range(n_layers)]
+    elif layer_types is None:
         first = integer("max_window_layers", 28)
         layer_types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
     if not (isinstance(layer_types, list) and len(layer_types) == n_layers

@@ -5,7 +5,8 @@ rotate together). GGUF files of arch 'llama' store Q/K rows permuted for llama.c
 adjacent-pair rotation; `engine.model.load_gguf` undoes that permutation at load.
 
 Family switches come from `ModelArgs`, not from subclasses: a bias on the fused Q/K/V
-projection (Qwen2), a sliding attention window per layer (Mistral, Qwen2), and the RoPE
+projection (Qwen2), an RMSNorm over each query and key head before RoPE (Qwen3), layers that
+rotate nothing (SmolLM3), a sliding attention window per layer (Mistral, Qwen2), and the RoPE
 scaling kinds of `engine.model.config.RopeScaling`.
 """
 
@@ -58,9 +59,14 @@ class Attention(nn.Module):
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.window = args.layer_window(layer)  # None: attends to the whole context
+        self.uses_rope = args.layer_uses_rope(layer)  # False: positions enter only through the causal mask
         # One fused projection for Q, K and V: one matmul per layer instead of three.
         self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.qk_norm = args.qk_norm
+        if args.qk_norm:  # one head_dim weight shared by all query heads, one by all key heads
+            self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
+            self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
 
     def forward(
         self,
@@ -72,12 +78,17 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """mask: bool (T, S) over the S keys attended to, or None (see `attention_mask`). With a
         cache that returns its whole bucket, the mask is always given, decode included: it
-        hides the unfilled slots and the keys outside a sliding window."""
+        hides the unfilled slots and the keys outside a sliding window. A layer without RoPE
+        ignores cos and sin."""
         B, T, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         qk, v = self.wqkv(x).split((q_size + kv_size, kv_size), dim=-1)
-        # Rotate Q and K heads in one pass: (B, T, n_heads + n_kv_heads, head_dim).
-        qk = apply_rope(qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim), cos, sin)
+        qk = qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim)  # Q heads, then K heads
+        if self.qk_norm:
+            q, k = qk.split((self.n_heads, self.n_kv_heads), dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
+        if self.uses_rope:
+            qk = apply_rope(qk, cos, sin)  # Q and K heads rotated in one pass
         q, k = qk.transpose(1, 2).split((self.n_heads, self.n_kv_heads), dim=1)  # (B, heads, T, head_dim)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
         whole_bucket = cache is not None and cache.returns_whole_bucket

@@ -1,7 +1,8 @@
 """Build a Transformer from a GGUF file: map tensor names, undo the Q/K row permutation, fuse projections.
 
-llama.cpp's converter permutes Q/K rows (and biases) for arch 'llama' only; for 'qwen2' it
-writes Hugging Face's layout unchanged (llama.cpp rotates qwen2 in NeoX style, as we do).
+llama.cpp's converter permutes Q/K rows (and biases) for arch 'llama' and 'smollm3' (a Llama to
+it); for 'qwen2' and 'qwen3' it writes Hugging Face's layout unchanged (llama.cpp rotates those
+in NeoX style, as we do). Qwen3's per-head Q/K norm weights are `attn_q_norm`/`attn_k_norm`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def load_gguf_model(gguf: GGUFFile, args: ModelArgs, *, dtype: torch.dtype, devi
         return gguf.load(name, dtype=torch.float32).to(device=device, dtype=run_dtype)
 
     arch = gguf.metadata.get("general.architecture")
-    permuted = arch == "llama"
+    permuted = arch in ("llama", "smollm3")
+    if permuted and args.qk_norm:
+        # The norm weights would need the same reordering within each head; no such arch exists.
+        raise ModelFormatError(f"{gguf.path.name}: Q/K norms on arch {arch!r} are not supported")
     unsupported = sorted(n for n in gguf.tensors if n.endswith(".bias") and n.split(".")[-2] not in ("attn_q", "attn_k", "attn_v"))
     if unsupported:
         raise ModelFormatError(f"{gguf.path.name}: bias tensors such as {unsupported[0]!r} are not supported by the native engine")
@@ -66,6 +70,9 @@ def load_gguf_model(gguf: GGUFFile, args: ModelArgs, *, dtype: torch.dtype, devi
             k = rope_rows(tensor(b + "attn_k.bias", (args.n_kv_heads * hd,)), args.n_kv_heads)
             state[p + "attention.wqkv.bias"] = torch.cat((q, k, tensor(b + "attn_v.bias", (args.n_kv_heads * hd,))))
         state[p + "attention.wo.weight"] = tensor(b + "attn_output.weight", (dim, args.n_heads * hd))
+        if args.qk_norm:
+            state[p + "attention.q_norm.weight"] = tensor(b + "attn_q_norm.weight", (hd,), torch.float32)
+            state[p + "attention.k_norm.weight"] = tensor(b + "attn_k_norm.weight", (hd,), torch.float32)
         gate = tensor(b + "ffn_gate.weight", (args.ffn_dim, dim))
         up = tensor(b + "ffn_up.weight", (args.ffn_dim, dim))
         state[p + "feed_forward.w13.weight"] = torch.cat((gate, up))

@@ -1,6 +1,7 @@
 """A Hugging Face checkpoint folder into our Transformer: config.json as ModelArgs, and the
 validated safetensors weights (engine/formats/hf.py reads and checks the files) renamed onto
-our modules: Q/K/V rows (and Qwen2's biases) concatenated into `wqkv`, gate and up into `w13`."""
+our modules: Q/K/V rows (and Qwen2's biases) concatenated into `wqkv`, gate and up into `w13`,
+Qwen3's per-head `q_norm`/`k_norm` kept as they are."""
 
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def _expected_tensors(args: ModelArgs) -> dict[str, tuple[int, ...]]:
         if args.qkv_bias:
             shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                            p + "self_attn.v_proj.bias": (kv,)})
+        if args.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (args.head_dim,), p + "self_attn.k_norm.weight": (args.head_dim,)})
     return shapes
 
 
@@ -110,6 +113,9 @@ def load_hf_weights(folder: str | Path, args: ModelArgs, *, dtype: torch.dtype, 
         if args.qkv_bias:
             state[p + "attention.wqkv.bias"] = torch.cat([tensor(attn + f"{x}_proj.bias") for x in "qkv"])
         state[p + "attention.wo.weight"] = tensor(attn + "o_proj.weight")
+        if args.qk_norm:
+            state[p + "attention.q_norm.weight"] = tensor(attn + "q_norm.weight", torch.float32)
+            state[p + "attention.k_norm.weight"] = tensor(attn + "k_norm.weight", torch.float32)
         state[p + "feed_forward.w13.weight"] = torch.cat(
             (tensor(h + "mlp.gate_proj.weight"), tensor(h + "mlp.up_proj.weight"))
         )

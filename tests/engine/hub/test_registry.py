@@ -47,6 +47,19 @@ def test_every_family_comes_as_gguf_and_as_a_safetensors_folder():
     assert reg.get("smollm2-135m").source == "package"
 
 
+def test_qwen3_and_smollm3_entries_come_in_both_formats():
+    reg = load_registry([BUILTIN_REGISTRY])
+    for name, gguf_repo, folder_repo in (
+        ("qwen3-0.6b", "Qwen/Qwen3-0.6B-GGUF", "Qwen/Qwen3-0.6B"),
+        ("qwen3-1.7b", "Qwen/Qwen3-1.7B-GGUF", "Qwen/Qwen3-1.7B"),
+        ("qwen3-4b", "Qwen/Qwen3-4B-GGUF", "Qwen/Qwen3-4B"),
+        ("smollm3-3b", "ggml-org/SmolLM3-3B-GGUF", "HuggingFaceTB/SmolLM3-3B"),
+    ):
+        gguf, folder = reg.get(name), reg.get(name + "-hf")
+        assert (gguf.repo, gguf.format, folder.repo, folder.format) == (gguf_repo, "gguf", folder_repo, "safetensors")
+        assert gguf.family == folder.family and gguf.sampling["temperature"] == 0.6
+
+
 def test_safetensors_entry_offline_says_how_to_pull_it(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
