@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,14 +159,16 @@ class NativeModel(Model):
             return torch.empty(0, self.args.vocab_size)
         return self.runner.logits(ids, self.new_cache(len(ids)))
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                   forced: deque[int] | None = None) -> Iterator[int]:
         if self.decode_path == "static":
             return self.runner.static_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
-                                                context_length=self.context_length, cache=cache)
-        return self._plain_token_ids(prompt_ids, params, cache)
+                                                context_length=self.context_length, cache=cache, forced=forced)
+        return self._plain_token_ids(prompt_ids, params, cache, forced)
 
     @torch.inference_mode()
-    def _plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                         forced: deque[int] | None = None) -> Iterator[int]:
         runner = self.runner
         sample = runner.sampler(params, self.tokenizer.vocab_size, prompt_ids)
         # The cache holds the prompt and every generated token but the last (never fed back).
@@ -183,8 +186,11 @@ class NativeModel(Model):
         logits = runner.prefill(prompt_ids[reused:], kv)
         cache.ids = list(prompt_ids)
         while True:
-            token = sample(logits)  # a 0-d device tensor
-            next_id = token_id(token)  # the one host sync of the step
+            if forced:  # the reasoning budget closes the block: fed instead of sampled
+                token = next_id = forced.popleft()
+            else:
+                token = sample(logits)  # a 0-d device tensor
+                next_id = token_id(token)  # the one host sync of the step
             yield next_id
             if kv.offset >= kv.max_seq_len:
                 return  # the context window is full

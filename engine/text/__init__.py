@@ -12,4 +12,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "load_hf_text_side": ".hf_text",
     "ChatTemplate": ".template",
     "Tokenizer": ".tokenizer",
+    "Reasoning": ".reasoning",
+    "ThinkMarkers": ".reasoning",
+    "ReasoningSplitter": ".reasoning",
 })

@@ -92,9 +92,9 @@ def test_tool_call_round_trip(default_gguf):
 
 
 class ToolsSeen(ScriptedModel):
-    def encode_chat(self, messages, *, tools=None):
+    def encode_chat(self, messages, *, tools=None, reasoning=None):
         self.tools_seen = tools
-        return super().encode_chat(messages, tools=tools)
+        return super().encode_chat(messages, tools=tools, reasoning=reasoning)
 
 
 @pytest.mark.parametrize("choice, offered", [("none", None), ("auto", ["get_weather", "other"]),
