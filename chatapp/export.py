@@ -23,16 +23,19 @@ if TYPE_CHECKING:
 
 
 def conversation_json(conversation: Conversation, messages: list[Message]) -> dict:
-    """The conversation's fields, and each message in OpenAI form plus status, meta and created_at."""
+    """The conversation's fields, and each message in OpenAI form plus status, meta and created_at;
+    a reply's thinking as `reasoning_content`, the name OpenAI-compatible servers give it."""
     return {
         "conversation": dataclasses.asdict(conversation),
-        "messages": [{**m.to_openai(), "status": m.status, "meta": copy.deepcopy(m.meta),
-                      "created_at": m.created_at} for m in messages],
+        "messages": [{**m.to_openai(), **({"reasoning_content": m.reasoning} if m.reasoning else {}),
+                      "status": m.status, "meta": copy.deepcopy(m.meta), "created_at": m.created_at}
+                     for m in messages],
     }
 
 
 def conversation_markdown(conversation: Conversation, messages: list[Message]) -> str:
-    """Roles as `##` headings; message text verbatim; tool calls and results in code fences."""
+    """Roles as `##` headings; message text verbatim; tool calls and results in code fences; a
+    reply's thinking in a folded `<details>` block above it."""
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(conversation.created_at))
     parts = [f"# {conversation.title}", f"- Created: {created}"]
     if conversation.model:
@@ -45,6 +48,8 @@ def conversation_markdown(conversation: Conversation, messages: list[Message]) -
             parts.append(_fence(m.content))
             continue
         parts.append(f"## {m.role.capitalize()}")
+        if m.reasoning:  # folded, as the app shows it: a <details> block renders collapsed
+            parts.append(f"<details>\n<summary>Thinking</summary>\n\n{_fence(m.reasoning)}\n\n</details>")
         if m.content:
             parts.append(m.content)
         for call in m.tool_calls or []:

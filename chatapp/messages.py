@@ -32,10 +32,12 @@ class ReplyStarted(Message, bubble=False):
 
 @dataclass
 class ReplyDelta(Message, bubble=False):
-    """Text streamed since the last delta; tokens coalesce into one of these every POST_INTERVAL."""
+    """Text streamed since the last delta; tokens coalesce into one of these every POST_INTERVAL.
+    `reasoning`: the reply's thinking streamed since the last delta (its `<think>` block)."""
 
     message_id: int
     text: str
+    reasoning: str = ""
 
 
 @dataclass

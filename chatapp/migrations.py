@@ -108,6 +108,14 @@ def m003_reply_alternatives(db: sqlite3.Connection) -> None:
             UNIQUE (user_message_id, position)
         )""")
 
+
+@_migration
+def m004_message_reasoning(db: sqlite3.Connection) -> None:
+    # A reply's thinking (its `<think>` block), apart from `content`: shown folded, exported, and
+    # never sent back to the model. Not in the search index: a search finds what was answered.
+    db.execute("ALTER TABLE messages ADD COLUMN reasoning TEXT NOT NULL DEFAULT ''")
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> set[str]:
     """Apply pending migrations in one IMMEDIATE transaction (two instances starting at once
     serialise here); return the names of the tables that exist afterwards."""

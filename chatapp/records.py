@@ -38,6 +38,9 @@ class Message:
     name: str | None  # the tool's name, for role "tool"
     meta: dict
     created_at: float
+    # The reply's thinking, kept apart from `content`: to_openai leaves it out, so it is never
+    # sent back to the model (as the thinking families' templates ask).
+    reasoning: str = ""
 
     def to_openai(self) -> dict:
         out: dict[str, Any] = {"role": self.role, "content": self.content}

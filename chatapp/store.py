@@ -216,7 +216,8 @@ class Store:
             content=row["content"], status=row["status"],
             tool_calls=self._json(row["tool_calls"], list, "message tool_calls"),
             tool_call_id=row["tool_call_id"], name=row["name"],
-            meta=self._json(row["meta"], dict, "message meta"), created_at=row["created_at"])
+            meta=self._json(row["meta"], dict, "message meta"), created_at=row["created_at"],
+            reasoning=row["reasoning"])
 
     def _get(self, db: sqlite3.Connection, id: int) -> Conversation:
         row = db.execute(_CONVERSATION_SQL + " WHERE c.id = ?", (id,)).fetchone()
@@ -348,9 +349,14 @@ class Store:
                        tool_call_id=tool_call_id, name=name, meta=meta, created_at=now)
 
     def update_message(self, message_id: int, *, content: str | None = None, status: str | None = None,
-                       meta: dict | None = None, tool_calls: list[dict] | None = None) -> None:
-        """Replace content, status and/or tool calls; `meta` is merged into the stored meta (top level)."""
+                       meta: dict | None = None, tool_calls: list[dict] | None = None,
+                       reasoning: str | None = None) -> None:
+        """Replace content, reasoning, status and/or tool calls; `meta` is merged into the stored
+        meta (top level)."""
         changes: dict[str, Any] = {}
+        if reasoning is not None:
+            _check_str(reasoning, "reasoning")
+            changes["reasoning"] = reasoning
         if tool_calls is not None:
             _check_tool_calls(tool_calls)
             changes["tool_calls"] = _to_json(tool_calls, "tool_calls")
@@ -423,10 +429,11 @@ class Store:
                     raise StoreError(f"chat history {self.path}: a stored reply alternative is malformed: {str(m)[:80]!r}")
                 db.execute(
                     "INSERT INTO messages (conversation_id, seq, role, content, status, tool_calls, tool_call_id,"
-                    " name, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " name, meta, created_at, reasoning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (conversation_id, seq, m["role"], m["content"], m["status"],
                      None if m["tool_calls"] is None else json.dumps(m["tool_calls"], ensure_ascii=False),
-                     m["tool_call_id"], m["name"], json.dumps(m["meta"], ensure_ascii=False), m["created_at"]))
+                     m["tool_call_id"], m["name"], json.dumps(m["meta"], ensure_ascii=False), m["created_at"],
+                     str(m.get("reasoning") or "")))
             return Alternatives(target, now.count)
 
     @staticmethod
@@ -449,7 +456,8 @@ class Store:
         tail = [self._message(r) for r in rows]
         if always or any(m.status != "error" for m in tail):
             kept = [{"role": m.role, "content": m.content, "status": m.status, "tool_calls": m.tool_calls,
-                     "tool_call_id": m.tool_call_id, "name": m.name, "meta": m.meta, "created_at": m.created_at}
+                     "tool_call_id": m.tool_call_id, "name": m.name, "meta": m.meta, "created_at": m.created_at,
+                     "reasoning": m.reasoning}
                     for m in tail]
             db.execute("INSERT INTO reply_alternatives (user_message_id, position, messages, created_at)"
                        " VALUES (?, ?, ?, ?)", (user["id"], position, _to_json(kept, "reply"), time.time()))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from engine import EngineError, TextDelta, parse_tool_calls
+from engine import EngineError, ReasoningDelta, TextDelta, parse_tool_calls
 from engine.runtime import POLICY
 
 from .messages import (
@@ -33,7 +33,7 @@ from .store import Store
 from .tools.runner import MAX_CHAINED_CALLS, ToolRunner
 
 if TYPE_CHECKING:
-    from engine import ChatSession, SamplingParams
+    from engine import ChatSession, Reasoning, SamplingParams
 
 SAVE_INTERVAL = 0.25  # seconds between saves of a streaming reply: a crash loses at most this
 POST_INTERVAL = 0.05  # seconds between UI updates: tokens coalesce into one message
@@ -52,6 +52,7 @@ class Job:
     # Writes the history file could not take yet (locked, disk full): the screen retries them.
     pending: PendingWrites = field(default_factory=PendingWrites)
     finished: threading.Event = field(default_factory=threading.Event)  # set when run_job returns
+    reasoning: Reasoning | None = None  # thinking on/off and its budget (None: the template's default)
 
 
 def history_for_model(store: Store, conversation_id: int) -> list[dict]:
@@ -112,20 +113,29 @@ def _one_reply(job: Job, store: Store, post) -> list:
                                  meta={"model": model.name}), stop=job.cancel.is_set)
     post(ReplyStarted(reply))
     text, unposted = "", ""
+    thought, unposted_thought = "", ""  # the reply's reasoning, kept apart from its text
+    thinking_started = thinking_ended = None  # monotonic seconds: how long it thought
     last_save = last_post = time.monotonic()
     result = None
     try:
-        for event in session.chat(history, params, tools=schemas, should_stop=job.cancel.is_set):
-            if isinstance(event, TextDelta):
-                text += event.text
-                unposted += event.text
+        for event in session.chat(history, params, tools=schemas, should_stop=job.cancel.is_set,
+                                  reasoning=job.reasoning):
+            if isinstance(event, (TextDelta, ReasoningDelta)):
                 now = time.monotonic()
+                if isinstance(event, ReasoningDelta):
+                    thought += event.text
+                    unposted_thought += event.text
+                    thinking_started = thinking_started or now
+                    thinking_ended = now
+                else:
+                    text += event.text
+                    unposted += event.text
                 if now - last_post >= POST_INTERVAL:
-                    post(ReplyDelta(reply.id, unposted))
-                    unposted, last_post = "", now
+                    post(ReplyDelta(reply.id, unposted, unposted_thought))
+                    unposted, unposted_thought, last_post = "", "", now
                 if now - last_save >= SAVE_INTERVAL and not job.pending:
                     try:
-                        store.update_message(reply.id, content=text)
+                        store.update_message(reply.id, content=text, reasoning=thought)
                     except WRITE_ERRORS:
                         pass  # the text is in memory; the final write saves all of it
                     last_save = now
@@ -135,13 +145,13 @@ def _one_reply(job: Job, store: Store, post) -> list:
         # Shown once, on the reply it stopped (and kept with it): not again as a notice.
         error = str(e) if isinstance(e, EngineError) else f"Generation failed: {type(e).__name__}: {e}"
         _save(job, post, partial(store.update_message, reply.id, content=text, status="error",
-                                 meta={"error": error, "model": model.name}))
-        if unposted:
-            post(ReplyDelta(reply.id, unposted))
+                                 meta={"error": error, "model": model.name}, reasoning=thought))
+        if unposted or unposted_thought:
+            post(ReplyDelta(reply.id, unposted, unposted_thought))
         post(ReplyFinished(reply.id, "error", None))
         return []
-    if unposted:
-        post(ReplyDelta(reply.id, unposted))
+    if unposted or unposted_thought:
+        post(ReplyDelta(reply.id, unposted, unposted_thought))
     if result is not None:
         post(ContextFitted(result.prompt_tokens + result.completion_tokens, model.context_length, result.dropped_messages))
         if result.dropped_messages:
@@ -157,6 +167,9 @@ def _one_reply(job: Job, store: Store, post) -> list:
             cached_tokens=result.cached_tokens,
             dropped_messages=result.dropped_messages,
         )
+        if result.reasoning_tokens:
+            meta.update(reasoning_tokens=result.reasoning_tokens,
+                        reasoning_seconds=round(thinking_ended - thinking_started, 2) if thinking_started else 0.0)
     calls, content = [], text
     if status == "complete" and job.tools is not None:
         parsed = parse_tool_calls(text, job.tools.registry.tools().keys())
@@ -167,7 +180,7 @@ def _one_reply(job: Job, store: Store, post) -> list:
     if status == "complete" and job.tools is not None and result is not None and result.tool_calls:
         calls = [*calls, *result.tool_calls]  # a remote server's calls arrive parsed, outside the text
     saved = _save(job, post, partial(store.update_message, reply.id, content=content, status=status, meta=meta,
-                                     tool_calls=[c.to_openai() for c in calls] or None))
+                                     tool_calls=[c.to_openai() for c in calls] or None, reasoning=thought))
     post(ReplyFinished(reply.id, status, result))
     return calls if saved else []  # tool results must not be stored before the calls that asked
 

@@ -28,7 +28,7 @@ from .errors import (
     TemplateError,
 )
 from .hub.spec import BACKENDS
-from .results import Event, GenerationResult, TextDelta
+from .results import Event, GenerationResult, ReasoningDelta, TextDelta
 
 # What the chat app and quant use, by name, without importing the stage (or torch) until asked.
 __getattr__, __dir__ = lazy_exports(__name__, {
@@ -36,6 +36,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "SamplingParams": ".runtime.sampling",
     "ChatSession": ".runtime.session",
     "ToolCall": ".text.toolcalls",
+    "Reasoning": ".text.reasoning",
     "ParsedReply": ".text.toolcalls",
     "parse_tool_calls": ".text.toolcalls",
     "ModelSpec": ".hub.spec",
@@ -53,6 +54,8 @@ __all__ = [
     "Model",
     "Event",
     "TextDelta",
+    "ReasoningDelta",
+    "Reasoning",
     "GenerationResult",
     "EngineError",
     "ModelNotFoundError",

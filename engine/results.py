@@ -1,4 +1,4 @@
-"""What generation streams out: text deltas, then one result. Both backends produce exactly these."""
+"""What generation streams out: text and reasoning deltas, then one result. Both backends produce exactly these."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class TextDelta:
     """A piece of newly generated text: whole UTF-8 characters, never part of a stop string."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the reply's reasoning (inside its `<think>` block), never part of a marker."""
 
     text: str
 
@@ -36,6 +43,10 @@ class GenerationResult:
     # Calls a remote server already parsed (OpenAI `tool_calls`); local models leave them in `text`
     # for the caller's parse_tool_calls, since only the caller knows which tools it offered.
     tool_calls: tuple[ToolCall, ...] = ()
+    # The reply's reasoning block, apart from `text` (the answer); a reply cut off inside the
+    # block has reasoning and no text. reasoning_tokens counts the tokens spent inside it.
+    reasoning: str = ""
+    reasoning_tokens: int = 0
 
     @property
     def prompt_tokens_per_second(self) -> float:
@@ -48,4 +59,4 @@ class GenerationResult:
         return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
 
 
-Event = TextDelta | GenerationResult
+Event = TextDelta | ReasoningDelta | GenerationResult

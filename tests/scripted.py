@@ -20,11 +20,12 @@ from engine.text.tokenizer import load_tokenizer
 class ScriptedModel(Model):
     backend = "scripted"
 
-    def __init__(self, gguf_path, replies: list[str], *, delay: float = 0.0, context_length: int = 8192, tools: bool = True) -> None:
+    def __init__(self, gguf_path, replies: list[str], *, delay: float = 0.0, context_length: int = 8192, tools: bool = True,
+                 template: str | None = None) -> None:
         with read_gguf(gguf_path) as f:
             self.tokenizer = load_tokenizer(f.metadata)
         # The default model's template has no tool format; the built-in ChatML one does.
-        source = None if tools else f.metadata["tokenizer.chat_template"]
+        source = template or (None if tools else f.metadata["tokenizer.chat_template"])
         self.template = ChatTemplate.from_gguf_metadata({"tokenizer.chat_template": source} if source else {}, bos_token="", eos_token="")
         self.name, self.path = "scripted", gguf_path
         self.context_length = context_length
@@ -38,17 +39,25 @@ class ScriptedModel(Model):
     def logits(self, ids):
         raise NotImplementedError("the scripted model has no logits")
 
-    def encode_chat(self, messages, *, tools=None):
-        ids = super().encode_chat(messages, tools=tools)
+    def encode_chat(self, messages, *, tools=None, reasoning=None):
+        ids = super().encode_chat(messages, tools=tools, reasoning=reasoning)
         self._encoded[tuple(ids)] = [dict(m) for m in messages]  # candidates while fitting the context
         return ids
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache, forced=None) -> Iterator[int]:
         self.received.append(self._encoded.get(tuple(prompt_ids), []))
         self.sampled_with.append(params)
+        self.prompts = [*getattr(self, "prompts", []), self.tokenizer.decode(prompt_ids)]
         reply = self.replies.pop(0) if self.replies else "(no more scripted replies)"
-        for token in self.tokenizer.encode(reply, add_special=False, parse_special=True):
+        script = self.tokenizer.encode(reply, add_special=False, parse_special=True)
+        while script:
+            if forced:  # the reasoning budget closed the block: the script skips to its answer
+                while forced:
+                    yield forced.popleft()
+                answer = reply.partition("</think>")[2].lstrip()
+                script = self.tokenizer.encode(answer, add_special=False, parse_special=True)
+                continue
             if self.delay:
                 time.sleep(self.delay)
-            yield token
+            yield script.pop(0)
         yield self.tokenizer.token_to_id("<|im_end|>")

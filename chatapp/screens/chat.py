@@ -353,7 +353,7 @@ class ChatScreen(ConversationActions, Screen):
             return
         chat = self.query_one("#chat", VerticalScroll)
         follow = chat.scroll_offset.y >= chat.max_scroll_y - 2
-        await view.append(event.text)
+        await view.append(event.text, reasoning=event.reasoning)
         if follow:
             chat.scroll_end(animate=False)
 

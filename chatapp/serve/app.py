@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from engine import ContextOverflowError, EngineError, GenerationResult, Model, RequestError, TextDelta
+from engine import ContextOverflowError, EngineError, GenerationResult, Model, ReasoningDelta, RequestError, TextDelta
 
 from .queue import Generation, QueueFull, Turns
 from .replies import ChunkWriter, ToolReply, chat_response, completion_response, finish_reason, sendable
@@ -155,6 +155,8 @@ class Server:
                     if upto > len(sent):
                         yield _data(out.choice(text=text[len(sent):upto]))
                         sent = text[:upto]
+                elif isinstance(event, ReasoningDelta):  # the convention most servers use
+                    yield _data(out.choice(delta={"reasoning_content": event.text}))
                 else:
                     result = event
         except EngineError as e:
@@ -177,7 +179,7 @@ class Server:
             async for event in generation.events():
                 if isinstance(event, TextDelta):
                     yield _data(out.choice(text=event.text))
-                else:
+                elif isinstance(event, GenerationResult):  # a completion is its text, as unstreamed
                     result = event
         except EngineError as e:
             yield _data(error_body(str(e), "server_error"))
@@ -198,7 +200,7 @@ async def _collect(generation: Generation, request: Request) -> tuple[Generation
         async for event in generation.events(disconnected=request.is_disconnected):
             if isinstance(event, TextDelta):
                 text += event.text
-            else:
+            elif isinstance(event, GenerationResult):
                 result = event
     except ContextOverflowError as e:
         raise ApiError(400, str(e), code="context_length_exceeded") from None

@@ -74,9 +74,12 @@ def chat_message(reply: ToolReply) -> dict:
 
 
 def chat_response(request_model: str, reply: ToolReply, result: GenerationResult) -> dict:
+    message = chat_message(reply)
+    if result.reasoning:  # the reply's thinking, apart from its content
+        message["reasoning_content"] = result.reasoning
     return {
         "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": request_model,
-        "choices": [{"index": 0, "message": chat_message(reply), "finish_reason": finish_reason(result, reply.calls),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(result, reply.calls),
                      "logprobs": None}],
         "usage": usage(result),
     }

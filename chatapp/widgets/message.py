@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Label, Markdown, Static
+from textual.widgets import Collapsible, Label, Markdown, Static
 
 from ..store import Message as StoredMessage
 from .inert import inert
@@ -27,11 +27,14 @@ class MessageView(Vertical, can_focus=True):
         self.message = message
         self._stream = None
         self._alternatives = ""  # "reply 2/3": which alternative of the last reply is shown
+        self._thought = message.reasoning  # the reply's thinking, as streamed so far
 
     def compose(self) -> ComposeResult:
         m = self.message
         yield Label(self._title(), classes="message-title", markup=False)
         if m.role == "assistant":
+            if m.reasoning:  # a stored reply: its thinking folded above the answer
+                yield self._thinking_block(collapsed=True)
             yield Markdown(inert(m.content), open_links=False)
             for call in m.tool_calls or ():
                 fn = call.get("function", {})
@@ -81,11 +84,38 @@ class MessageView(Vertical, can_focus=True):
         for footer in self.query(".message-footer").results(Label):  # none yet while composing
             footer.update(self._footer())
 
-    async def append(self, text: str) -> None:
-        """Add streamed text: Textual's Markdown stream re-renders only the last block."""
-        if self._stream is None:
-            self._stream = Markdown.get_stream(self.query_one(Markdown))
-        await self._stream.write(inert(text))
+    def _thinking_block(self, *, collapsed: bool) -> Collapsible:
+        body = Static(inert(self._thought), classes="thinking-text", markup=False)
+        return Collapsible(body, title=self._thinking_title(), collapsed=collapsed, classes="thinking")
+
+    def _thinking_title(self) -> str:
+        """"Thinking…" while it streams; then its length in tokens and the time it took."""
+        meta = self.message.meta
+        if self.message.status == "streaming":
+            return "Thinking…"
+        parts = ["Thinking"]
+        if meta.get("reasoning_tokens"):
+            parts.append(f"{meta['reasoning_tokens']} tokens")
+        if meta.get("reasoning_seconds") is not None and meta.get("reasoning_tokens"):
+            parts.append(f"{meta['reasoning_seconds']:.1f} s")
+        return " · ".join(parts)
+
+    async def append(self, text: str, *, reasoning: str = "") -> None:
+        """Add streamed text and thinking: the thinking shows, open, while it streams, and folds
+        when the answer starts. Textual's Markdown stream re-renders only the answer's last block."""
+        if reasoning:
+            self._thought += reasoning
+            blocks = self.query(Collapsible)
+            if blocks:
+                blocks.first().query_one(".thinking-text", Static).update(inert(self._thought))
+            else:
+                await self.mount(self._thinking_block(collapsed=False), before=self.query_one(Markdown))
+        if text:
+            for block in self.query(Collapsible):
+                block.collapsed = True
+            if self._stream is None:
+                self._stream = Markdown.get_stream(self.query_one(Markdown))
+            await self._stream.write(inert(text))
 
     async def finish(self, message: StoredMessage) -> None:
         if self._stream is not None:
@@ -93,6 +123,8 @@ class MessageView(Vertical, can_focus=True):
             self._stream = None
         self.message = message
         self.query_one(".message-footer", Label).update(self._footer())
+        for block in self.query(Collapsible):
+            block.title = self._thinking_title()
 
 
 def _shorten(text: str, limit: int = 2000) -> str:

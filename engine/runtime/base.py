@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from ..errors import ContextOverflowError, RequestError
 from ..model.cache import PromptCache
 from ..results import Event, GenerationResult
+from ..text.reasoning import Reasoning, ThinkMarkers, find_markers, starts_inside, with_switch
 from ..text.template import ChatTemplate
 from ..text.tokenizer import Tokenizer, load_tokenizer
 from .generate import stream_text
@@ -52,9 +54,11 @@ class Model(ABC):
         """Next-token logits at every position: float32 tensor of shape [len(ids), vocab]."""
 
     @abstractmethod
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                   forced: deque[int] | None = None) -> Iterator[int]:
         """The backend's step generator: prefill `prompt_ids` (reusing what `cache` holds), then
-        yield one sampled id at a time."""
+        yield one sampled id at a time. Ids put in `forced` (the reasoning budget's close
+        marker) are yielded and fed in place of sampling, oldest first."""
 
     def sampling_params(self, params: SamplingParams | Mapping[str, Any] | None = None, **overrides: Any) -> SamplingParams:
         """The request's settings, resolved once: SamplingParams' defaults < the model's
@@ -69,6 +73,7 @@ class Model(ABC):
         *,
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
+        reasoning: Reasoning | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (text is tokenized with special tokens parsed).
@@ -79,33 +84,70 @@ class Model(ABC):
         the longest common prefix with the last call are prefilled. Sampling comes from
         `params` and keyword `overrides` (SamplingParams fields, e.g. `max_tokens=8,
         temperature=0`) over the model's `sampling_defaults` (`sampling_params`).
+
+        For a model that thinks first (`think_markers`), its block streams as ReasoningDelta
+        events; `reasoning.budget` closes the block after that many tokens.
         """
         start = time.perf_counter()
         params = self.sampling_params(params, **overrides)
         ids = self.encode_prompt(prompt)
         cache = cache if cache is not None else PromptCache()
+        markers = self.think_markers
+        budget = reasoning.budget if reasoning is not None and markers is not None else None
+        # The budget's hook: ids the step generator feeds before it samples again.
+        forced: deque[int] | None = deque() if budget is not None else None
+        inside = markers is not None and starts_inside(self.tokenizer.decode(ids[-8:]), markers)
         events = stream_text(
-            self._token_ids(ids, params, cache),
+            self._token_ids(ids, params, cache, **({"forced": forced} if forced is not None else {})),
             self.tokenizer,
             prompt_tokens=len(ids),
             max_tokens=params.max_tokens,
             stop=params.stop,
             should_stop=should_stop,
             start_time=start,
+            markers=markers,
+            inside=inside,
+            budget=budget,
+            forced=forced,
         )
         return _with_cache_count(events, cache)
 
-    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
+    @property
+    def think_markers(self) -> ThinkMarkers | None:
+        """The reasoning block this model writes (`<think>`…`</think>`), from its tokenizer and
+        chat template; None for models that answer straight away."""
+        if "_think_markers" not in self.__dict__:
+            self._think_markers = find_markers(self.template.source or "", self.tokenizer.token_to_id)
+        return self._think_markers
+
+    @property
+    def thinking_switch(self) -> str | None:
+        """How thinking is turned on/off: "enable_thinking" (a template variable), "/no_think"
+        (a switch in the system message), or None where the template offers neither."""
+        source = self.template.source or ""
+        if "enable_thinking" in source:
+            return "enable_thinking"
+        return "/no_think" if "/no_think" in source else None
+
+    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
+                    reasoning: Reasoning | None = None) -> str:
+        thinking = reasoning.thinking if reasoning is not None else None
+        switch = self.thinking_switch if thinking is not None else None
+        if switch == "enable_thinking":
+            return self.template.render(messages, add_generation_prompt=True, tools=tools, enable_thinking=thinking)
+        if switch == "/no_think":
+            messages = with_switch(messages, thinking)
         return self.template.render(messages, add_generation_prompt=True, tools=tools)
 
-    def encode_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> list[int]:
+    def encode_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
+                    reasoning: Reasoning | None = None) -> list[int]:
         """The token ids of the rendered chat prompt (what chat() would prefill).
 
         Templates that write `{{ bos_token }}` themselves (Llama 2, Llama 3, Mistral) would get a
         second BOS from a vocabulary that adds one, so the rendered BOS text is dropped first, as
         llama.cpp's common/chat.cpp does (and a trailing EOS text where the vocabulary adds EOS).
         """
-        text = self.render_chat(messages, tools=tools)
+        text = self.render_chat(messages, tools=tools, reasoning=reasoning)
         tok = self.tokenizer
         # The texts the template renders for `bos_token` / `eos_token`, set once at load.
         bos, eos = self.template.bos_token, self.template.eos_token
@@ -131,12 +173,14 @@ class Model(ABC):
         tools: list[dict] | None = None,
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
+        reasoning: Reasoning | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
-        """OpenAI-style messages in; TextDelta events out, then one GenerationResult. Sampling
-        as in `generate`."""
-        return self.generate(self.encode_chat(messages, tools=tools), params, should_stop=should_stop, cache=cache,
-                             **overrides)
+        """OpenAI-style messages in; TextDelta (and ReasoningDelta) events out, then one
+        GenerationResult. Sampling as in `generate`; `reasoning` turns thinking on/off and
+        limits it. A message's stored reasoning is never part of what the model is sent."""
+        return self.generate(self.encode_chat(messages, tools=tools, reasoning=reasoning), params,
+                             should_stop=should_stop, cache=cache, reasoning=reasoning, **overrides)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

@@ -8,6 +8,7 @@ are the cached positions, and a new prompt reuses the longest common prefix.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -83,7 +84,8 @@ class LlamaCppModel(Model):
         self.llm.eval(prompt_ids[reuse:])
         return reuse
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                   forced: deque[int] | None = None) -> Iterator[int]:
         # llama.cpp's context is the cache for every caller: prefix reuse needs no session.
         reused = self.prefill(prompt_ids)
         if cache is not None:
@@ -91,10 +93,13 @@ class LlamaCppModel(Model):
         sampler, processors = params.sampler(), params.processors()
         history = list(prompt_ids)
         while True:
-            logits = self._last_logits()
-            for process in processors:
-                logits = process(history, logits)
-            token = sampler(logits)
+            if forced:  # the reasoning budget closes the block: fed instead of sampled
+                token = forced.popleft()
+            else:
+                logits = self._last_logits()
+                for process in processors:
+                    logits = process(history, logits)
+                token = sampler(logits)
             yield token
             history.append(token)
             if self.llm.n_tokens >= self.context_length:

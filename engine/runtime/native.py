@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,9 +159,10 @@ class NativeModel(Model):
             return torch.empty(0, self.args.vocab_size)
         return self.runner.logits(ids, self.new_cache(len(ids)))
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                   forced: deque[int] | None = None) -> Iterator[int]:
         if self.decode_path == "static":
             return self.runner.static_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
-                                                context_length=self.context_length, cache=cache)
+                                                context_length=self.context_length, cache=cache, forced=forced)
         return self.runner.plain_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
-                                           context_length=self.context_length, cache=cache)
+                                           context_length=self.context_length, cache=cache, forced=forced)

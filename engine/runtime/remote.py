@@ -74,20 +74,21 @@ class RemoteModel(Model):
     def _token_ids(self, prompt_ids, params, cache):  # pragma: no cover - chat/generate are overridden
         raise RequestError(f"token-level generation is not available on a remote model ({self.name} at {self.host})")
 
-    def encode_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> list[int]:
+    def encode_chat(self, messages: list[dict], *, tools: list[dict] | None = None, reasoning=None) -> list[int]:
         raise RequestError(f"token counts are not available on a remote model ({self.name} at {self.host}): "
                            "its server renders and counts the prompt")
 
-    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
+    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None, reasoning=None) -> str:
         raise RequestError(f"the chat template of a remote model ({self.name} at {self.host}) stays on its server")
 
     # ---- generation --------------------------------------------------------------------------
 
     def chat(self, messages: list[dict], params: SamplingParams | Mapping[str, Any] | None = None, *,
              tools: list[dict] | None = None, should_stop: Callable[[], bool] | None = None,
-             cache: PromptCache | None = None, **overrides: Any) -> Iterator[Event]:
-        """Streams `POST /chat/completions`. The server keeps its own prefix cache; `cache` is
-        accepted for the interface and unused."""
+             cache: PromptCache | None = None, reasoning=None, **overrides: Any) -> Iterator[Event]:
+        """Streams `POST /chat/completions`. The server keeps its own prefix cache; `cache` and
+        `reasoning` (the server's template decides about thinking) are accepted for the interface
+        and unused."""
         request = self._request(params, overrides)
         if tools:
             request["tools"] = tools

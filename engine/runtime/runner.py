@@ -10,6 +10,7 @@ decoder.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -106,10 +107,11 @@ class DecodeRunner:
 
     @torch.inference_mode()
     def plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
-                        context_length: int, cache: PromptCache | None = None) -> Iterator[int]:
+                        context_length: int, cache: PromptCache | None = None,
+                        forced: deque[int] | None = None) -> Iterator[int]:
         """Sampled ids after `prompt_ids` through the plain decoder and `cache.kv` (made here when
         missing), reusing the longest prefix `cache` holds, until the caller stops or the context
-        is full."""
+        is full. Ids in `forced` (the reasoning budget's close marker) are fed instead of sampled."""
         sample = self.sampler(params, n_tokens, prompt_ids)
         # The cache holds the prompt and every generated token but the last (never fed back).
         needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), context_length)
@@ -126,8 +128,13 @@ class DecodeRunner:
         logits = self.prefill(prompt_ids[reused:], kv)
         cache.ids = list(prompt_ids)
         while True:
-            token = sample(logits)  # a 0-d device tensor
-            next_id = token_id(token)  # the one host sync of the step
+            if forced:
+                token = next_id = forced.popleft()
+                if sample.penalty is not None:
+                    sample.penalty.push(next_id)
+            else:
+                token = sample(logits)  # a 0-d device tensor
+                next_id = token_id(token)  # the one host sync of the step
             yield next_id
             if kv.offset >= min(kv.max_seq_len, context_length):
                 return  # the context window is full
@@ -146,14 +153,16 @@ class DecodeRunner:
 
     @torch.inference_mode()
     def static_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
-                         context_length: int, cache: PromptCache | None = None) -> Iterator[int]:
+                         context_length: int, cache: PromptCache | None = None,
+                         forced: deque[int] | None = None) -> Iterator[int]:
         """Sampled ids after `prompt_ids`, decoded through the static decoder, until the caller
         stops or the context is full.
 
         Like llama.cpp's context, the decoder is the model's one KV store: a prompt reuses the
         longest prefix it shares with whatever the decoder holds (from any conversation), and
         `cache.reused` says how much. One generation at a time: a suspended generator whose
-        decoder was taken over by a newer one raises instead of decoding from the wrong keys."""
+        decoder was taken over by a newer one raises instead of decoding from the wrong keys.
+        Ids in `forced` (the reasoning budget's close marker) are fed instead of sampled."""
         dec = self.static_decoder(context_length)
         self._static_turn += 1
         turn = self._static_turn
@@ -174,8 +183,13 @@ class DecodeRunner:
         held.extend(prompt_ids[reused:])
         sample = self.sampler(params, n_tokens, prompt_ids)
         while True:
-            token = sample(logits)  # a 0-d device tensor
-            next_id = token_id(token)  # the one host sync of the step
+            if forced:
+                token = next_id = forced.popleft()
+                if sample.penalty is not None:
+                    sample.penalty.push(next_id)
+            else:
+                token = sample(logits)  # a 0-d device tensor
+                next_id = token_id(token)  # the one host sync of the step
             yield next_id
             if dec.offset >= dec.limit:
                 return  # the context window is full

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..model.cache import PromptCache
 from ..results import Event, GenerationResult
+from ..text.reasoning import Reasoning
 from .base import Model
 from .context import fit_to_context
 from .sampling import SamplingParams
@@ -31,24 +32,26 @@ class ChatSession:
         *,
         tools: list[dict] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        reasoning: Reasoning | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """Like Model.chat, with prefix reuse and the overflow policy; ContextOverflowError when
         the newest message alone does not fit."""
         model = self.model
         if model.is_remote:  # its server renders, counts and caches the prompt
-            yield from model.chat(messages, params, tools=tools, should_stop=should_stop, **overrides)
+            yield from model.chat(messages, params, tools=tools, should_stop=should_stop, reasoning=reasoning,
+                                  **overrides)
             return
         params = model.sampling_params(params, **overrides)
         fitted = fit_to_context(
             messages,
-            lambda msgs: model.encode_chat(msgs, tools=tools),
+            lambda msgs: model.encode_chat(msgs, tools=tools, reasoning=reasoning),
             context_length=model.context_length,
             reply_tokens=params.max_tokens,
         )
         room = model.context_length - fitted.prompt_tokens
         params = dataclasses.replace(params, max_tokens=max(1, min(params.max_tokens, room)))
-        events = model.generate(fitted.ids, params, should_stop=should_stop, cache=self.cache)
+        events = model.generate(fitted.ids, params, should_stop=should_stop, cache=self.cache, reasoning=reasoning)
         for event in events:
             if isinstance(event, GenerationResult):
                 event = dataclasses.replace(event, dropped_messages=fitted.dropped)

@@ -13,4 +13,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ChatTemplate": ".template",
     "Tokenizer": ".tokenizer",
     "inert": ".terminal",
+    "Reasoning": ".reasoning",
+    "ThinkMarkers": ".reasoning",
+    "ReasoningSplitter": ".reasoning",
 })

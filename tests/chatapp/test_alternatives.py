@@ -120,7 +120,7 @@ def test_m003_upgrades_a_database_made_by_the_previous_schema(tmp_path, monkeypa
 
     with Store(path) as new:
         versions = [r[0] for r in new._db.execute("SELECT name FROM _migrations ORDER BY version")]
-        assert versions[-1] == "m003_reply_alternatives"
+        assert "m003_reply_alternatives" in versions  # later migrations follow it
         assert contents(new, conv.id) == ["Question", "old answer"]
         new.set_reply_aside(conv.id)
         new.add_message(conv.id, "assistant", "new answer")

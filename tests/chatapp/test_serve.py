@@ -92,9 +92,9 @@ def test_tool_call_round_trip(default_gguf):
 
 
 class ToolsSeen(ScriptedModel):
-    def encode_chat(self, messages, *, tools=None):
+    def encode_chat(self, messages, *, tools=None, reasoning=None):
         self.tools_seen = tools
-        return super().encode_chat(messages, tools=tools)
+        return super().encode_chat(messages, tools=tools, reasoning=reasoning)
 
 
 @pytest.mark.parametrize("choice, offered", [("none", None), ("auto", ["get_weather", "other"]),
@@ -202,3 +202,21 @@ def test_serve_binds_loopback_by_default():
 
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8000, None)
+
+
+def test_reasoning_comes_back_as_reasoning_content(default_gguf):
+    """A reply that thinks first: its block is `reasoning_content` (message and deltas), never content."""
+    from thinking import QWEN3_STYLE
+
+    reply = "<think>\nFrance's capital.\n</think>\n\nParis."
+    model = ScriptedModel(default_gguf, [reply, reply], template=QWEN3_STYLE)
+    with running_server(model) as url:
+        c = client(url)
+        whole = ask(c, model="scripted", temperature=0)
+        chunks = list(ask(c, model="scripted", temperature=0, stream=True))
+    message = whole.choices[0].message
+    assert message.content == "Paris."
+    assert message.model_extra["reasoning_content"] == "France's capital.\n"
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == "France's capital.\n"
+    assert "".join(d.content or "" for d in deltas) == "Paris."

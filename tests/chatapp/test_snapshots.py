@@ -66,3 +66,29 @@ def test_approval_modal(snap_compare, app):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ask)
+
+
+@pytest.fixture
+def thinking_app(tmp_path, default_gguf):
+    store = Store(tmp_path / "history.db")
+    conv = store.create_conversation()
+    store.add_message(conv.id, "user", "What is 17 * 3?")
+    reply = store.add_message(conv.id, "assistant", "", status="streaming")
+    store.update_message(reply.id, content="17 * 3 = **51**.", status="complete",
+                         reasoning="17 * 3 is 10 * 3 plus 7 * 3.\n30 + 21 = 51.",
+                         meta={"completion_tokens": 40, "tokens_per_second": 30.0,
+                               "reasoning_tokens": 28, "reasoning_seconds": 0.9})
+    return ChatApp(store=store, load_model=lambda name: ScriptedModel(default_gguf, []))
+
+
+def test_thinking_block_folded(snap_compare, thinking_app):
+    assert snap_compare(thinking_app, terminal_size=SIZE, run_before=ready)
+
+
+def test_thinking_block_expanded(snap_compare, thinking_app):
+    async def expand(pilot):
+        await ready(pilot)
+        pilot.app.query_one(".thinking").collapsed = False
+        await pilot.pause()
+
+    assert snap_compare(thinking_app, terminal_size=SIZE, run_before=expand)
