@@ -70,9 +70,9 @@ class ChatApp(App):
         self.chat_screen = ChatScreen(self.store, self.tool_runner)
         return self.chat_screen
 
-    def _ask_approval(self, call, tool) -> str:
+    def _ask_approval(self, call, tool, after_tool_output: bool = False) -> str:
         """The ApprovalPolicy's `ask`, on the generation worker's thread: the chat screen asks."""
-        return self.chat_screen.ask_approval(call, tool)
+        return self.chat_screen.ask_approval(call, tool, after_tool_output)
 
     # ---- the model: until a switch has loaded, the model in use keeps answering (its chat
     # session and KV cache included); a switch that fails leaves it in place and says why.

@@ -110,10 +110,11 @@ class ToolRegistry:
             plugin = impl.plugin_name
 
             def register(
-                fn_or_tool: Any, safe: bool = False, name: str | None = None, plugin: str = plugin
+                fn_or_tool: Any, safe: bool = False, name: str | None = None, side_effects: bool | None = None,
+                plugin: str = plugin,
             ) -> None:
                 try:
-                    tool = _as_tool(fn_or_tool, safe=safe, name=name)
+                    tool = _as_tool(fn_or_tool, safe=safe, name=name, side_effects=side_effects)
                 except ToolError as exc:
                     errors.append(f"plugin {plugin!r}: {exc}")
                     return
@@ -131,11 +132,15 @@ class ToolRegistry:
         self._tool_errors = errors
 
 
-def _as_tool(fn_or_tool: Any, *, safe: bool, name: str | None) -> Tool:
+def _as_tool(fn_or_tool: Any, *, safe: bool, name: str | None, side_effects: bool | None) -> Tool:
+    # side_effects=None keeps what the Tool says (a function: it has side effects, to be safe).
     if isinstance(fn_or_tool, Tool):
         if safe and not fn_or_tool.safe:
-            return dataclasses.replace(fn_or_tool, safe=True)
+            fn_or_tool = dataclasses.replace(fn_or_tool, safe=True)
+        if side_effects is not None and side_effects != fn_or_tool.side_effects:
+            fn_or_tool = dataclasses.replace(fn_or_tool, side_effects=side_effects)
         return fn_or_tool
     if not callable(fn_or_tool):
         raise ToolError(f"register() takes a function or a Tool, not {type(fn_or_tool).__name__}")
-    return Tool.from_function(fn_or_tool, name=name, safe=safe)
+    return Tool.from_function(fn_or_tool, name=name, safe=safe,
+                              side_effects=True if side_effects is None else side_effects)
