@@ -62,7 +62,18 @@ def test_help_screen(snap_compare, app):
 def test_approval_modal(snap_compare, app):
     async def ask(pilot):
         await ready(pilot)
-        pilot.app.push_screen(ApprovalScreen("read_file", {"path": "notes/todo.txt", "max_bytes": 4096}, "Read a text file under the allowed folders."))
+        pilot.app.push_screen(ApprovalScreen("read_file", {"path": "notes/todo.txt", "max_bytes": 4096},
+                                             "Read a text file under the allowed folders.", side_effects=False))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=ask)
+
+
+def test_approval_modal_for_a_tool_with_side_effects_after_tool_output(snap_compare, app):
+    async def ask(pilot):
+        await ready(pilot)
+        pilot.app.push_screen(ApprovalScreen("append_line", {"name": "todo.txt", "line": "buy milk"},
+                                             "Append a line to a note.", after_tool_output=True))
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ask)
