@@ -77,3 +77,14 @@ def test_approval_modal_for_a_tool_with_side_effects_after_tool_output(snap_comp
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ask)
+
+
+def test_help_screen_plugins_tab(snap_compare, app):
+    async def open_plugins(pilot):
+        await ready(pilot)
+        await pilot.press("f1")
+        await pilot.pause()
+        await pilot.press("p")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=open_plugins)
