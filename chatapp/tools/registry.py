@@ -110,7 +110,7 @@ class ToolRegistry:
         for name, plugin in self.plugin_manager.list_name_plugin():
             if plugin is None:  # blocked
                 continue
-            hooks = tuple(caller.name for caller in self.plugin_manager.get_hookcallers(plugin) or ())
+            hooks = tuple(sorted(caller.name for caller in self.plugin_manager.get_hookcallers(plugin) or ()))
             shown = Path(name.removeprefix("user:")).name if name.startswith("user:") else name
             infos.append(PluginInfo(shown, self._origin(name, plugin, distributions.get(id(plugin))),
                                     tuple(self._tools_by_plugin.get(name, ())), hooks))
