@@ -52,7 +52,10 @@ class ChatApp(App):
         tool_registry: ToolRegistry | None = None,
         tool_timeout: float = TOOL_TIMEOUT_S,
         mcp_config: Path | None = None,
+        plugins: bool | None = None,
     ) -> None:
+        """plugins=False (chatapp --no-plugins) loads no installed tool plugin and no tools.py;
+        None: on unless CHATAPP_NO_PLUGINS=1. Ignored when a tool_registry is given."""
         super().__init__()
         self.store = store
         self.model_name = model  # what was asked for: a models.toml name, a path, or None (default)
@@ -61,7 +64,7 @@ class ChatApp(App):
         self.model = None
         self.model_ready = threading.Event()  # set once the first load has finished, loaded or not
         self.model_error: str | None = None
-        self.tool_registry = tool_registry or ToolRegistry(FileAccess([Path(d) for d in allowed_dirs]))
+        self.tool_registry = tool_registry or ToolRegistry(FileAccess([Path(d) for d in allowed_dirs]), plugins=plugins)
         self.tool_runner = ToolRunner(self.tool_registry, timeout=tool_timeout)
         self.tool_registry.register_plugin(ApprovalPolicy(self._ask_approval))
         # MCP servers (mcp.json, or --mcp FILE) start on the first reply that offers tools.
@@ -69,16 +72,24 @@ class ChatApp(App):
         self.tool_registry.register_plugin(self.mcp)
         self.chat_screen: ChatScreen | None = None  # made with the first screen, once the app runs
 
+    def on_mount(self) -> None:
+        # Code from outside chatapp ran at start-up: say so (F1 lists what and from where).
+        extra = [p for p in self.tool_registry.loaded_plugins() if not p.builtin]
+        if extra:
+            names = ", ".join(f"{p.name} ({p.origin})" for p in extra)
+            self.notify(f"Tool plugins loaded: {names}. F1 lists what they added; "
+                        "chatapp --no-plugins starts without them.", markup=False)
+        for error in self.tool_registry.load_errors:
+            self.notify(f"A tool plugin was not loaded: {error}", severity="warning", markup=False)
+        for error in self.mcp.config.errors:  # a bad mcp.json entry: said once, the rest still loads
+            self.notify(error, title="MCP config", severity="warning", timeout=15, markup=False)
+
     def get_default_screen(self) -> Screen:
         # The chat screen is the bottom of the screen stack (Textual pushes it before the first
         # paint), not pushed in on_mount over a blank one: keys pressed at start-up reach it. It
         # starts the first model load once it has been painted.
         self.chat_screen = ChatScreen(self.store, self.tool_runner)
         return self.chat_screen
-
-    def on_mount(self) -> None:
-        for error in self.mcp.config.errors:  # a bad mcp.json entry: said once, the rest still loads
-            self.notify(error, title="MCP config", severity="warning", timeout=15, markup=False)
 
     async def on_unmount(self) -> None:
         await asyncio.to_thread(self.mcp.close)  # stdio servers are our child processes
@@ -89,9 +100,9 @@ class ChatApp(App):
         after each round of tool calls."""
         self.notify(text, title="MCP", severity="warning", timeout=15, markup=False)
 
-    def _ask_approval(self, call, tool) -> str:
+    def _ask_approval(self, call, tool, after_tool_output: bool = False) -> str:
         """The ApprovalPolicy's `ask`, on the generation worker's thread: the chat screen asks."""
-        return self.chat_screen.ask_approval(call, tool)
+        return self.chat_screen.ask_approval(call, tool, after_tool_output)
 
     # ---- the model: until a switch has loaded, the model in use keeps answering (its chat
     # session and KV cache included); a switch that fails leaves it in place and says why.
@@ -159,7 +170,9 @@ class ChatApp(App):
         bindings = [b for b in ChatScreen.BINDINGS if b.key not in ours] + self.BINDINGS
         rows = [(b.key.replace(",", " / "), b.tooltip or b.description) for b in bindings]
         rows += HELP_ROWS
-        self.push_screen(HelpScreen(rows))
+        registry = self.tool_registry
+        self.push_screen(HelpScreen(rows, plugins=registry.loaded_plugins(), plugins_enabled=registry.plugins_enabled,
+                                    plugin_errors=registry.load_errors))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         # Each entry is an action of the chat screen, or else of the app (pick_model, help).

@@ -100,17 +100,25 @@ def _human(n: float) -> str:
     return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
 
 
-def cmd_tui(args: argparse.Namespace) -> int:
+def tui_app(args: argparse.Namespace, store):
+    """The ChatApp that `chatapp` (no command) runs, for these parsed arguments."""
     from .app import ChatApp
-    from .store import Store
 
     def load(name: str | None):
         import engine
 
         return engine.load(name, backend=args.backend, device=args.device, dtype=args.dtype, context_length=args.context_length)
 
+    # --no-plugins turns them off; without it CHATAPP_NO_PLUGINS=1 still can (plugins=None).
+    return ChatApp(store=store, model=args.model, load_model=load, allowed_dirs=args.allow_dir,
+                   plugins=False if args.no_plugins else None, mcp_config=args.mcp)
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from .store import Store
+
     with Store(args.db) as store:
-        app = ChatApp(store=store, model=args.model, load_model=load, allowed_dirs=args.allow_dir, mcp_config=args.mcp)
+        app = tui_app(args, store)
         app.run()
     # Textual prints a crash's traceback after leaving the alternate screen and sets the code to 1:
     # a shell or a script must see that the app failed.
@@ -153,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mcp", type=Path, default=None, metavar="FILE",
                         help="MCP servers to offer as tools (default: mcp.json in the user config dir)")
+    parser.add_argument("--no-plugins", action="store_true",
+                        help="load no installed tool plugin and no tools.py from the config folder "
+                             "(or set CHATAPP_NO_PLUGINS=1); F1 lists what was loaded")
     parser.set_defaults(func=cmd_tui)
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("ask", help="ask one question and stream the answer to stdout")

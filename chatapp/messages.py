@@ -79,6 +79,7 @@ class ApprovalRequested(Message, bubble=False):
     call: Any  # engine ToolCall
     tool: Any  # chatapp.tools Tool, or None for a tool that is not registered
     answer: concurrent.futures.Future
+    after_tool_output: bool = False  # the model wrote the call after reading tool output
 
 
 # ---- the model (chatapp.app) and the context it counts (chatapp.screens.chat) --------------

@@ -72,10 +72,14 @@ def run_job(job: Job, store: Store, post: Callable[[Message], object]) -> None:
             calls = _one_reply(job, store, post)
             if not calls or job.cancel.is_set():
                 return
+            # Tool output anywhere in what the model read (this turn or an earlier one) may have
+            # written these arguments: the approval dialog tells the user to check them.
+            after_tool_output = any(m["role"] == "tool" for m in history_for_model(store, job.conversation_id))
             for call in calls:
                 if job.cancel.is_set():
                     return
-                result = job.tools.run(call, job.cancel)  # Esc answers a tool still running
+                # Esc answers a tool still running
+                result = job.tools.run(call, job.cancel, after_tool_output=after_tool_output)
                 msg = result.to_message()
                 saved = job.pending.write("a tool result", partial(
                     store.add_message, job.conversation_id, "tool", msg["content"], tool_call_id=msg["tool_call_id"],

@@ -401,10 +401,10 @@ class ChatScreen(ConversationActions, Screen):
 
     # ---- tool approval (asked on the generation worker's thread) ------------------------
 
-    def ask_approval(self, call, tool) -> str:
+    def ask_approval(self, call, tool, after_tool_output: bool = False) -> str:
         """The ApprovalPolicy's `ask`: blocks the worker thread until the user answers."""
         answer: concurrent.futures.Future[str] = concurrent.futures.Future()
-        self.post_message(ApprovalRequested(call, tool, answer))
+        self.post_message(ApprovalRequested(call, tool, answer, after_tool_output))
         job = self.job
         while True:
             try:
@@ -423,8 +423,11 @@ class ChatScreen(ConversationActions, Screen):
                 event.answer.set_result(choice or "deny")
 
         description = event.tool.description if event.tool is not None else ""
+        side_effects = event.tool.side_effects if event.tool is not None else True
         source = getattr(event.tool, "source", "")
-        self.app.push_screen(ApprovalScreen(event.call.name, event.call.arguments, description, source), answered)
+        self.app.push_screen(ApprovalScreen(event.call.name, event.call.arguments, description, source=source,
+                                            side_effects=side_effects, after_tool_output=event.after_tool_output),
+                             answered)
 
     # ---- actions ------------------------------------------------------------------------
 

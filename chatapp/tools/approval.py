@@ -1,8 +1,12 @@
 """The default approval hook: ask the user before a tool that is not marked safe runs.
 
-The app supplies `ask(call, tool)`, which shows a dialog and blocks the worker thread that runs
-the tools until the user answers one of ANSWERS. Approvals can last for one call, for the
-session, or always (a JSON list of tool names in the user config folder).
+The app supplies `ask(call, tool, after_tool_output=...)`, which shows a dialog and blocks the
+worker thread that runs the tools until the user answers one of ANSWERS. Approvals can last for
+one call, for these exact arguments for the session, for the tool for the session, or always (a
+JSON list of tool names in the user config folder). A tool name alone approves only tools
+without side effects (`Tool.side_effects=False`): for the others a model that read a hostile
+file could otherwise pick new arguments for a tool the user approved once, so they are approved
+per arguments, and the widest answer they can get is "these arguments for this session".
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from .hookspecs import hookimpl
 from .runner import Decision
 from .tool import Tool
 
-__all__ = ["ApprovalPolicy", "Answer", "ANSWERS", "default_permanent_file"]
+__all__ = ["ApprovalPolicy", "Answer", "ANSWERS", "arguments_key", "default_permanent_file"]
 
-Answer = Literal["allow", "allow_session", "allow_always", "deny"]
-ANSWERS: tuple[str, ...] = ("allow", "allow_session", "allow_always", "deny")
+Answer = Literal["allow", "allow_arguments", "allow_session", "allow_always", "deny"]
+ANSWERS: tuple[str, ...] = ("allow", "allow_arguments", "allow_session", "allow_always", "deny")
 _DEFAULT: Any = object()
 
 
@@ -42,19 +46,26 @@ class ApprovalPolicy:
     "allow_always" lasts for the session.
     """
 
-    def __init__(self, ask: Callable[[ToolCall, Tool], str], *, permanent_file: Path | None = _DEFAULT):
+    def __init__(self, ask: Callable[..., str], *, permanent_file: Path | None = _DEFAULT):
         self.ask = ask
         self.permanent_file = default_permanent_file() if permanent_file is _DEFAULT else permanent_file
-        self.session_allowed: set[str] = set()
+        self.session_allowed: set[str] = set()  # tool names (tools without side effects)
+        self.session_allowed_calls: set[tuple[str, str]] = set()  # (tool name, arguments_key(...))
         self.persist_error: str | None = None  # why the last "allow_always" could not be saved
         self._lock = threading.Lock()
 
     @hookimpl(trylast=True)
-    def before_tool_call(self, call: ToolCall, tool: Tool | None) -> Decision | None:
-        if tool is None or tool.safe or self.is_allowed(tool.name):
+    def before_tool_call(self, call: ToolCall, tool: Tool | None, after_tool_output: bool) -> Decision | None:
+        # No default for after_tool_output: pluggy passes only the arguments without one.
+        if tool is None or tool.safe or self.is_call_allowed(tool, call.arguments):
             return None
-        answer = self.ask(call, tool)
+        answer = self.ask(call, tool, after_tool_output=after_tool_output)
         if answer == "allow":
+            return None
+        if answer == "allow_arguments" or (answer in ("allow_session", "allow_always") and tool.side_effects):
+            # Fail narrow: a name alone never approves a tool with side effects.
+            with self._lock:
+                self.session_allowed_calls.add((tool.name, arguments_key(call.arguments)))
             return None
         if answer == "allow_session":
             with self._lock:
@@ -67,7 +78,17 @@ class ApprovalPolicy:
             return Decision.deny("declined in the approval dialog")
         return Decision.deny(f"no approval (the dialog answered {answer!r})")  # fail closed
 
+    def is_call_allowed(self, tool: Tool, arguments: dict) -> bool:
+        """Whether a call of `tool` with `arguments` was approved already: by name for a tool
+        without side effects, by these exact arguments for any tool."""
+        if not tool.side_effects and self.is_allowed(tool.name):
+            return True
+        with self._lock:
+            return (tool.name, arguments_key(arguments)) in self.session_allowed_calls
+
     def is_allowed(self, name: str) -> bool:
+        """Whether the tool name was approved for the session or always (which approves a call
+        only for a tool without side effects: see is_call_allowed)."""
         with self._lock:
             if name in self.session_allowed:
                 return True
@@ -95,6 +116,7 @@ class ApprovalPolicy:
         """Ask again before the next call of `name` (undoes session and permanent approval)."""
         with self._lock:
             self.session_allowed.discard(name)
+            self.session_allowed_calls = {entry for entry in self.session_allowed_calls if entry[0] != name}
             allowed = self.permanently_allowed()
             if self.permanent_file is not None and name in allowed:
                 self._write(allowed - {name})
@@ -118,3 +140,8 @@ class ApprovalPolicy:
             self.persist_error = None
         except OSError as exc:
             self.persist_error = f"could not save approved tools to {path}: {exc}"
+
+
+def arguments_key(arguments: dict) -> str:
+    """The arguments as canonical JSON: equal arguments, in any key order, give equal keys."""
+    return json.dumps(arguments, sort_keys=True, ensure_ascii=False, default=str)

@@ -265,8 +265,10 @@ class FileAccess:
 
     @hookimpl
     def register_tools(self, register):
-        register(self.list_files)
-        register(self.read_file)
+        # They only read, so "allow for this session" may cover any path (still inside the
+        # allowed folders); tools with side effects are approved per arguments.
+        register(self.list_files, side_effects=False)
+        register(self.read_file, side_effects=False)
 
     def resolve(self, path: str) -> str:
         """The real path of `path` if it lies inside an allowed folder; raises otherwise."""

@@ -48,16 +48,20 @@ hookimpl = pluggy.HookimplMarker("chatapp")
 
 @hookspec
 def register_tools(register):
-    """Call `register(fn_or_tool, safe=False)` for each tool: a typed, docstringed function or a
-    `Tool`. safe=True lets it run without asking the user."""
+    """Call `register(fn_or_tool, safe=False, side_effects=True)` for each tool: a typed,
+    docstringed function or a `Tool`. safe=True lets it run without asking the user;
+    side_effects=False (a tool that only reads) lets the user approve it for the session whatever
+    its arguments, where a tool with side effects is approved per arguments."""
 
 
 @hookspec
-def before_tool_call(call: ToolCall, tool: Tool | None) -> Decision | None:
+def before_tool_call(call: ToolCall, tool: Tool | None, after_tool_output: bool) -> Decision | None:
     """Before a call of a registered tool runs: return None to let it run, `Decision.deny(reason)`
     to stop it, or `Decision(arguments={...})` to run it with other arguments. The runner calls
     the implementations one by one: a denial stops the call, changed arguments are what later
-    hooks see. The runner answers calls of unknown tools itself, so `tool` is a Tool here."""
+    hooks see. The runner answers calls of unknown tools itself, so `tool` is a Tool here.
+    after_tool_output is True when the model wrote the call with tool output in its context
+    (text nobody vetted, which may try to steer the arguments)."""
 
 
 @hookspec

@@ -6,13 +6,17 @@ plugin can replace a built-in tool):
   2. installed packages with a `chatapp.tools` entry point,
   3. `tools.py` in the user config folder, imported by path.
 A plugin that fails to load or to register its tools is skipped with a line in `load_errors`.
+`plugins=False` (chatapp --no-plugins, or CHATAPP_NO_PLUGINS=1) loads neither 2 nor 3, and
+`loaded_plugins()` says what was loaded, from where, and what it added (the help screen shows it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +27,35 @@ from . import builtin, hookspecs
 from .builtin import FileAccess
 from .tool import Tool, ToolError
 
-__all__ = ["ToolRegistry", "default_user_tools_file"]
+__all__ = ["ToolRegistry", "PluginInfo", "default_user_tools_file", "plugins_off_by_env", "NO_PLUGINS_ENV"]
 
 ENTRY_POINT_GROUP = "chatapp.tools"
+NO_PLUGINS_ENV = "CHATAPP_NO_PLUGINS"
 _DEFAULT: Any = object()
+_BUILT_IN = "built-in"
 
 
 def default_user_tools_file() -> Path:
     return Path(platformdirs.user_config_dir("chatapp")) / "tools.py"
+
+
+def plugins_off_by_env() -> bool:
+    """CHATAPP_NO_PLUGINS set to 1 (or true/yes/on) turns installed plugins and tools.py off."""
+    return os.environ.get(NO_PLUGINS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered plugin, as the help screen lists it."""
+
+    name: str
+    origin: str  # "built-in", the user's tools.py path, or the package and module file
+    tools: tuple[str, ...]  # the tools it registered (the ones kept: a taken name is not)
+    hooks: tuple[str, ...]  # the hooks it implements
+
+    @property
+    def builtin(self) -> bool:
+        return self.origin == _BUILT_IN
 
 
 class ToolRegistry:
@@ -40,14 +65,22 @@ class ToolRegistry:
         *,
         user_tools_file: Path | None = _DEFAULT,
         entry_points: bool = True,
+        plugins: bool | None = None,
     ):
+        """plugins=False loads no installed plugin and no tools.py, whatever the other arguments
+        say; None (the default) means True unless CHATAPP_NO_PLUGINS=1 is set."""
+        self.plugins_enabled = not plugins_off_by_env() if plugins is None else plugins
         self.file_access = file_access if file_access is not None else FileAccess()
         self._plugin_errors: list[str] = []  # plugins that failed to load
         self._tool_errors: list[str] = []  # tools that failed to register (recomputed by _collect)
+        self._origins: dict[str, str] = {}  # plugin name -> where it came from, for loaded_plugins
+        self._tools_by_plugin: dict[str, list[str]] = {}  # recomputed by _collect
         self.plugin_manager = pluggy.PluginManager("chatapp")
         self.plugin_manager.add_hookspecs(hookspecs)
         self.plugin_manager.register(builtin, name="builtin")
         self.plugin_manager.register(self.file_access, name="file_access")
+        if not self.plugins_enabled:
+            entry_points, user_tools_file = False, None
         if entry_points:
             try:
                 self.plugin_manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
@@ -68,6 +101,32 @@ class ToolRegistry:
 
     def tools(self) -> dict[str, Tool]:
         return dict(self._tools)
+
+    def loaded_plugins(self) -> list[PluginInfo]:
+        """Every registered plugin in registration order: what it is, where it came from, and
+        the tools and hooks it added."""
+        infos = []
+        distributions = {id(plugin): dist for plugin, dist in self.plugin_manager.list_plugin_distinfo()}
+        for name, plugin in self.plugin_manager.list_name_plugin():
+            if plugin is None:  # blocked
+                continue
+            hooks = tuple(sorted(caller.name for caller in self.plugin_manager.get_hookcallers(plugin) or ()))
+            shown = Path(name.removeprefix("user:")).name if name.startswith("user:") else name
+            infos.append(PluginInfo(shown, self._origin(name, plugin, distributions.get(id(plugin))),
+                                    tuple(self._tools_by_plugin.get(name, ())), hooks))
+        return infos
+
+    def _origin(self, name: str, plugin: object, dist: Any) -> str:
+        if name in self._origins:
+            return self._origins[name]
+        module_name = getattr(plugin, "__name__", None) or type(plugin).__module__
+        module = sys.modules.get(module_name)
+        if module_name == "chatapp" or module_name.startswith("chatapp."):
+            return _BUILT_IN
+        where = getattr(module, "__file__", None) or module_name
+        if dist is not None:
+            return f"package {dist.project_name} {dist.version}: {where}"
+        return str(where)
 
     def schemas(self) -> list[dict]:
         """The OpenAI-style `tools` list for the chat template."""
@@ -111,6 +170,7 @@ class ToolRegistry:
             sys.modules[module_name] = module  # dataclasses and pickling look modules up here
             spec.loader.exec_module(module)
             self.plugin_manager.register(module, name=f"user:{path}")
+            self._origins[f"user:{path}"] = str(path)
         except (Exception, SystemExit) as exc:
             sys.modules.pop(module_name, None)
             self._plugin_errors.append(f"{path}: {type(exc).__name__}: {exc}")
@@ -118,15 +178,17 @@ class ToolRegistry:
     def _collect(self) -> None:
         tools: dict[str, Tool] = {}
         errors: list[str] = []
+        by_plugin: dict[str, list[str]] = {}
         # Registration order, so that built-ins come first and keep their names.
         for impl in self.plugin_manager.hook.register_tools.get_hookimpls():
             plugin = impl.plugin_name
 
             def register(
-                fn_or_tool: Any, safe: bool = False, name: str | None = None, plugin: str = plugin
+                fn_or_tool: Any, safe: bool = False, name: str | None = None, side_effects: bool | None = None,
+                plugin: str = plugin,
             ) -> None:
                 try:
-                    tool = _as_tool(fn_or_tool, safe=safe, name=name)
+                    tool = _as_tool(fn_or_tool, safe=safe, name=name, side_effects=side_effects)
                 except ToolError as exc:
                     errors.append(f"plugin {plugin!r}: {exc}")
                     return
@@ -135,6 +197,7 @@ class ToolRegistry:
                                   "this one is ignored")
                     return
                 tools[tool.name] = tool
+                by_plugin.setdefault(plugin, []).append(tool.name)
 
             try:
                 impl.function(**{arg: register for arg in impl.argnames})
@@ -142,13 +205,18 @@ class ToolRegistry:
                 errors.append(f"plugin {plugin!r}: register_tools failed: {type(exc).__name__}: {exc}")
         self._tools = tools
         self._tool_errors = errors
+        self._tools_by_plugin = by_plugin
 
 
-def _as_tool(fn_or_tool: Any, *, safe: bool, name: str | None) -> Tool:
+def _as_tool(fn_or_tool: Any, *, safe: bool, name: str | None, side_effects: bool | None) -> Tool:
+    # side_effects=None keeps what the Tool says (a function: it has side effects, to be safe).
     if isinstance(fn_or_tool, Tool):
         if safe and not fn_or_tool.safe:
-            return dataclasses.replace(fn_or_tool, safe=True)
+            fn_or_tool = dataclasses.replace(fn_or_tool, safe=True)
+        if side_effects is not None and side_effects != fn_or_tool.side_effects:
+            fn_or_tool = dataclasses.replace(fn_or_tool, side_effects=side_effects)
         return fn_or_tool
     if not callable(fn_or_tool):
         raise ToolError(f"register() takes a function or a Tool, not {type(fn_or_tool).__name__}")
-    return Tool.from_function(fn_or_tool, name=name, safe=safe)
+    return Tool.from_function(fn_or_tool, name=name, safe=safe,
+                              side_effects=True if side_effects is None else side_effects)

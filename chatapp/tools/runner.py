@@ -35,16 +35,17 @@ class ToolRunner:
         self.max_result_chars = max_result_chars
         self.timeout = timeout
 
-    def run(self, call: ToolCall, cancel: threading.Event | None = None) -> ToolResult:
+    def run(self, call: ToolCall, cancel: threading.Event | None = None, *, after_tool_output: bool = False) -> ToolResult:
         """Run `call` through the hooks and the tool; never raises. Setting `cancel` (Esc in the
-        app) answers a running tool's call at once, as does the timeout."""
+        app) answers a running tool's call at once, as does the timeout. after_tool_output: the
+        model wrote the call after reading tool output (the approval dialog says so)."""
         try:
-            call, result = self._run(call, cancel or threading.Event())
+            call, result = self._run(call, cancel or threading.Event(), after_tool_output)
         except Exception as exc:  # a bug in a hook or here must not end the conversation
             result = _error(call, f"{call.name} failed: {type(exc).__name__}: {exc}")
         return self._after(call, result)
 
-    def _run(self, call: ToolCall, cancel: threading.Event) -> tuple[ToolCall, ToolResult]:
+    def _run(self, call: ToolCall, cancel: threading.Event, after_tool_output: bool) -> tuple[ToolCall, ToolResult]:
         """The call as the before hooks leave it (what the after hooks see) and its result."""
         tool = self.registry.get(call.name)
         if tool is None:
@@ -53,7 +54,7 @@ class ToolRunner:
 
         for impl in _in_call_order(self.registry.plugin_manager.hook.before_tool_call):
             try:
-                decision = _call_impl(impl, call=call, tool=tool)
+                decision = _call_impl(impl, call=call, tool=tool, after_tool_output=after_tool_output)
             except Exception as exc:  # fail closed: a broken approval hook must not approve
                 return call, _error(call, f"the {impl.plugin_name!r} plugin failed before the call: "
                                           f"{type(exc).__name__}: {exc}")

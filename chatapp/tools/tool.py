@@ -59,6 +59,9 @@ class Tool:
     function: Callable[..., Any]
     safe: bool = False  # safe tools run without asking the user
     source: str = ""  # where the tool comes from when not this app, e.g. "MCP server 'files'" (the dialog says)
+    # False for tools that only read (the file tools): approving one "for the session" may then
+    # cover any arguments. A tool with side effects is approved per exact arguments instead.
+    side_effects: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -71,7 +74,8 @@ class Tool:
             raise ToolDefinitionError(f"tool {self.name!r}: function is not callable")
 
     @classmethod
-    def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, safe: bool = False) -> Tool:
+    def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, safe: bool = False,
+                      side_effects: bool = True) -> Tool:
         """Derive a tool from a function's signature, type hints and docstring."""
         name = name or getattr(fn, "__name__", None)
         if not name:
@@ -101,7 +105,8 @@ class Tool:
                 prop["default"] = json.loads(json.dumps(param.default))  # a copy, not the live default
             properties[param.name] = prop
         parameters = {"type": "object", "properties": properties, "required": required}
-        return cls(name=name, description=description, parameters=parameters, function=fn, safe=safe)
+        return cls(name=name, description=description, parameters=parameters, function=fn, safe=safe,
+                   side_effects=side_effects)
 
     def schema(self) -> dict:
         """The OpenAI `tools` entry: {"type": "function", "function": {name, description, parameters}}."""

@@ -62,7 +62,8 @@ def test_help_screen(snap_compare, app):
 def test_approval_modal(snap_compare, app):
     async def ask(pilot):
         await ready(pilot)
-        pilot.app.push_screen(ApprovalScreen("read_file", {"path": "notes/todo.txt", "max_bytes": 4096}, "Read a text file under the allowed folders."))
+        pilot.app.push_screen(ApprovalScreen("read_file", {"path": "notes/todo.txt", "max_bytes": 4096},
+                                             "Read a text file under the allowed folders.", side_effects=False))
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ask)
@@ -92,3 +93,24 @@ def test_thinking_block_expanded(snap_compare, thinking_app):
         await pilot.pause()
 
     assert snap_compare(thinking_app, terminal_size=SIZE, run_before=expand)
+
+
+def test_approval_modal_for_a_tool_with_side_effects_after_tool_output(snap_compare, app):
+    async def ask(pilot):
+        await ready(pilot)
+        pilot.app.push_screen(ApprovalScreen("append_line", {"name": "todo.txt", "line": "buy milk"},
+                                             "Append a line to a note.", after_tool_output=True))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=ask)
+
+
+def test_help_screen_plugins_tab(snap_compare, app):
+    async def open_plugins(pilot):
+        await ready(pilot)
+        await pilot.press("f1")
+        await pilot.pause()
+        await pilot.press("p")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=open_plugins)

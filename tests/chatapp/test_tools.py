@@ -498,7 +498,7 @@ class Asker:
     def __init__(self, *answers):
         self.answers, self.asked = list(answers), []
 
-    def __call__(self, call, tool):
+    def __call__(self, call, tool, after_tool_output=False):
         self.asked.append((call.name, call.arguments, tool.name))
         return self.answers.pop(0)
 
