@@ -105,7 +105,7 @@ def test_the_help_screen_lists_a_plugin_loaded_from_tools_py(tmp_path):
     async def check(app, screen, notices):
         rows = plugin_rows(screen)
         assert ["tools.py", str(path), "shout", "after_tool_call, register_tools"] in rows
-        assert screen.query_one("#plugins-table").row_count == 4  # builtin, file_access, ApprovalPolicy
+        assert screen.query_one("#plugins-table").row_count == 5  # builtin, file_access, ApprovalPolicy, McpTools
         assert any(f"tools.py ({path})" in m and "--no-plugins" in m for m in notices)
 
     run_cli_app(tmp_path, [], check)
@@ -118,7 +118,7 @@ def test_no_plugins_starts_without_tools_py(tmp_path, monkeypatch, how):
         monkeypatch.setenv("CHATAPP_NO_PLUGINS", "1")
 
     async def check(app, screen, notices):
-        assert [row[0] for row in plugin_rows(screen)] == ["builtin", "file_access", "ApprovalPolicy"]
+        assert [row[0] for row in plugin_rows(screen)] == ["builtin", "file_access", "ApprovalPolicy", "McpTools"]
         assert str(screen.query_one("#plugins-note").render()) == PLUGINS_OFF
         assert app.tool_registry.get("shout") is None
         assert not [n for n in notices if "plugins loaded" in n]
