@@ -17,9 +17,10 @@ INT8, `w = q * s`: as on CPU (`quant.cpu_kernel`), two nibble planes of twice th
 + l` with h the signed high nibble (-8..7) and l the low one (0..15) is the INT4 weight `[h + 8 |
 l]` with scale `16 s`, zero 0 on the first half and scale `s`, zero `8 s` on the second, fed the
 input twice, `[x | x]`. Same bytes read as an int8 matrix, any group size the kernel takes, so
-the stored g32 scales are used as they are. A per-row INT8 layer (one scale a row) goes to
-`aten._weight_int8pack_mm` where this PyTorch has it on CUDA (it takes per-row scales only),
-else through the planes with the largest kernel group dividing its width.
+the stored g32 scales are used as they are. A per-row INT8 layer (one scale a row) goes through
+the planes too, with the largest kernel group dividing its width; `aten._weight_int8pack_mm`
+(per-row scales only) is the fallback where the planes do not fit, since it measured 13x
+slower than them on an H200.
 `tools/gpu_check_quant.py` times both against bfloat16 `F.linear` on an H100/H200.
 
 Precision: the kernel holds scales and zeros in bfloat16 (8 significant bits) where we store
@@ -185,10 +186,12 @@ class CUDAQuantLinear(nn.Module):
         out_features, in_features = q.shape
         if q.device.type != "cuda":
             return None
-        if scale.dim() == 1 and _int8pack_mm_works(q.device):
-            return cls("int8-rows", q.contiguous(), scale.to(torch.bfloat16), None, in_features, out_features, bias)
+        # The planes first, per-row scales included: on an H200 (tools/gpu_check_quant.py) they ran
+        # at 0.77-0.93x bfloat16's F.linear, `_weight_int8pack_mm` at 0.07x.
         group = int8_kernel_group(in_features, scale)
         if group is None or not (tinygemm_works(q.device) and _fits(out_features, 2 * in_features, group)):
+            if scale.dim() == 1 and _int8pack_mm_works(q.device):
+                return cls("int8-rows", q.contiguous(), scale.to(torch.bfloat16), None, in_features, out_features, bias)
             return None
         tg, sz = int8_to_tinygemm_planes(q, scale, group)
         return cls("int8-planes", _pack(tg, 2 * in_features), sz.to(torch.bfloat16), group, in_features, out_features, bias)
