@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelFormatError
+from .gguf_hparams import check_gguf_hparams
 
 ROPE_SCALING_KINDS = ("linear", "dynamic", "yarn", "llama3")
 
@@ -110,6 +111,7 @@ class ModelArgs:
     @classmethod
     def from_gguf(cls, metadata: dict[str, Any], tensor_names: set[str] | frozenset[str]) -> ModelArgs:
         """Arch 'llama' (Q/K rows permuted by the converter) or 'qwen2' (not permuted, Q/K/V biases)."""
+        check_gguf_hparams(metadata)
         arch = metadata.get("general.architecture")
         if arch not in ("llama", "qwen2"):
             raise ModelFormatError(

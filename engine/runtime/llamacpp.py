@@ -17,6 +17,7 @@ import torch
 from ..errors import ContextOverflowError, ModelFormatError
 from ..formats.gguf import read_gguf
 from ..model.cache import PromptCache, common_prefix
+from ..model.gguf_hparams import check_gguf_hparams
 from .base import Model
 from .sampling import SamplingParams
 
@@ -40,6 +41,9 @@ class LlamaCppModel(Model):
         # Validate with our reader first: a corrupt file gets our typed error, not a crash in C.
         with read_gguf(self.path) as gguf:
             self.metadata = gguf.metadata
+        # llama.cpp aborts the process on some hyperparameters it never checks (a block count
+        # past 512, an RMS epsilon of NaN): refuse them here, by name.
+        check_gguf_hparams(self.metadata, self.path.name)
         self._load_text_side(self.metadata)
         arch = self.metadata.get("general.architecture")
         trained = self.metadata.get(f"{arch}.context_length")
