@@ -7,6 +7,7 @@ are the cached positions, and a new prompt reuses the longest common prefix.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,32 @@ from .base import Model
 from .sampling import SamplingParams
 
 N_BATCH = 512
+
+
+@functools.cache
+def _llama_class() -> type:
+    """llama_cpp.Llama, blind to the file's chat templates.
+
+    Its constructor compiles every `tokenizer.chat_template*` it finds in `self.metadata` with
+    its own Jinja environment: a template bomb costs seconds and gigabytes at load, and a broken
+    variant we never use raises there. Templates are ours to render (engine/text, sandboxed), so
+    this subclass's `metadata` drops those keys as the constructor stores them: nothing global
+    is patched, and llama.cpp itself never reads them at load.
+    """
+    import llama_cpp
+
+    class TemplateBlindLlama(llama_cpp.Llama):
+        @property
+        def metadata(self) -> dict[str, str]:
+            return self._metadata_without_templates
+
+        @metadata.setter
+        def metadata(self, value: dict[str, str]) -> None:
+            self._metadata_without_templates = {
+                k: v for k, v in value.items() if not k.startswith("tokenizer.chat_template")
+            }
+
+    return TemplateBlindLlama
 
 
 class LlamaCppModel(Model):
@@ -50,11 +77,9 @@ class LlamaCppModel(Model):
         if not isinstance(trained, int) or trained <= 0:
             raise ModelFormatError(f"{self.path.name}: GGUF metadata lacks '{arch}.context_length'")
         self.context_length = min(context_length or trained, trained)
-        import llama_cpp
-
         try:
             # verbose=False keeps llama.cpp's own logging out of the user's terminal.
-            self.llm = llama_cpp.Llama(
+            self.llm = _llama_class()(
                 model_path=str(self.path),
                 n_ctx=self.context_length,
                 n_batch=N_BATCH,
