@@ -22,6 +22,7 @@ from .errors import (
     ModelFormatError,
     ModelNotFoundError,
     NumericalError,
+    OutOfMemoryError,
     RegistryError,
     RequestError,
     TemplateError,
@@ -62,6 +63,7 @@ __all__ = [
     "TemplateError",
     "ContextOverflowError",
     "NumericalError",
+    "OutOfMemoryError",
 ]
 
 
@@ -102,8 +104,11 @@ def load(
                                        or context_length < 1):
         raise RequestError(f"context_length must be an integer >= 1 (None: the model's own), got {context_length!r}")
     spec, path = resolve(model)
-    loaded = _load(spec, path, backend=backend, device=device, dtype=dtype, context_length=context_length,
-                   verbose=verbose, threads=threads)
+    from .model.memory import allocation_errors
+
+    with allocation_errors(spec.name if spec is not None else path.name):
+        loaded = _load(spec, path, backend=backend, device=device, dtype=dtype, context_length=context_length,
+                       verbose=verbose, threads=threads)
     if spec is not None:  # models.toml wins over what the checkpoint's own files recommend
         loaded.sampling_defaults = {**loaded.sampling_defaults, **spec.sampling}
     return loaded

@@ -37,3 +37,8 @@ class ContextOverflowError(EngineError):
 
 class NumericalError(EngineError):
     """Non-finite logits (NaN/Inf), typically float16 overflow: never sampled from."""
+
+
+class OutOfMemoryError(EngineError):
+    """A model that does not fit the memory the device has: refused before loading with the
+    numbers, or an allocation that failed while loading."""
