@@ -60,8 +60,8 @@ def check_gguf_hparams(metadata: dict[str, Any], where: str = "GGUF metadata") -
     n_kv_heads = integer("attention.head_count_kv", 0)
     if n_heads and n_kv_heads and n_heads % n_kv_heads:
         raise ModelFormatError(
-            f"{where}: {key('attention.head_count')!r} ({n_heads}) is not a multiple of "
-            f"{key('attention.head_count_kv')!r} ({n_kv_heads})"
+            f"{where}: {n_heads} attention heads ({key('attention.head_count')!r}) are not a multiple of "
+            f"{n_kv_heads} KV heads ({key('attention.head_count_kv')!r})"
         )
     head_dim = integer("attention.key_length", 1)
     if head_dim is None and n_heads and dim % n_heads:
@@ -86,6 +86,3 @@ def check_gguf_hparams(metadata: dict[str, Any], where: str = "GGUF metadata") -
         raise ModelFormatError(
             f"{where}: {key('rope.scaling.type')!r} is {scaling!r}; llama.cpp knows {', '.join(ROPE_SCALING_TYPES)}"
         )
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
-        raise ModelFormatError(f"{where}: 'tokenizer.ggml.tokens' is missing or empty")
