@@ -117,6 +117,8 @@ def _gguf_value(value: Any) -> gguf.GGUFValue:
         return gguf.GGUFValue(value, kinds.STRING)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return gguf.GGUFValue(value, kinds.ARRAY, kinds.STRING)
+    if isinstance(value, list) and any(isinstance(v, float) for v in value):
+        return gguf.GGUFValue(value, kinds.ARRAY, kinds.FLOAT32)
     if isinstance(value, list):
         return gguf.GGUFValue(value, kinds.ARRAY, kinds.INT32)
     raise TypeError(f"no GGUF type for {value!r}")
