@@ -9,8 +9,8 @@ pickled `.bin`/`.pt` files.
 Verification. `pull` checks everything: files present and non-empty, config.json parses, the
 GGUF magic, the safetensors headers against the file sizes, and sha256, against the models.toml
 pin or, for Hub files stored in LFS, against the blob's own name in the cache (the Hub names LFS
-blobs by their sha256). Loading (`local_file`) checks presence, sizes and the models.toml pins
-only; a file's hash is remembered in <user cache dir>/chatapp/verified-files.json keyed by its
+blobs by their sha256). Loading (`local_file`) checks presence, sizes, the models.toml pins and
+the LFS blob hashes; a file's hash is remembered in <user cache dir>/chatapp/verified-files.json keyed by its
 resolved path, size and mtime, so a multi-GB file is hashed once, not on every load, and hashed
 again when it changes on disk.
 
@@ -275,7 +275,7 @@ def verify(spec: ModelSpec, path: Path, *, full: bool) -> list[CheckedFile]:
     """Check a model's files; raise ModelNotFoundError (incomplete) or ModelFormatError (corrupt).
 
     full=False (every load): presence, non-empty files, config.json and the shard index parse,
-    models.toml pins (hashes remembered per file). full=True (`pull`): also every JSON file, the
+    models.toml pins and the Hub's LFS hashes (hashes remembered per file). full=True (`pull`): also every JSON file, the
     GGUF magic, safetensors headers, and sha256 of every file that has an expected hash: the
     pin, else the Hub's LFS hash (the blob's name), always recomputed.
     """
@@ -317,7 +317,7 @@ def verify(spec: ModelSpec, path: Path, *, full: bool) -> list[CheckedFile]:
                     raise _corrupt(spec, rel, file, "it does not start with the GGUF magic")
             notes.append("GGUF magic ok")
         expected, whose = spec.sha256.get(rel), "pinned in models.toml"
-        if expected is None and full:
+        if expected is None:  # on load too: hashed the first time, then remembered (file_sha256)
             blob = file.resolve()
             if blob.parent.name == "blobs" and SHA256_HEX.fullmatch(blob.name):
                 expected, whose = blob.name, "the Hub's LFS hash"
