@@ -88,8 +88,9 @@ def load(
     device: "auto"/None picks CUDA, then MPS, then CPU (native backend). dtype: "auto"/None,
     "float32", "bfloat16" or "float16" (native backend).
     verbose: let llama.cpp print its own logs (gguf backend); they are kept quiet otherwise.
-    threads: CPU threads for llama.cpp (gguf backend; default: all cores). The native backend
-    follows torch.set_num_threads.
+    threads: CPU threads for llama.cpp (gguf backend; default: $CHATAPP_THREADS, else the
+    physical cores, less one while the machine is busy). The native backend follows
+    torch.set_num_threads.
 
     The model's `sampling_defaults` are its recommended sampling: a checkpoint folder's
     generation_config.json, overlaid by the models.toml entry's [models.NAME.sampling] table.
