@@ -54,5 +54,5 @@ def test_a_hub_that_never_answers_fails_fast_in_one_line(tmp_path, stalling_hub,
     out = subprocess.run(["chatapp", *command], capture_output=True, text=True, timeout=120, env=env)
     elapsed = time.monotonic() - start
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-800:]
-    assert elapsed < 15, elapsed
+    assert elapsed < 30, elapsed  # ~5 s here; huggingface_hub alone took minutes
     assert "did not answer" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
