@@ -22,6 +22,7 @@ from .errors import (
     ModelFormatError,
     ModelNotFoundError,
     NumericalError,
+    OutOfMemoryError,
     RegistryError,
     RemoteError,
     RequestError,
@@ -67,6 +68,7 @@ __all__ = [
     "TemplateError",
     "ContextOverflowError",
     "NumericalError",
+    "OutOfMemoryError",
 ]
 
 
@@ -93,8 +95,9 @@ def load(
     device: "auto"/None picks CUDA, then MPS, then CPU (native backend). dtype: "auto"/None,
     "float32", "bfloat16" or "float16" (native backend).
     verbose: let llama.cpp print its own logs (gguf backend); they are kept quiet otherwise.
-    threads: CPU threads for llama.cpp (gguf backend; default: all cores). The native backend
-    follows torch.set_num_threads.
+    threads: CPU threads for llama.cpp (gguf backend; default: $CHATAPP_THREADS, else the
+    physical cores, less one while the machine is busy). The native backend follows
+    torch.set_num_threads.
     decode: native backend, "auto", "static" (fixed-shape KV buckets, CUDA graphs on CUDA) or
     "plain" (the decoder over a growing cache); see `NativeModel.decode_path`.
 
@@ -117,8 +120,11 @@ def load(
         remote = RemoteModel(spec.base_url, spec.model, name=spec.name, api_key_env=spec.api_key_env)
         remote.sampling_defaults = dict(spec.sampling)
         return remote
-    loaded = _load(spec, path, backend=backend, device=device, dtype=dtype, context_length=context_length,
-                   verbose=verbose, threads=threads)
+    from .model.memory import allocation_errors
+
+    with allocation_errors(spec.name if spec is not None else path.name):
+        loaded = _load(spec, path, backend=backend, device=device, dtype=dtype, context_length=context_length,
+                       verbose=verbose, threads=threads)
     if getattr(loaded, "backend", None) == "native":
         loaded.decode_path = decode
     elif decode != "auto":

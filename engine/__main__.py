@@ -18,7 +18,6 @@ from .cli import (
     sampling_kwargs,
     use_utf8_streams,
 )
-from .errors import RequestError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -31,17 +30,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .measure.perplexity import perplexity
+    from .measure.perplexity import check_text_file, perplexity_of_file
 
-    try:
-        text = open(args.file, encoding="utf-8").read()
-    except UnicodeDecodeError:
-        raise RequestError(f"{args.file}: not UTF-8 text") from None
+    check_text_file(args.file)
     model = load_model(args)
-    ids = model.tokenizer.encode(text, add_special=False)
-    bos = model.tokenizer.bos_id if model.tokenizer.add_bos else None
-    bar = tqdm(total=max(len(ids) // min(args.ctx, len(ids) or 1), 1), unit="chunk", file=sys.stderr, desc="perplexity")
-    result = perplexity(model.logits, ids, ctx=args.ctx, bos_id=bos, on_chunk=lambda done, total: bar.update(1))
+    # The file is read, tokenized and scored block by block: progress in bytes, from the start.
+    bar = tqdm(total=os.path.getsize(args.file), unit="B", unit_scale=True, file=sys.stderr, desc="perplexity")
+    result = perplexity_of_file(model, args.file, ctx=args.ctx, on_bytes=bar.update)
     bar.close()
     print(
         f"perplexity {result.perplexity:.4f} over {result.scored_tokens} scored tokens "

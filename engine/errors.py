@@ -42,3 +42,8 @@ class NumericalError(EngineError):
 class RemoteError(EngineError):
     """A remote model's server that cannot be reached, refuses the key, fails or answers with
     something that is not the OpenAI API. The message names the host and says what to check."""
+
+
+class OutOfMemoryError(EngineError):
+    """A model that does not fit the memory the device has: refused before loading with the
+    numbers, or an allocation that failed while loading."""

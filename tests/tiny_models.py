@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -49,7 +50,10 @@ def add_tiny_vocabulary(w: gguf.GGUFWriter) -> None:
     w.add_add_bos_token(False)
 
 
-def write_tiny_llama(path: Path, cfg: TinyConfig = TinyConfig()) -> Path:
+def write_tiny_llama(path: Path, cfg: TinyConfig = TinyConfig(), *, metadata: dict[str, Any] | None = None,
+                     drop: tuple[str, ...] = ()) -> Path:
+    """`metadata` replaces (or adds) keys with values of the given Python type (int: uint32 or
+    uint64 when large, float: float32, str, list of str); `drop` removes keys."""
     rng = np.random.default_rng(cfg.seed)
     vocab = len(vocabulary()[0])
     head_dim = cfg.dim // cfg.n_heads
@@ -90,8 +94,31 @@ def write_tiny_llama(path: Path, cfg: TinyConfig = TinyConfig()) -> Path:
         tensor(b + "ffn_gate.weight", cfg.ffn_dim, cfg.dim)
         tensor(b + "ffn_up.weight", cfg.ffn_dim, cfg.dim)
         tensor(b + "ffn_down.weight", cfg.dim, cfg.ffn_dim)
+    for key, value in (metadata or {}).items():
+        w.kv_data[0][key] = _gguf_value(value)
+    for key in drop:
+        w.kv_data[0].pop(key, None)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _gguf_value(value: Any) -> gguf.GGUFValue:
+    kinds = gguf.GGUFValueType
+    if isinstance(value, bool):
+        return gguf.GGUFValue(value, kinds.BOOL)
+    if isinstance(value, int):
+        return gguf.GGUFValue(value, kinds.UINT32 if 0 <= value < 2**32 else kinds.INT64)
+    if isinstance(value, float):
+        return gguf.GGUFValue(value, kinds.FLOAT32)
+    if isinstance(value, str):
+        return gguf.GGUFValue(value, kinds.STRING)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return gguf.GGUFValue(value, kinds.ARRAY, kinds.STRING)
+    if isinstance(value, list) and any(isinstance(v, float) for v in value):
+        return gguf.GGUFValue(value, kinds.ARRAY, kinds.FLOAT32)
+    if isinstance(value, list):
+        return gguf.GGUFValue(value, kinds.ARRAY, kinds.INT32)
+    raise TypeError(f"no GGUF type for {value!r}")

@@ -74,6 +74,7 @@ _SCALARS: dict[_ValueType, tuple[struct.Struct, np.dtype]] = {
 _MIN_VALUE_BYTES = {vt: s.size for vt, (s, _) in _SCALARS.items()}
 _MIN_VALUE_BYTES[_ValueType.STRING] = 8  # the length of an empty string
 _MIN_VALUE_BYTES[_ValueType.ARRAY] = 12  # element type and count of an empty array
+GGML_MAX_NAME = 64  # ggml's tensor name buffer, NUL included
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, a one-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
 
@@ -267,6 +268,8 @@ class GGUFFile:
         metadata: dict[str, Any] = {}
         for i in range(n_kv):
             key = p.string(f"key of metadata entry #{i}")
+            if not key:
+                raise p.error(f"metadata entry #{i} has an empty key")
             if key in metadata:
                 raise p.error(f"duplicate metadata key {key!r}")
             metadata[key] = p.value(p.value_type(f"metadata {key!r}"), f"metadata {key!r}")
@@ -287,6 +290,13 @@ class GGUFFile:
         names: set[str] = set()
         for i in range(n_tensors):
             name = p.string(f"name of tensor #{i}")
+            if not name:
+                raise p.error(f"tensor #{i} has an empty name")
+            if len(name.encode()) >= GGML_MAX_NAME:
+                raise p.error(
+                    f"tensor #{i} has a name of {len(name.encode())} bytes ({name[:40]!r}...); "
+                    f"llama.cpp allows at most {GGML_MAX_NAME - 1}"
+                )
             if name in names:
                 raise p.error(f"duplicate tensor name {name!r}")
             names.add(name)
@@ -333,14 +343,22 @@ class GGUFFile:
                 )
             tensors[name] = TensorInfo(name, dims[::-1], ggml_type, start, nbytes)
 
-        by_offset = sorted(tensors.values(), key=lambda t: t.offset)
-        for before, after in zip(by_offset, by_offset[1:]):
-            if after.offset < before.offset + before.nbytes:
+        # As llama.cpp (gguf_init_from_file): tensor data lies in directory order, each tensor
+        # padded to the alignment, with no gaps and no overlaps; anything else is refused there.
+        expected, before = data_start, None
+        for info in tensors.values():
+            if before is not None and info.offset < before.offset + before.nbytes:
                 raise p.error(
-                    f"tensors {before.name!r} (bytes {before.offset}-"
-                    f"{before.offset + before.nbytes}) and {after.name!r} "
-                    f"(from byte {after.offset}) overlap"
+                    f"tensors {before.name!r} (bytes {before.offset}-{before.offset + before.nbytes}) and "
+                    f"{info.name!r} (from byte {info.offset}) overlap"
                 )
+            if info.offset != expected:
+                raise p.error(
+                    f"tensor {info.name!r} data starts at byte {info.offset} but the layout puts it at "
+                    f"byte {expected}: tensor data must follow the directory order without gaps"
+                )
+            expected += -(-info.nbytes // self.alignment) * self.alignment
+            before = info
         return tensors
 
     # --- tensor access -------------------------------------------------------------------------

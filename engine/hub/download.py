@@ -9,8 +9,8 @@ pickled `.bin`/`.pt` files.
 Verification. `pull` checks everything: files present and non-empty, config.json parses, the
 GGUF magic, the safetensors headers against the file sizes, and sha256, against the models.toml
 pin or, for Hub files stored in LFS, against the blob's own name in the cache (the Hub names LFS
-blobs by their sha256). Loading (`local_file`) checks presence, sizes and the models.toml pins
-only; a file's hash is remembered in <user cache dir>/chatapp/verified-files.json keyed by its
+blobs by their sha256). Loading (`local_file`) checks presence, sizes, the models.toml pins and
+the LFS blob hashes; a file's hash is remembered in <user cache dir>/chatapp/verified-files.json keyed by its
 resolved path, size and mtime, so a multi-GB file is hashed once, not on every load, and hashed
 again when it changes on disk.
 
@@ -186,6 +186,51 @@ def check_reachable(timeout: float = REACH_TIMEOUT) -> None:
                                  "or set HF_HUB_OFFLINE=1 to use only the cache")
 
 
+def check_answers(spec: ModelSpec, revision: str | None, timeout: float = REACH_TIMEOUT) -> None:
+    """Raise ModelNotFoundError unless the Hub answers a request for this model's file (a
+    folder: its config.json) within `timeout` seconds, asking twice.
+
+    An endpoint can answer `check_reachable` and then hang on the file: huggingface_hub meets that
+    with a 10 s metadata request, then a 60 s one retried five times (minutes, and a
+    "Retrying in 1s" line per try). Any HTTP status counts as an answer, a redirect included
+    (not followed): the download then reports what is wrong.
+    """
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import hf_hub_url
+
+    url = hf_hub_url(spec.repo, "config.json" if spec.is_folder else spec.file, revision=revision)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # urllib then raises HTTPError for the 30x: an answer
+
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def ask(answered: list[bool]) -> None:
+        try:
+            opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)
+        except (OSError, ValueError):  # timeouts, resets, TLS trouble
+            answered.append(False)
+
+    for _attempt in range(2):  # one retry: a single lost request should not fail a pull
+        answered: list[bool] = []
+        probe = threading.Thread(target=ask, args=(answered,), name="hub-answers", daemon=True)
+        probe.start()
+        probe.join(timeout + 0.5)
+        if answered and answered[0]:
+            return
+    host = urlsplit(url).hostname or url
+    raise ModelNotFoundError(f"model {spec.name!r}: {host} accepted the connection but did not answer a request for "
+                             f"{spec.repo} within {timeout:g} s (asked twice); try again later, or set HF_HUB_OFFLINE=1 "
+                             "to use only the cache")
+
+
 def _download(spec: ModelSpec, revision: str | None, *, force: bool, progress: Progress | None = None) -> Path:
     """Fetch into the normal HF cache with huggingface_hub's own progress bars, or `progress`."""
     from huggingface_hub import hf_hub_download, snapshot_download
@@ -193,6 +238,7 @@ def _download(spec: ModelSpec, revision: str | None, *, force: bool, progress: P
     bars = {} if progress is None else {"tqdm_class": _reporting_tqdm(progress)}
     try:
         check_reachable()
+        check_answers(spec, revision)
     except ModelNotFoundError:
         # What huggingface_hub itself does when the Hub is unreachable: use the cached copy.
         cached = None if force else _cached(spec, revision)
@@ -275,7 +321,7 @@ def verify(spec: ModelSpec, path: Path, *, full: bool) -> list[CheckedFile]:
     """Check a model's files; raise ModelNotFoundError (incomplete) or ModelFormatError (corrupt).
 
     full=False (every load): presence, non-empty files, config.json and the shard index parse,
-    models.toml pins (hashes remembered per file). full=True (`pull`): also every JSON file, the
+    models.toml pins and the Hub's LFS hashes (hashes remembered per file). full=True (`pull`): also every JSON file, the
     GGUF magic, safetensors headers, and sha256 of every file that has an expected hash: the
     pin, else the Hub's LFS hash (the blob's name), always recomputed.
     """
@@ -317,7 +363,7 @@ def verify(spec: ModelSpec, path: Path, *, full: bool) -> list[CheckedFile]:
                     raise _corrupt(spec, rel, file, "it does not start with the GGUF magic")
             notes.append("GGUF magic ok")
         expected, whose = spec.sha256.get(rel), "pinned in models.toml"
-        if expected is None and full:
+        if expected is None:  # on load too: hashed the first time, then remembered (file_sha256)
             blob = file.resolve()
             if blob.parent.name == "blobs" and SHA256_HEX.fullmatch(blob.name):
                 expected, whose = blob.name, "the Hub's LFS hash"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelFormatError
+from .gguf_hparams import check_gguf_hparams
 
 ROPE_SCALING_KINDS = ("linear", "dynamic", "yarn", "llama3")
 
@@ -133,6 +134,7 @@ class ModelArgs:
     def from_gguf(cls, metadata: dict[str, Any], tensor_names: set[str] | frozenset[str]) -> ModelArgs:
         """Arch 'llama' or 'smollm3' (Q/K rows permuted by the converter; smollm3 without RoPE in
         every fourth layer), 'qwen2' (not permuted, Q/K/V biases) or 'qwen3' (not permuted, Q/K norms)."""
+        check_gguf_hparams(metadata)
         arch = metadata.get("general.architecture")
         if arch not in GGUF_ARCHITECTURES:
             raise ModelFormatError(

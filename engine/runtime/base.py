@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ContextOverflowError, RequestError
+from ..errors import ContextOverflowError, NumericalError, RequestError
 from ..model.cache import PromptCache
 from ..results import Event, GenerationResult
 from ..text.reasoning import Reasoning, ThinkMarkers, find_markers, starts_inside, with_switch
@@ -98,7 +98,7 @@ class Model(ABC):
         forced: deque[int] | None = deque() if budget is not None else None
         inside = markers is not None and starts_inside(self.tokenizer.decode(ids[-8:]), markers)
         events = stream_text(
-            self._token_ids(ids, params, cache, **({"forced": forced} if forced is not None else {})),
+            _explain_non_finite(self._token_ids(ids, params, cache, **({"forced": forced} if forced is not None else {})), self),
             self.tokenizer,
             prompt_tokens=len(ids),
             max_tokens=params.max_tokens,
@@ -195,6 +195,29 @@ class Model(ABC):
                 f"{self.context_length} tokens: shorten it, or start a new conversation"
             )
         return ids
+
+
+def non_finite_cause(model: Model) -> str:
+    """What NaN/Inf logits mean for this model: float16 overflow only where the run is float16."""
+    dtype = str(getattr(model, "dtype", "")).removeprefix("torch.")
+    where = f"{model.name}: non-finite logits (NaN/Inf)"
+    if model.backend == "gguf":
+        return (f"{where} from llama.cpp: the model's weights hold NaN/Inf or values its kernels overflow on; "
+                "the file is probably damaged (re-download or re-convert it)")
+    if dtype == "float32":
+        return (f"{where} in a float32 run: the model's weights hold NaN/Inf (float32 does not overflow "
+                "on sane weights); the file is probably damaged (re-download or re-convert it)")
+    if dtype == "float16":
+        return f"{where} in a float16 run: float16 overflow; run it with --dtype bfloat16 (or float32)"
+    return (f"{where} in a {dtype} run; try --dtype float32, and if that fails too the weights hold NaN/Inf")
+
+
+def _explain_non_finite(token_ids: Iterator[int], model: Model) -> Iterator[int]:
+    # The sampler sees logits, not the run: the model says what non-finite logits mean here.
+    try:
+        yield from token_ids
+    except NumericalError:
+        raise NumericalError(non_finite_cause(model)) from None
 
 
 def _with_cache_count(events: Iterator[Event], cache: PromptCache) -> Iterator[Event]:

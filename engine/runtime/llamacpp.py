@@ -7,6 +7,7 @@ are the cached positions, and a new prompt reuses the longest common prefix.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -15,13 +16,87 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ContextOverflowError, ModelFormatError
+from ..errors import ContextOverflowError, ModelFormatError, RequestError
 from ..formats.gguf import read_gguf
 from ..model.cache import PromptCache, common_prefix
+from ..model.gguf_hparams import check_gguf_hparams
 from .base import Model
 from .sampling import SamplingParams
 
 N_BATCH = 512
+
+
+THREADS_ENV = "CHATAPP_THREADS"
+
+
+def pick_threads(requested: int | None = None) -> int:
+    """CPU threads for llama.cpp: `requested`, else $CHATAPP_THREADS, else the physical cores,
+    less one while other processes keep the machine busy (1-minute load average >= 1).
+
+    llama.cpp's threads spin-wait for each other at every op: with one core taken by someone
+    else, all-cores decoding stalls on the slowest thread (0.9 tok/s on 2 busy cores)."""
+    if requested is None and os.environ.get(THREADS_ENV, "").strip():
+        raw = os.environ[THREADS_ENV].strip()
+        try:
+            requested = int(raw)
+        except ValueError:
+            raise RequestError(f"{THREADS_ENV}={raw!r} is not a number of threads (an integer >= 1)") from None
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise RequestError(f"threads must be an integer >= 1, got {requested!r}")
+        return requested
+    cores = physical_cores()
+    try:
+        busy = os.getloadavg()[0] >= 1.0
+    except OSError:
+        busy = False
+    return max(1, cores - 1) if busy else cores
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyperthread siblings counted once)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    pairs, physical = set(), "0"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "physical id":
+                    physical = value.strip()
+                elif key.strip() == "core id":
+                    pairs.add((physical, value.strip()))
+    except OSError:
+        pass
+    return max(1, min(usable, len(pairs) or usable))
+
+
+@functools.cache
+def _llama_class() -> type:
+    """llama_cpp.Llama, blind to the file's chat templates.
+
+    Its constructor compiles every `tokenizer.chat_template*` it finds in `self.metadata` with
+    its own Jinja environment: a template bomb costs seconds and gigabytes at load, and a broken
+    variant we never use raises there. Templates are ours to render (engine/text, sandboxed), so
+    this subclass's `metadata` drops those keys as the constructor stores them: nothing global
+    is patched, and llama.cpp itself never reads them at load.
+    """
+    import llama_cpp
+
+    class TemplateBlindLlama(llama_cpp.Llama):
+        @property
+        def metadata(self) -> dict[str, str]:
+            return self._metadata_without_templates
+
+        @metadata.setter
+        def metadata(self, value: dict[str, str]) -> None:
+            self._metadata_without_templates = {
+                k: v for k, v in value.items() if not k.startswith("tokenizer.chat_template")
+            }
+
+    return TemplateBlindLlama
 
 
 class LlamaCppModel(Model):
@@ -41,22 +116,24 @@ class LlamaCppModel(Model):
         # Validate with our reader first: a corrupt file gets our typed error, not a crash in C.
         with read_gguf(self.path) as gguf:
             self.metadata = gguf.metadata
+        # llama.cpp aborts the process on some hyperparameters it never checks (a block count
+        # past 512, an RMS epsilon of NaN): refuse them here, by name.
+        check_gguf_hparams(self.metadata, self.path.name)
         self._load_text_side(self.metadata)
         arch = self.metadata.get("general.architecture")
         trained = self.metadata.get(f"{arch}.context_length")
         if not isinstance(trained, int) or trained <= 0:
             raise ModelFormatError(f"{self.path.name}: GGUF metadata lacks '{arch}.context_length'")
         self.context_length = min(context_length or trained, trained)
-        import llama_cpp
-
+        threads = pick_threads(n_threads)
         try:
             # verbose=False keeps llama.cpp's own logging out of the user's terminal.
-            self.llm = llama_cpp.Llama(
+            self.llm = _llama_class()(
                 model_path=str(self.path),
                 n_ctx=self.context_length,
                 n_batch=N_BATCH,
-                n_threads=n_threads or os.cpu_count(),
-                n_threads_batch=n_threads or os.cpu_count(),
+                n_threads=threads,
+                n_threads_batch=threads,
                 logits_all=False,
                 verbose=verbose,
             )

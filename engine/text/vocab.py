@@ -108,14 +108,26 @@ def _token_piece(text: str, attr: int, normal_bytes) -> bytes:
         return text.encode("utf-8")
     if attr & NORMAL:
         return normal_bytes(text)
-    if attr & BYTE:  # "<0xAB>"; like C's strtol, read the hex digits that are there
-        digits = ""
-        for c in text[3:5]:
-            if c not in "0123456789abcdefABCDEF":
-                break
-            digits += c
-        return bytes([int(digits, 16) if digits else 0])
+    if attr & BYTE:  # "<0xAB>"
+        return bytes([_byte_token_value(text)])
     return b""  # unused or undefined: llama.cpp renders nothing
+
+
+def _byte_token_value(text: str) -> int:
+    """llama.cpp's token_to_byte: `(uint8_t) strtol(text.substr(3, 2), NULL, 16)`, so the two
+    bytes after "<0x" are read as C does (leading space, a sign, the hex digits there are) and
+    wrap to a byte: "<0x-1>" is 0xFF, "<0xZZ>" is 0x00."""
+    s = text.encode("utf-8")[3:5].decode("latin-1")
+    i = len(s) - len(s.lstrip(_C_SPACE))
+    negative = i < len(s) and s[i] == "-"
+    i += i < len(s) and s[i] in "+-"
+    digits = ""
+    for c in s[i:]:
+        if c not in "0123456789abcdefABCDEF":
+            break
+        digits += c
+    value = int(digits, 16) if digits else 0
+    return (-value if negative else value) & 0xFF
 
 
 def _special_tokens(tokens: list[str], attrs: list[int]) -> tuple[Specials, Specials]:

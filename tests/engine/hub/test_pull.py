@@ -268,6 +268,7 @@ def test_a_network_error_is_one_clear_line(hub, capsys, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     # The connection check passes: these are the errors huggingface_hub raises after it.
     monkeypatch.setattr(engine.hub.download, "check_reachable", lambda: None)
+    monkeypatch.setattr(engine.hub.download, "check_answers", lambda spec, revision: None)
 
     def unreachable(*args, **kwargs):  # what huggingface_hub raises when DNS or the connection fails
         raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub and we cannot "
