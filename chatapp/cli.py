@@ -35,8 +35,33 @@ def cmd_ask(args: argparse.Namespace) -> int:
     messages.append({"role": "user", "content": question})
     sampling = sampling_kwargs(args)
     model = load_model(args)
-    print_stream(model.chat(messages, sampling), stats=args.stats)
+    from engine import Reasoning
+
+    reasoning = Reasoning(thinking=False) if args.no_think else None
+    events = model.chat(messages, sampling, reasoning=reasoning)
+    print_stream(_thinking_to_stderr(events) if args.show_thinking else events, stats=args.stats)
     return 0
+
+
+def _thinking_to_stderr(events):
+    """The reply's reasoning on stderr (dimmed on a terminal, after a "thinking:" line) as it
+    streams, so stdout stays the answer alone; the other events pass on."""
+    from engine import ReasoningDelta
+
+    dim, plain = ("\x1b[2m", "\x1b[0m") if sys.stderr.isatty() else ("", "")
+    started = False
+    for event in events:
+        if not isinstance(event, ReasoningDelta):
+            if started:
+                sys.stderr.write(f"{plain}\n")
+                started = False
+            yield event
+            continue
+        if not started:
+            sys.stderr.write(f"{dim}thinking: ")
+            started = True
+        sys.stderr.write(inert(event.text))
+        sys.stderr.flush()
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -169,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="ask one question and stream the answer to stdout")
     p.add_argument("question", nargs="*", help="the question ('-' or none: read stdin)")
     p.add_argument("-s", "--system", help="system prompt (default: the model's own)")
+    p.add_argument("--show-thinking", action="store_true",
+                   help="write the model's reasoning to stderr as it streams (default: hidden)")
+    p.add_argument("--no-think", action="store_true",
+                   help="turn the model's thinking off, where its template has a switch")
     add_model_args(p, subcommand=True)
     add_sampling_args(p)
     p.set_defaults(func=cmd_ask)

@@ -76,7 +76,70 @@ def conversation_settings(store: Store, conversation_id: int | None) -> tuple[st
         return None, {}
     conv = store.get_conversation(conversation_id)
     chosen = dict(conv.settings or {})
+    chosen.pop(REASONING_KEY, None)  # not sampling: conversation_reasoning reads it
     return conv.system_prompt, {} if chosen == LEGACY_DEFAULT_COPY else chosen
+
+
+# The settings JSON's key for thinking on/off and the budget: {"thinking": bool, "budget": int};
+# an absent field (or key) means the model's default: its template decides, no budget.
+REASONING_KEY = "reasoning"
+
+
+def conversation_reasoning(store: Store, conversation_id: int | None) -> dict:
+    """What the user chose about thinking here: {"thinking": True/False, "budget": n}, only the
+    keys chosen (stored values of the wrong type are dropped, as unchosen)."""
+    if conversation_id is None:
+        return {}
+    stored = (store.get_conversation(conversation_id).settings or {}).get(REASONING_KEY)
+    if not isinstance(stored, dict):
+        return {}
+    out = {}
+    if isinstance(stored.get("thinking"), bool):
+        out["thinking"] = stored["thinking"]
+    if isinstance(stored.get("budget"), int) and not isinstance(stored["budget"], bool) and stored["budget"] >= 0:
+        out["budget"] = stored["budget"]
+    return out
+
+
+def reasoning_request(chosen: dict):
+    """The engine's Reasoning for what was chosen (None: nothing chosen)."""
+    if not chosen:
+        return None
+    from engine import Reasoning
+
+    return Reasoning(thinking=chosen.get("thinking"), budget=chosen.get("budget"))
+
+
+def thinking_support(model) -> tuple[bool, bool]:
+    """(thinking can be turned on/off, a budget can close the block) on this model: a local one
+    by its template's switch and its think markers; a remote one is asked, its server decides."""
+    if model is None:
+        return False, False
+    if getattr(model, "is_remote", False):
+        return True, True
+    try:
+        return model.thinking_switch is not None, model.think_markers is not None
+    except AttributeError:  # a model without a template
+        return False, False
+
+
+def toggle_thinking(store: Store, conversation_id: int | None, *, model: str) -> tuple[int, bool]:
+    """Flip thinking for this conversation (unchosen counts as on, the templates' default).
+    Returns (the conversation's id, thinking now)."""
+    if conversation_id is None:
+        conversation_id = store.create_conversation(model=model).id
+    chosen = conversation_reasoning(store, conversation_id)
+    chosen["thinking"] = not chosen.get("thinking", True)
+    _store_reasoning(store, conversation_id, chosen)
+    return conversation_id, chosen["thinking"]
+
+
+def _store_reasoning(store: Store, conversation_id: int, chosen: dict) -> None:
+    settings = dict(store.get_conversation(conversation_id).settings or {})
+    settings.pop(REASONING_KEY, None)
+    if chosen:
+        settings[REASONING_KEY] = chosen
+    store.update_conversation(conversation_id, settings=settings)
 
 
 def sampling_params(model, chosen: dict) -> SamplingParams:
@@ -88,12 +151,17 @@ def sampling_params(model, chosen: dict) -> SamplingParams:
 
 
 def save_settings(store: Store, conversation_id: int | None, system_prompt: str | None, sampling: dict,
-                  *, model: str) -> int:
+                  *, model: str, reasoning: dict | None = None) -> int:
     """Store the settings; settings saved before the first message start the conversation. Returns
-    the conversation's id."""
+    the conversation's id. `reasoning`: as conversation_reasoning gives it (None: left as stored)."""
     if conversation_id is None:
         conversation_id = store.create_conversation(model=model).id
-    store.update_conversation(conversation_id, system_prompt=system_prompt, settings=sampling)
+    if reasoning is None:
+        reasoning = conversation_reasoning(store, conversation_id)
+    settings = {k: v for k, v in sampling.items() if k != REASONING_KEY}
+    if reasoning:
+        settings[REASONING_KEY] = dict(reasoning)
+    store.update_conversation(conversation_id, system_prompt=system_prompt, settings=settings)
     return conversation_id
 
 

@@ -326,6 +326,7 @@ class ChatScreen(ConversationActions, Screen):
             self.post_message(JobDone())
             return
         job.session, job.params = self.session, params
+        job.reasoning = conv_ops.reasoning_request(conv_ops.conversation_reasoning(self.store, job.conversation_id))
         self._generate(job)
 
     @work(thread=True, group="generate")

@@ -15,7 +15,7 @@ from ..widgets.inert import inert
 from ..widgets.sidebar import Sidebar
 from .dialogs import ConfirmScreen, TextPromptScreen
 from .export import ExportScreen
-from .settings import SettingsScreen
+from .settings import NOT_AVAILABLE, SettingsScreen
 
 
 class ConversationActions:
@@ -26,12 +26,23 @@ class ConversationActions:
             if result is None:
                 return
             self.conversation_id = conv_ops.save_settings(self.store, self.conversation_id, result[0], result[1],
-                                                          model=model_label(self.app.model_name))
+                                                          model=model_label(self.app.model_name), reasoning=result[2])
             self.refresh_sidebar()
             self.notify("Settings saved for this conversation.")
 
         model_defaults = getattr(self.app.model, "sampling_defaults", None) or {}
-        self.app.push_screen(SettingsScreen(system, sampling, model_defaults), saved)
+        self.app.push_screen(SettingsScreen(system, sampling, model_defaults,
+                                            reasoning=conv_ops.conversation_reasoning(self.store, self.conversation_id),
+                                            support=conv_ops.thinking_support(self.app.model)), saved)
+
+    def action_toggle_thinking(self) -> None:
+        if not conv_ops.thinking_support(self.app.model)[0]:
+            self.notify(f"Thinking cannot be turned on or off: {NOT_AVAILABLE}.", severity="warning")
+            return
+        self.conversation_id, thinking = conv_ops.toggle_thinking(self.store, self.conversation_id,
+                                                                  model=model_label(self.app.model_name))
+        self.refresh_sidebar()
+        self.notify(f"Thinking {'on' if thinking else 'off'} for this conversation (from the next reply).")
 
     def action_toggle_sidebar(self) -> None:
         sidebar = self.query_one(Sidebar)

@@ -1,4 +1,4 @@
-"""Per-conversation settings: system prompt and sampling.
+"""Per-conversation settings: system prompt, sampling, and thinking (on/off and a budget).
 
 Only what the user types is stored: an empty field means "the model's default" (its
 models.toml / generation_config.json recommendation, else the engine's), so a conversation
@@ -14,7 +14,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, TextArea
+from textual.widgets import Button, Input, Label, Select, TextArea
 
 from engine import SamplingParams
 
@@ -28,18 +28,25 @@ FIELDS = (
     ("max_tokens", "max tokens", int),
 )
 _LABELS = {name: label for name, label, _kind in FIELDS}
+# The thinking choice: Select value -> the stored `thinking` (None: the template's default).
+THINKING = {"default": None, "on": True, "off": False}
+NOT_AVAILABLE = "not available for this model (its chat template has no thinking switch)"
 
 
-class SettingsScreen(ModalScreen[tuple[str | None, dict] | None]):
-    """Answers (system_prompt or None, the sampling values the user set), or None when cancelled."""
+class SettingsScreen(ModalScreen[tuple[str | None, dict, dict] | None]):
+    """Answers (system_prompt or None, the sampling values the user set, the thinking choices
+    as conversation.conversation_reasoning gives them), or None when cancelled."""
 
     BINDINGS = [("escape", "dismiss(None)", "Cancel"), ("ctrl+s", "save", "Save")]
 
-    def __init__(self, system_prompt: str | None, sampling: Mapping, model_defaults: Mapping | None = None) -> None:
+    def __init__(self, system_prompt: str | None, sampling: Mapping, model_defaults: Mapping | None = None, *,
+                 reasoning: Mapping | None = None, support: tuple[bool, bool] = (False, False)) -> None:
         super().__init__(classes="dialog-screen")
         self.system_prompt = system_prompt
         self.sampling = {k: v for k, v in sampling.items() if v is not None}
         self.model_defaults = dict(model_defaults or {})
+        self.reasoning = dict(reasoning or {})
+        self.support = support  # (on/off switch, budget) on this model: conversation.thinking_support
 
     def compose(self) -> ComposeResult:
         effective = SamplingParams.merged(self.model_defaults)
@@ -53,6 +60,20 @@ class SettingsScreen(ModalScreen[tuple[str | None, dict] | None]):
                         value = self.sampling.get(name)
                         yield Input("" if value is None else str(value), id=name,
                                     placeholder=f"{getattr(effective, name)} (default)")
+            with Horizontal(id="thinking-fields"):
+                switch, budget = self.support
+                chosen = {v: k for k, v in THINKING.items()}[self.reasoning.get("thinking")]
+                with Horizontal(classes="field"):
+                    yield Label("thinking", classes="field-label")
+                    yield Select([("model's default", "default"), ("on", "on"), ("off", "off")], value=chosen,
+                                 allow_blank=False, id="thinking", disabled=not switch)
+                with Horizontal(classes="field"):
+                    yield Label("thinking budget", classes="field-label")
+                    value = self.reasoning.get("budget")
+                    yield Input("" if value is None else str(value), id="reasoning_budget",
+                                placeholder="no limit (tokens)", disabled=not budget)
+            if not switch:
+                yield Label(f"Thinking on/off: {NOT_AVAILABLE}", id="thinking-note", classes="note")
             yield Label("", id="error", classes="error", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Save (ctrl+s)", variant="primary", id="save")
@@ -80,8 +101,23 @@ class SettingsScreen(ModalScreen[tuple[str | None, dict] | None]):
                     message = label + message[len(name):]
             error.update(f"Not saved: {message}")
             return
+        reasoning = dict(self.reasoning)  # kept as stored where this model offers no control
+        if self.support[0]:
+            reasoning.pop("thinking", None)
+            thinking = THINKING[self.query_one("#thinking", Select).value]
+            if thinking is not None:
+                reasoning["thinking"] = thinking
+        if self.support[1]:
+            reasoning.pop("budget", None)
+            text = self.query_one("#reasoning_budget", Input).value.strip()
+            if text:
+                if not text.isdigit():
+                    error.update(f"Not saved: thinking budget must be a whole number of tokens >= 0 "
+                                 f"(empty: no limit), got {text!r}")
+                    return
+                reasoning["budget"] = int(text)
         system = self.query_one("#system", TextArea).text.strip() or None
-        self.dismiss((system, chosen))
+        self.dismiss((system, chosen, reasoning))
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:

@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from engine import ContextOverflowError, EngineError, GenerationResult, Model, ReasoningDelta, RequestError, TextDelta
+from engine import (ContextOverflowError, EngineError, GenerationResult, Model, Reasoning, ReasoningDelta, RequestError,
+                    TextDelta)
 
 from .queue import Generation, QueueFull, Turns
 from .replies import ChunkWriter, ToolReply, chat_response, completion_response, finish_reason, sendable
@@ -106,9 +107,12 @@ class Server:
         req: ChatRequest = await self.body(request, ChatRequest)
         tools = req.offered_tools()
         messages = [m.for_template() for m in req.messages]
-        ids = await asyncio.to_thread(self._encode, lambda: self.model.encode_chat(messages, tools=tools))
+        chosen = req.reasoning()
+        reasoning = Reasoning(**chosen) if chosen else None
+        ids = await asyncio.to_thread(self._encode,
+                                      lambda: self.model.encode_chat(messages, tools=tools, reasoning=reasoning))
         params = self.params(req, self.fit(ids, req.reply_limit))
-        generation = await self._start(ids, params)
+        generation = await self._start(ids, params, reasoning)
         if req.stream:
             return EventSourceResponse(self._chat_chunks(req, tools, generation), ping=15)
         result, text = await _collect(generation, request)
@@ -121,10 +125,12 @@ class Server:
         ids = await asyncio.to_thread(self._encode, lambda: tok.encode(req.prompt, add_special=True, parse_special=True))
         params = self.params(req, self.fit(ids, req.reply_limit))
         generation = await self._start(ids, params)
+        # A completion is the raw continuation: a think block stays in its text, markers and all.
+        generation = _RawText(generation, self.model.think_markers, req.prompt)
         if req.stream:
             return EventSourceResponse(self._completion_chunks(req, generation), ping=15)
-        result, _ = await _collect(generation, request)
-        return JSONResponse(completion_response(req.model, result))
+        result, text = await _collect(generation, request)
+        return JSONResponse(completion_response(req.model, result, text))
 
     # ---- generation ----------------------------------------------------------------------------
 
@@ -135,12 +141,13 @@ class Server:
         except EngineError as e:  # a template that cannot render these messages
             raise ApiError(400, str(e), param="messages") from None
 
-    async def _start(self, ids: list[int], params) -> Generation:
+    async def _start(self, ids: list[int], params, reasoning: Reasoning | None = None) -> Generation:
         try:
             await self.turns.take()
         except QueueFull as e:
             raise ApiError(429, str(e), "rate_limit_exceeded", code="queue_full") from None
-        make = lambda should_stop: self.model.generate(ids, params, should_stop=should_stop, cache=self.cache)
+        make = lambda should_stop: self.model.generate(ids, params, should_stop=should_stop, cache=self.cache,
+                                                       reasoning=reasoning)
         return Generation(make, self.turns)
 
     async def _chat_chunks(self, req: ChatRequest, tools, generation: Generation):
@@ -188,6 +195,29 @@ class Server:
         if req.include_usage:
             yield _data(out.usage(result))
         yield {"data": "[DONE]"}
+
+
+class _RawText:
+    """A generation's events with its reasoning written back into the text between the model's
+    markers (the engine splits them apart; a raw completion has no field for them). The
+    whitespace the engine drops after each marker comes back as one newline / a blank line."""
+
+    def __init__(self, generation: Generation, markers, prompt: str) -> None:
+        self.generation, self.markers = generation, markers
+        self.opened = markers is not None and prompt.rstrip().endswith(markers.open)  # the prompt opened it
+
+    async def events(self, **kw):
+        thinking = False
+        async for event in self.generation.events(**kw):
+            if isinstance(event, ReasoningDelta):
+                opening = "" if thinking or self.opened else self.markers.open + "\n"
+                thinking = True
+                yield TextDelta(opening + event.text)
+            elif isinstance(event, TextDelta) and thinking:
+                thinking = False
+                yield TextDelta(self.markers.close + "\n\n" + event.text)
+            else:
+                yield event
 
 
 def _data(body: dict) -> dict:

@@ -85,10 +85,12 @@ def chat_response(request_model: str, reply: ToolReply, result: GenerationResult
     }
 
 
-def completion_response(request_model: str, result: GenerationResult) -> dict:
+def completion_response(request_model: str, result: GenerationResult, text: str | None = None) -> dict:
+    """`text`: what was streamed, where it differs from result.text (a think block kept in it)."""
     return {
         "id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": request_model,
-        "choices": [{"index": 0, "text": result.text, "finish_reason": finish_reason(result, []), "logprobs": None}],
+        "choices": [{"index": 0, "text": result.text if text is None else text, "finish_reason": finish_reason(result, []),
+                     "logprobs": None}],
         "usage": usage(result),
     }
 

@@ -94,10 +94,29 @@ class ChatRequest(_Sampling):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # Thinking on/off as vLLM and SGLang take it: {"enable_thinking": false}; other keys ignored.
+    chat_template_kwargs: dict[str, Any] | None = None
+    # Reasoning tokens after which the block is closed so the model answers (Qwen's API name).
+    # OpenAI's `reasoning_effort` is not read: low/medium/high name no number of tokens.
+    thinking_budget: int | None = Field(default=None, ge=0)
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _switch(cls, value):
+        if value is not None and not isinstance(value.get("enable_thinking", False), bool):
+            raise ValueError("enable_thinking must be true or false")
+        return value
 
     @property
     def reply_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def reasoning(self) -> dict | None:
+        """Reasoning(...) fields the client chose (None: the template's default, no budget)."""
+        thinking = (self.chat_template_kwargs or {}).get("enable_thinking")
+        if thinking is None and self.thinking_budget is None:
+            return None
+        return {"thinking": thinking, "budget": self.thinking_budget}
 
     def offered_tools(self) -> list[dict] | None:
         """The tool schemas the template shows: none under tool_choice "none", only the named one

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from ..errors import RemoteError, RequestError
 from ..model.cache import PromptCache
-from ..results import Event, GenerationResult, TextDelta
+from ..results import Event, GenerationResult, ReasoningDelta, TextDelta
 from ..text.toolcalls import CLOSE_TAG, OPEN_TAG, ToolCall
 from .base import Model
 from .sampling import SamplingParams
@@ -86,12 +86,16 @@ class RemoteModel(Model):
     def chat(self, messages: list[dict], params: SamplingParams | Mapping[str, Any] | None = None, *,
              tools: list[dict] | None = None, should_stop: Callable[[], bool] | None = None,
              cache: PromptCache | None = None, reasoning=None, **overrides: Any) -> Iterator[Event]:
-        """Streams `POST /chat/completions`. The server keeps its own prefix cache; `cache` and
-        `reasoning` (the server's template decides about thinking) are accepted for the interface
-        and unused."""
+        """Streams `POST /chat/completions`. The server keeps its own prefix cache (`cache` is
+        accepted for the interface and unused). `reasoning` goes as the fields vLLM, SGLang and
+        `chatapp serve` read: `chat_template_kwargs.enable_thinking` and `thinking_budget`; the
+        server's `reasoning_content` (or `reasoning`) deltas come back as ReasoningDelta."""
         request = self._request(params, overrides)
         if tools:
             request["tools"] = tools
+        extra = _reasoning_fields(reasoning)
+        if extra:
+            request["extra_body"] = extra
         return self._stream("chat", dict(messages=messages, **request), should_stop)
 
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | Mapping[str, Any] | None = None, *,
@@ -119,9 +123,9 @@ class RemoteModel(Model):
     def _stream(self, kind: str, request: dict, should_stop: Callable[[], bool] | None) -> Iterator[Event]:
         start = time.perf_counter()
         first = None
-        text, finish, usage = "", None, None
+        text, thought, finish, usage = "", "", None, None
         calls: dict[int, dict] = {}  # tool_calls deltas by index: id, name, arguments text
-        pieces = 0
+        pieces, thought_pieces = 0, 0
         create = self._client.chat.completions.create if kind == "chat" else self._client.completions.create
         with self._errors("the request"):
             stream = create(**request)
@@ -138,6 +142,12 @@ class RemoteModel(Model):
                     if getattr(chunk, "usage", None) is not None:
                         usage = chunk.usage
                     for choice in choices:
+                        thinking = _choice_reasoning(choice) if kind == "chat" else ""
+                        if thinking:
+                            first = first or time.perf_counter()
+                            thought += thinking
+                            thought_pieces += 1
+                            yield ReasoningDelta(thinking)
                         piece = _choice_text(choice, kind, calls, self.host)
                         if piece:
                             first = first or time.perf_counter()
@@ -158,13 +168,17 @@ class RemoteModel(Model):
         end = time.perf_counter()
         first = first or end
         details = getattr(usage, "prompt_tokens_details", None)
+        spent = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None)
         yield GenerationResult(
             text=text, finish_reason=finish,
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or pieces),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or pieces + thought_pieces),
             prompt_seconds=first - start, generation_seconds=end - first,
             cached_tokens=int(getattr(details, "cached_tokens", 0) or 0),
             tool_calls=tuple(tool_calls),
+            reasoning=thought,
+            # the server's count where it gives one, else one token per streamed piece
+            reasoning_tokens=spent if isinstance(spent, int) and spent > 0 else thought_pieces,
         )
 
     # ---- the server --------------------------------------------------------------------------
@@ -264,6 +278,30 @@ def _choice_text(choice, kind: str, calls: dict[int, dict], host: str) -> str:
             call["arguments"] += getattr(fn, "arguments", None) or ""
     piece = getattr(delta, "content", None)
     return piece if isinstance(piece, str) else ""
+
+
+def _reasoning_fields(reasoning) -> dict:
+    """The request fields that carry a Reasoning: vLLM's and SGLang's `chat_template_kwargs`
+    switch, and the budget as `thinking_budget` (servers without one ignore unknown fields)."""
+    if reasoning is None:
+        return {}
+    out: dict[str, Any] = {}
+    if reasoning.thinking is not None:
+        out["chat_template_kwargs"] = {"enable_thinking": reasoning.thinking}
+    if reasoning.budget is not None:
+        out["thinking_budget"] = reasoning.budget
+    return out
+
+
+def _choice_reasoning(choice) -> str:
+    """A chat delta's reasoning: `reasoning_content` (DeepSeek, vLLM, llama-server, ours) or
+    `reasoning` (OpenRouter, Ollama, newer vLLM), extra fields of the client's delta model."""
+    delta = getattr(choice, "delta", None)
+    for name in ("reasoning_content", "reasoning"):
+        piece = getattr(delta, name, None)
+        if isinstance(piece, str) and piece:
+            return piece
+    return ""
 
 
 def _tool_calls(calls: dict[int, dict]) -> tuple[list[ToolCall], str]:
