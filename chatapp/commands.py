@@ -6,6 +6,7 @@ PALETTE = (
     ("Stop generation", "Stop the reply being generated (Esc)", "stop", ()),
     ("Regenerate reply", "Generate the last reply again (ctrl+r)", "regenerate", ()),
     ("Edit message and resend", "Edit a user message and resend from there (F3)", "edit_message", ()),
+    ("Inspect reply", "Token probabilities and attention of the focused reply (F4)", "inspect", ()),
     ("Choose model", "Pick a model from models.toml (ctrl+o)", "pick_model", ()),
     ("Conversation settings", "System prompt, sampling and thinking (ctrl+s)", "settings", ()),
     ("Toggle thinking", "Turn the model's thinking on or off for this conversation", "toggle_thinking", ()),

@@ -19,6 +19,7 @@ from textual.message import Message
 from engine import EngineError, ReasoningDelta, TextDelta, parse_tool_calls
 from engine.runtime import POLICY
 
+from .inspection import TOP, meta_rows
 from .messages import (
     ContextFitted,
     HistoryChanged,
@@ -122,8 +123,10 @@ def _one_reply(job: Job, store: Store, post) -> list:
     last_save = last_post = time.monotonic()
     result = None
     try:
+        # Probabilities for the inspector (chatapp/inspection.py): a softmax and top-k a token.
+        record = {"token_probs": TOP} if model.records_token_probs and not model.is_remote else {}
         for event in session.chat(history, params, tools=schemas, should_stop=job.cancel.is_set,
-                                  reasoning=job.reasoning):
+                                  reasoning=job.reasoning, **record):
             if isinstance(event, (TextDelta, ReasoningDelta)):
                 now = time.monotonic()
                 if isinstance(event, ReasoningDelta):
@@ -171,6 +174,9 @@ def _one_reply(job: Job, store: Store, post) -> list:
             cached_tokens=result.cached_tokens,
             dropped_messages=result.dropped_messages,
         )
+        if result.token_probs and not result.dropped_messages:
+            meta.update(token_probs=meta_rows(result),
+                        prompt_ids=model.encode_chat(history, tools=schemas, reasoning=job.reasoning))
         if result.reasoning_tokens:
             meta.update(reasoning_tokens=result.reasoning_tokens,
                         reasoning_seconds=round(thinking_ended - thinking_started, 2) if thinking_started else 0.0)

@@ -1,4 +1,4 @@
-"""`python -m engine`: generate, perplexity, bench, download, models."""
+"""`python -m engine`: generate, inspect, perplexity, bench, download, models."""
 
 from __future__ import annotations
 
@@ -25,6 +25,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = load_model(args)
     print_stream(model.generate(argv_text(args.prompt), model.sampling_params(chosen)), stats=args.stats)
     return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .measure.inspect_report import run_inspect
+
+    chosen = sampling_kwargs(args)
+    args.prompt = argv_text(args.prompt)
+    return run_inspect(args, load_model(args), chosen)
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
@@ -92,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("inspect", help="token probabilities and attention of a raw completion (text heatmap, --html page)")
+    p.add_argument("prompt")
+    add_model_args(p)
+    add_sampling_args(p)
+    p.add_argument("--layer", type=int, default=0, help="which layer's attention (default 0; -1: the last)")
+    p.add_argument("--head", type=int, default=None, help="which head (default: the mean over heads)")
+    p.add_argument("--html", help="also write a standalone HTML page with the token view and heatmap")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("perplexity", help="perplexity over a text file (like llama.cpp's perplexity tool)")
     p.add_argument("file")

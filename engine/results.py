@@ -24,6 +24,20 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True)
+class TokenProb:
+    """How sure the model was of one generated token: `prob` is the probability the model gave
+    the chosen token `id` (softmax at temperature 1 of the logits the sampler saw, i.e. after
+    the repetition penalty, before temperature, top-k/top-p/min-p), and `top` the most likely
+    (id, text, prob) at that position, most likely first. `text` is the token's own bytes,
+    decoded leniently (a piece of a multi-byte character shows as U+FFFD)."""
+
+    id: int
+    text: str
+    prob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """The last event of a generation.
 
@@ -47,6 +61,9 @@ class GenerationResult:
     # block has reasoning and no text. reasoning_tokens counts the tokens spent inside it.
     reasoning: str = ""
     reasoning_tokens: int = 0
+    # One TokenProb per generated token (completion_tokens of them, an end token included) when
+    # generate()/chat() was asked for `token_probs`; else empty.
+    token_probs: tuple[TokenProb, ...] = ()
 
     @property
     def prompt_tokens_per_second(self) -> float:

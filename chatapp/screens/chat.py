@@ -65,6 +65,7 @@ class ChatScreen(ConversationActions, Screen):
         Binding("alt+left", "browse_reply(-1)", "Previous reply", show=False, tooltip="Show the previous alternative of the last reply"),
         Binding("alt+right", "browse_reply(1)", "Next reply", show=False, tooltip="Show the next alternative of the last reply"),
         Binding("f3", "edit_message", "Edit", tooltip="Edit the focused user message (Tab to focus one; default: the last) and resend from there"),
+        Binding("f4", "inspect", "Inspect", show=False, tooltip="Token and attention inspector for the focused reply (default: the last)"),
         Binding("ctrl+o", "app.pick_model", "Model", tooltip="Choose a model from models.toml"),
         Binding("ctrl+s,f7", "settings", "Settings", tooltip="System prompt and sampling for this conversation"),
         Binding("ctrl+b", "toggle_sidebar", "Sidebar", show=False, tooltip="Show or hide the conversation list"),

@@ -11,10 +11,12 @@ from textual.widgets import Input
 from .. import conversation as conv_ops
 from ..conversation import model_label
 from ..export import default_export_path, export_to_file
+from ..inspection import tokens_from_meta
 from ..widgets.inert import inert
 from ..widgets.sidebar import Sidebar
 from .dialogs import ConfirmScreen, TextPromptScreen
 from .export import ExportScreen
+from .inspector import InspectorScreen
 from .settings import NOT_AVAILABLE, SettingsScreen
 
 
@@ -100,3 +102,39 @@ class ConversationActions:
                          lambda path: export_to_file(self.store, conv.id, fmt, path)),
             exported,
         )
+
+    def action_inspect(self) -> None:
+        """The inspector for the focused assistant reply, else the last one."""
+        from ..widgets.message import MessageView
+
+        if self.conversation_id is None:
+            return
+        stored = self.store.messages(self.conversation_id)
+        focused = self.focused
+        while focused is not None and not isinstance(focused, MessageView):
+            focused = focused.parent
+        wanted = focused.message.id if focused is not None and focused.message.role == "assistant" else None
+        replies = [m for m in stored if m.role == "assistant" and (wanted is None or m.id == wanted)]
+        if not replies:
+            self.notify("There is no reply to inspect yet.", severity="warning")
+            return
+        reply = replies[-1]
+        earlier = stored[: next(i for i, m in enumerate(stored) if m.id == reply.id)]
+        last_user = next((m.content for m in reversed(earlier) if m.role == "user"), None)
+        system = self.store.get_conversation(self.conversation_id).system_prompt
+        prompt_ids = [int(i) for i in reply.meta.get("prompt_ids") or [] if isinstance(i, int)]
+        model, why, attention = self.app.model, "", None
+        if model is None or model.is_remote or model.name != reply.meta.get("model"):
+            why = f"needs the model that wrote this reply ({reply.meta.get('model', 'unknown')}) loaded here"
+        elif model.backend != "native":
+            why = f"needs the native engine; {model.name} runs on {model.where} (load it with the native backend)"
+        elif not prompt_ids:
+            why = "the prompt of this reply was not recorded"
+        else:
+            attention = model.attention
+        texts = [] if model is None or model.is_remote or why.startswith("needs the model") else \
+            [model.tokenizer.token_bytes(i).decode("utf-8", "replace") for i in prompt_ids]
+        self.app.push_screen(InspectorScreen(
+            tokens_from_meta(reply.meta), prompt_ids=prompt_ids if attention else [], prompt_texts=texts,
+            system=system, last_user=last_user, attention=attention, why_no_attention=why,
+            n_kv_heads=getattr(getattr(model, "args", None), "n_kv_heads", None)))

@@ -68,6 +68,25 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
             self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
 
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, dim), normed and rotated as this layer does:
+        q (B, n_heads, T, head_dim), k and v (B, n_kv_heads, T, head_dim). Shared with the
+        explicit attention path of engine/runtime/inspect.py."""
+        B, T, _ = x.shape
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        qk, v = self.wqkv(x).split((q_size + kv_size, kv_size), dim=-1)
+        qk = qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim)  # Q heads, then K heads
+        if self.qk_norm:
+            q, k = qk.split((self.n_heads, self.n_kv_heads), dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
+        if self.uses_rope:
+            qk = apply_rope(qk, cos, sin)  # Q and K heads rotated in one pass
+        q, k = qk.transpose(1, 2).split((self.n_heads, self.n_kv_heads), dim=1)  # (B, heads, T, head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        return q, k, v
+
     def forward(
         self,
         x: torch.Tensor,
@@ -81,16 +100,8 @@ class Attention(nn.Module):
         hides the unfilled slots and the keys outside a sliding window. A layer without RoPE
         ignores cos and sin."""
         B, T, _ = x.shape
-        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        qk, v = self.wqkv(x).split((q_size + kv_size, kv_size), dim=-1)
-        qk = qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim)  # Q heads, then K heads
-        if self.qk_norm:
-            q, k = qk.split((self.n_heads, self.n_kv_heads), dim=2)
-            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
-        if self.uses_rope:
-            qk = apply_rope(qk, cos, sin)  # Q and K heads rotated in one pass
-        q, k = qk.transpose(1, 2).split((self.n_heads, self.n_kv_heads), dim=1)  # (B, heads, T, head_dim)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        q_size = self.n_heads * self.head_dim
+        q, k, v = self.project(x, cos, sin)
         whole_bucket = cache is not None and cache.returns_whole_bucket
         if cache is not None:
             k, v = cache.update_and_fetch(self.layer, k, v)  # (B, n_kv_heads, S, head_dim)

@@ -17,6 +17,7 @@ from ..text.reasoning import Reasoning, ThinkMarkers, find_markers, starts_insid
 from ..text.template import ChatTemplate
 from ..text.tokenizer import Tokenizer, load_tokenizer
 from .generate import stream_text
+from .probs import ProbRecorder, with_token_probs
 from .sampling import SamplingParams
 
 
@@ -35,6 +36,8 @@ class Model(ABC):
     # A model served elsewhere (runtime/remote.py): no tokenizer or template here, and its
     # server, not a ChatSession, fits the conversation to the window and keeps the prefix cache.
     is_remote: bool = False
+    # Whether generate()/chat() can record per-token probabilities (`token_probs`).
+    records_token_probs: bool = False
 
     @property
     def where(self) -> str:
@@ -74,6 +77,7 @@ class Model(ABC):
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
         reasoning: Reasoning | None = None,
+        token_probs: int | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (text is tokenized with special tokens parsed).
@@ -97,8 +101,14 @@ class Model(ABC):
         # The budget's hook: ids the step generator feeds before it samples again.
         forced: deque[int] | None = deque() if budget is not None else None
         inside = markers is not None and starts_inside(self.tokenizer.decode(ids[-8:]), markers)
+        hooks: dict[str, Any] = {"forced": forced} if forced is not None else {}
+        recorder = None
+        if token_probs is not None:
+            if not self.records_token_probs:
+                raise RequestError(f"{self.name} ({self.where}) does not record token probabilities")
+            recorder = hooks["record"] = ProbRecorder(token_probs)
         events = stream_text(
-            _explain_non_finite(self._token_ids(ids, params, cache, **({"forced": forced} if forced is not None else {})), self),
+            _explain_non_finite(self._token_ids(ids, params, cache, **hooks), self),
             self.tokenizer,
             prompt_tokens=len(ids),
             max_tokens=params.max_tokens,
@@ -110,7 +120,15 @@ class Model(ABC):
             budget=budget,
             forced=forced,
         )
+        if recorder is not None:
+            events = with_token_probs(events, recorder, self.tokenizer)
         return _with_cache_count(events, cache)
+
+    def attention(self, ids: Sequence[int], position: int):
+        """What the query at `position` attended to, after softmax: float32 tensor of shape
+        [n_layers, n_heads, position + 1]. Only the native engine computes it."""
+        raise RequestError(f"the attention view needs the native engine; {self.name} runs on {self.where} "
+                           "(load it with the native backend)")
 
     @property
     def think_markers(self) -> ThinkMarkers | None:
@@ -174,13 +192,15 @@ class Model(ABC):
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
         reasoning: Reasoning | None = None,
+        token_probs: int | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """OpenAI-style messages in; TextDelta (and ReasoningDelta) events out, then one
         GenerationResult. Sampling as in `generate`; `reasoning` turns thinking on/off and
         limits it. A message's stored reasoning is never part of what the model is sent."""
         return self.generate(self.encode_chat(messages, tools=tools, reasoning=reasoning), params,
-                             should_stop=should_stop, cache=cache, reasoning=reasoning, **overrides)
+                             should_stop=should_stop, cache=cache, reasoning=reasoning,
+                             token_probs=token_probs, **overrides)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

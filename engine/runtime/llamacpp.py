@@ -21,6 +21,7 @@ from ..formats.gguf import read_gguf
 from ..model.cache import PromptCache, common_prefix
 from ..model.gguf_hparams import check_gguf_hparams
 from .base import Model
+from .probs import ProbRecorder
 from .sampling import SamplingParams
 
 N_BATCH = 512
@@ -101,6 +102,7 @@ def _llama_class() -> type:
 
 class LlamaCppModel(Model):
     backend = "gguf"
+    records_token_probs = True
 
     def __init__(
         self,
@@ -162,7 +164,7 @@ class LlamaCppModel(Model):
         return reuse
 
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
-                   forced: deque[int] | None = None) -> Iterator[int]:
+                   forced: deque[int] | None = None, record: ProbRecorder | None = None) -> Iterator[int]:
         # llama.cpp's context is the cache for every caller: prefix reuse needs no session.
         reused = self.prefill(prompt_ids)
         if cache is not None:
@@ -170,13 +172,14 @@ class LlamaCppModel(Model):
         sampler, processors = params.sampler(), params.processors()
         history = list(prompt_ids)
         while True:
-            if forced:  # the reasoning budget closes the block: fed instead of sampled
-                token = forced.popleft()
-            else:
+            forced_token = forced.popleft() if forced else None  # the reasoning budget closes the block
+            if forced_token is None or record is not None:
                 logits = self._last_logits()
                 for process in processors:
                     logits = process(history, logits)
-                token = sampler(logits)
+            token = sampler(logits) if forced_token is None else forced_token
+            if record is not None:  # the probabilities the sampler saw (engine/runtime/probs.py)
+                record(logits, token)
             yield token
             history.append(token)
             if self.llm.n_tokens >= self.context_length:

@@ -19,6 +19,8 @@ from ..model.load_gguf import load_gguf_model
 from ..model.memory import check_fits
 from ..model.packing import can_pack, pack_linears
 from .base import Model
+from .inspect import attention_row
+from .probs import ProbRecorder
 from .runner import DecodeRunner
 from .sampling import SamplingParams
 from .static import supports as static_supports
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 class NativeModel(Model):
     backend = "native"
+    records_token_probs = True
 
     def __init__(
         self,
@@ -165,9 +168,20 @@ class NativeModel(Model):
         return self.runner.logits(ids, self.new_cache(len(ids)))
 
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
-                   forced: deque[int] | None = None) -> Iterator[int]:
+                   forced: deque[int] | None = None, record: ProbRecorder | None = None) -> Iterator[int]:
         if self.decode_path == "static":
             return self.runner.static_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
-                                                context_length=self.context_length, cache=cache, forced=forced)
+                                                context_length=self.context_length, cache=cache, forced=forced,
+                                                record=record)
         return self.runner.plain_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
-                                           context_length=self.context_length, cache=cache, forced=forced)
+                                           context_length=self.context_length, cache=cache, forced=forced,
+                                           record=record)
+
+    def attention(self, ids: Sequence[int], position: int) -> torch.Tensor:
+        """What the query at `position` attended to, after softmax: float32 (n_layers, n_heads,
+        position + 1) on the CPU, recomputed through an explicit attention path
+        (engine/runtime/inspect.py); generation keeps its fused kernels."""
+        ids = list(ids)
+        if position >= self.context_length:
+            raise RequestError(f"position {position} is past the context window of {self.context_length} tokens")
+        return attention_row(self.model, ids, position, device=self.device, rope=self.runner.rope)

@@ -18,6 +18,7 @@ import torch
 from ..model.cache import KVCache, PromptCache, common_prefix
 from ..model.decoder import Transformer
 from ..model.rope import RopeTables
+from .probs import ProbRecorder
 from .sampling import SamplingParams, token_id
 from .static import StaticDecoder
 
@@ -31,23 +32,37 @@ class TokenSampler:
     non-finite logits (`engine.runtime.sampling.token_id` reads it); nothing here waits for the
     device, so the one host sync per token is the caller's read of that tensor."""
 
-    def __init__(self, params: SamplingParams, n_tokens: int, history: Sequence[int], device: torch.device) -> None:
+    def __init__(self, params: SamplingParams, n_tokens: int, history: Sequence[int], device: torch.device,
+                 record: ProbRecorder | None = None) -> None:
         self.n_tokens = n_tokens
         self.penalty = params.device_penalty(history, device)
         self.draw = params.device_sampler()
+        self.record = record  # sees the logits the draw saw, and the token (engine/runtime/probs.py)
+
+    def _penalized(self, logits: torch.Tensor) -> torch.Tensor:
+        # Checkpoints often pad the embedding past the tokenizer (Qwen2.5: 151,936 rows for
+        # 151,665 tokens); ids with no token are never sampled.
+        next_logits = logits.reshape(-1, logits.shape[-1])[-1, : self.n_tokens].float()
+        return next_logits if self.penalty is None else self.penalty(next_logits)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: (vocab,) or (T, vocab), the last row is used. The token drawn joins the
         penalty's history."""
-        # Checkpoints often pad the embedding past the tokenizer (Qwen2.5: 151,936 rows for
-        # 151,665 tokens); ids with no token are never sampled.
-        next_logits = logits.reshape(-1, logits.shape[-1])[-1, : self.n_tokens].float()
-        if self.penalty is not None:
-            next_logits = self.penalty(next_logits)
+        next_logits = self._penalized(logits)
         token = self.draw(next_logits)
+        self._took(next_logits, token)
+        return token
+
+    def forced(self, logits: torch.Tensor, token: int) -> None:
+        """`token` is fed instead of drawn (the reasoning budget's close marker): it joins the
+        history all the same."""
+        self._took(self._penalized(logits) if self.record is not None else None, token)
+
+    def _took(self, next_logits: torch.Tensor | None, token: torch.Tensor | int) -> None:
+        if self.record is not None:
+            self.record(next_logits, token)
         if self.penalty is not None:
             self.penalty.push(token)
-        return token
 
 
 class DecodeRunner:
@@ -98,21 +113,23 @@ class DecodeRunner:
         out = [self.forward(ids[i : i + PREFILL_CHUNK], cache, last_only=False) for i in range(0, len(ids), PREFILL_CHUNK)]
         return torch.cat(out).float().cpu()
 
-    def sampler(self, params: SamplingParams, n_tokens: int, history: Sequence[int]) -> TokenSampler:
+    def sampler(self, params: SamplingParams, n_tokens: int, history: Sequence[int],
+                record: ProbRecorder | None = None) -> TokenSampler:
         """The request's sampler over the first `n_tokens` logits (the tokenizer's ids), its
         repetition penalty starting from `history` (the prompt's ids)."""
-        return TokenSampler(params, n_tokens, history, self.device)
+        return TokenSampler(params, n_tokens, history, self.device, record)
 
     # -- the plain path: a KVCache per conversation, grown as needed ---------------------------
 
     @torch.inference_mode()
     def plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
                         context_length: int, cache: PromptCache | None = None,
-                        forced: deque[int] | None = None) -> Iterator[int]:
+                        forced: deque[int] | None = None, record: ProbRecorder | None = None) -> Iterator[int]:
         """Sampled ids after `prompt_ids` through the plain decoder and `cache.kv` (made here when
         missing), reusing the longest prefix `cache` holds, until the caller stops or the context
-        is full. Ids in `forced` (the reasoning budget's close marker) are fed instead of sampled."""
-        sample = self.sampler(params, n_tokens, prompt_ids)
+        is full. Ids in `forced` (the reasoning budget's close marker) are fed instead of sampled;
+        `record` sees each step's logits and token."""
+        sample = self.sampler(params, n_tokens, prompt_ids, record)
         # The cache holds the prompt and every generated token but the last (never fed back).
         needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), context_length)
         if cache is None:
@@ -130,8 +147,7 @@ class DecodeRunner:
         while True:
             if forced:
                 token = next_id = forced.popleft()
-                if sample.penalty is not None:
-                    sample.penalty.push(next_id)
+                sample.forced(logits, next_id)
             else:
                 token = sample(logits)  # a 0-d device tensor
                 next_id = token_id(token)  # the one host sync of the step
@@ -154,7 +170,7 @@ class DecodeRunner:
     @torch.inference_mode()
     def static_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
                          context_length: int, cache: PromptCache | None = None,
-                         forced: deque[int] | None = None) -> Iterator[int]:
+                         forced: deque[int] | None = None, record: ProbRecorder | None = None) -> Iterator[int]:
         """Sampled ids after `prompt_ids`, decoded through the static decoder, until the caller
         stops or the context is full.
 
@@ -162,7 +178,8 @@ class DecodeRunner:
         longest prefix it shares with whatever the decoder holds (from any conversation), and
         `cache.reused` says how much. One generation at a time: a suspended generator whose
         decoder was taken over by a newer one raises instead of decoding from the wrong keys.
-        Ids in `forced` (the reasoning budget's close marker) are fed instead of sampled."""
+        Ids in `forced` (the reasoning budget's close marker) are fed instead of sampled;
+        `record` sees each step's logits and token."""
         dec = self.static_decoder(context_length)
         self._static_turn += 1
         turn = self._static_turn
@@ -181,12 +198,11 @@ class DecodeRunner:
             dec.trim(dec.offset - reused)  # a chunk may have landed: forget it
             raise
         held.extend(prompt_ids[reused:])
-        sample = self.sampler(params, n_tokens, prompt_ids)
+        sample = self.sampler(params, n_tokens, prompt_ids, record)
         while True:
             if forced:
                 token = next_id = forced.popleft()
-                if sample.penalty is not None:
-                    sample.penalty.push(next_id)
+                sample.forced(logits, next_id)
             else:
                 token = sample(logits)  # a 0-d device tensor
                 next_id = token_id(token)  # the one host sync of the step

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from ..errors import RequestError
 from ..model.cache import PromptCache
 from ..results import Event, GenerationResult
 from ..text.reasoning import Reasoning
@@ -33,11 +34,14 @@ class ChatSession:
         tools: list[dict] | None = None,
         should_stop: Callable[[], bool] | None = None,
         reasoning: Reasoning | None = None,
+        token_probs: int | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """Like Model.chat, with prefix reuse and the overflow policy; ContextOverflowError when
-        the newest message alone does not fit."""
+        the newest message alone does not fit. `token_probs` as in Model.generate."""
         model = self.model
+        if token_probs is not None and not model.records_token_probs:
+            raise RequestError(f"{model.name} ({model.where}) does not record token probabilities")
         if model.is_remote:  # its server renders, counts and caches the prompt
             yield from model.chat(messages, params, tools=tools, should_stop=should_stop, reasoning=reasoning,
                                   **overrides)
@@ -51,7 +55,8 @@ class ChatSession:
         )
         room = model.context_length - fitted.prompt_tokens
         params = dataclasses.replace(params, max_tokens=max(1, min(params.max_tokens, room)))
-        events = model.generate(fitted.ids, params, should_stop=should_stop, cache=self.cache, reasoning=reasoning)
+        events = model.generate(fitted.ids, params, should_stop=should_stop, cache=self.cache, reasoning=reasoning,
+                                token_probs=token_probs)
         for event in events:
             if isinstance(event, GenerationResult):
                 event = dataclasses.replace(event, dropped_messages=fitted.dropped)
