@@ -148,6 +148,8 @@ def _one_reply(job: Job, store: Store, post) -> list:
                     last_save = now
             else:
                 result = event
+                for note in getattr(event, "notes", ()):  # the engine changed the run on the way
+                    post(Notice(note, "warning"))
     except Exception as e:
         # Shown once, on the reply it stopped (and kept with it): not again as a notice.
         error = str(e) if isinstance(e, EngineError) else f"Generation failed: {type(e).__name__}: {e}"

@@ -124,6 +124,8 @@ def print_stream(events: Iterator[Event], *, stats: bool = False) -> GenerationR
         elif isinstance(event, GenerationResult):
             result = event
     sys.stdout.write("\n")
+    for note in result.notes if result is not None else ():
+        print(f"note: {inert(note)}", file=sys.stderr)
     if stats and result is not None:
         print(
             f"[{result.prompt_tokens} prompt tokens at {result.prompt_tokens_per_second:.1f}/s, "

@@ -64,6 +64,9 @@ class GenerationResult:
     # One TokenProb per generated token (completion_tokens of them, an end token included) when
     # generate()/chat() was asked for `token_probs`; else empty.
     token_probs: tuple[TokenProb, ...] = ()
+    # What the engine changed on the way, for the user to read (a float16 run that overflowed and
+    # was answered again in bfloat16).
+    notes: tuple[str, ...] = ()
 
     @property
     def prompt_tokens_per_second(self) -> float:

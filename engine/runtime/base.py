@@ -107,8 +107,9 @@ class Model(ABC):
             if not self.records_token_probs:
                 raise RequestError(f"{self.name} ({self.where}) does not record token probabilities")
             recorder = hooks["record"] = ProbRecorder(token_probs)
+        notes: list[str] = []  # filled if the run had to change (see _explain_non_finite)
         events = stream_text(
-            _explain_non_finite(self._token_ids(ids, params, cache, **hooks), self),
+            _explain_non_finite(lambda: self._token_ids(ids, params, cache, **hooks), self, cache, notes),
             self.tokenizer,
             prompt_tokens=len(ids),
             max_tokens=params.max_tokens,
@@ -122,7 +123,7 @@ class Model(ABC):
         )
         if recorder is not None:
             events = with_token_probs(events, recorder, self.tokenizer)
-        return _with_cache_count(events, cache)
+        return _with_cache_count(events, cache, notes)
 
     def attention(self, ids: Sequence[int], position: int):
         """What the query at `position` attended to, after softmax: float32 tensor of shape
@@ -232,14 +233,28 @@ def non_finite_cause(model: Model) -> str:
     return (f"{where} in a {dtype} run; try --dtype float32, and if that fails too the weights hold NaN/Inf")
 
 
-def _explain_non_finite(token_ids: Iterator[int], model: Model) -> Iterator[int]:
-    # The sampler sees logits, not the run: the model says what non-finite logits mean here.
+def _explain_non_finite(make_token_ids: Callable[[], Iterator[int]], model: Model, cache: PromptCache,
+                        notes: list[str]) -> Iterator[int]:
+    """The step generator, with non-finite logits explained by the run (the sampler sees logits,
+    not the run). A float16 run that overflows before its first token is switched to bfloat16
+    (same range as float32) and started again, once; `notes` says so."""
+    started = False
     try:
-        yield from token_ids
+        for token in make_token_ids():
+            started = True
+            yield token
     except NumericalError:
-        raise NumericalError(non_finite_cause(model)) from None
+        fall_back = getattr(model, "fall_back_to_bfloat16", None)
+        if started or fall_back is None or not fall_back():
+            raise NumericalError(non_finite_cause(model)) from None
+        notes.append(f"{model.name}: float16 overflowed (non-finite logits); switched the model to bfloat16 "
+                     "and answered again (load it with --dtype bfloat16 to skip this)")
+        cache.ids, cache.kv, cache.reused = [], None, 0  # the cache held float16 keys and values
+        yield from _explain_non_finite(make_token_ids, model, cache, notes)
 
 
-def _with_cache_count(events: Iterator[Event], cache: PromptCache) -> Iterator[Event]:
+def _with_cache_count(events: Iterator[Event], cache: PromptCache, notes: list[str]) -> Iterator[Event]:
     for event in events:
-        yield dataclasses.replace(event, cached_tokens=cache.reused) if isinstance(event, GenerationResult) else event
+        if isinstance(event, GenerationResult):
+            event = dataclasses.replace(event, cached_tokens=cache.reused, notes=tuple(notes))
+        yield event

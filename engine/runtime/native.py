@@ -69,6 +69,7 @@ class NativeModel(Model):
         self.sampling_defaults = {}
         self.context_length = min(context_length or self.args.context_length, self.args.context_length)
         self.decode_path = decode
+        self.retry_in_bfloat16 = True  # a float16 overflow switches to bfloat16 once (base._explain_non_finite)
 
     @property
     def decode_path(self) -> str:
@@ -151,6 +152,21 @@ class NativeModel(Model):
 
     def new_cache(self, max_seq_len: int) -> KVCache:
         return KVCache(self.args, min(max_seq_len, self.context_length), dtype=self.dtype, device=self.device)
+
+    def fall_back_to_bfloat16(self) -> bool:
+        """After a float16 overflow: convert the float16 weights to bfloat16 in place (norms stay
+        float32) and drop the runner with its float16 KV storage. False where this run is not
+        float16 or `retry_in_bfloat16` is off. CPU prepacked weights are float32/bfloat16 only,
+        so a float16 model holds plain tensors here."""
+        if self.dtype != torch.float16 or not self.retry_in_bfloat16:
+            return False
+        with torch.no_grad():
+            for tensor in [*self.model.parameters(), *self.model.buffers()]:
+                if tensor.dtype == torch.float16:
+                    tensor.data = tensor.data.to(torch.bfloat16)
+        self.dtype = torch.bfloat16
+        self.__dict__.pop("_runner", None)
+        return True
 
     @property
     def runner(self) -> DecodeRunner:
