@@ -57,14 +57,8 @@ def _ours(args: argparse.Namespace, backend: str, dtype: str | None, prompt: lis
     _sync(device)
     load_seconds = time.perf_counter() - start
 
-    if backend == "gguf":
-
-        def forget() -> None:  # llama.cpp's context is a cache shared by every call: start cold
-            model.llm.reset()
-    else:
-
-        def forget() -> None:  # each generate() without a cache allocates a fresh one
-            pass
+    def forget() -> None:  # llama.cpp's context and the static decoder are shared by every call: start cold
+        model.clear_cache()
 
     _last(model.generate(prompt, max_tokens=WARMUP_TOKENS, temperature=0))  # untimed: first-call set-up
     forget()

@@ -186,6 +186,9 @@ class LlamaCppModel(Model):
                 return  # the context window is full
             self.llm.eval([token])
 
+    def clear_cache(self) -> None:
+        self.llm.reset()
+
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
         """All-position logits, asking llama.cpp for an output row at every token of each batch."""
         ids = self.encode_prompt(ids) if len(ids) else []

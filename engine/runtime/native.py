@@ -177,6 +177,11 @@ class NativeModel(Model):
             runner = self._runner = DecodeRunner(self.model, device=self.device, dtype=self.dtype)
         return runner
 
+    def clear_cache(self) -> None:
+        runner = self.__dict__.get("_runner")
+        if runner is not None:
+            runner.clear_static()
+
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
         ids = self.encode_prompt(ids) if len(ids) else []
         if not ids:

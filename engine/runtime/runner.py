@@ -167,6 +167,12 @@ class DecodeRunner:
             self._static_ids = []
         return self._static
 
+    def clear_static(self) -> None:
+        """Forget what the static decoder holds (its buckets and graphs stay for reuse)."""
+        if self._static is not None:
+            self._static.reset()
+        self._static_ids = []
+
     @torch.inference_mode()
     def static_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
                          context_length: int, cache: PromptCache | None = None,

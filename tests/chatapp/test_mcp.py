@@ -23,7 +23,7 @@ class Recorder:
         self.asked: list[tuple[str, str]] = []  # (tool name, tool source)
         self.after: list[ToolResult] = []
 
-    def ask(self, call, tool) -> str:
+    def ask(self, call, tool, after_tool_output=False) -> str:
         self.asked.append((call.name, tool.source))
         return self.answers.pop(0)
 

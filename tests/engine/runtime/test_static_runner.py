@@ -106,3 +106,13 @@ def test_device_penalty_equals_the_host_processor():
         torch.testing.assert_close(penalty(logits), host(history[:i], logits), atol=0, rtol=0)
         penalty.push(torch.tensor(history[i]))
     assert torch.equal(DevicePenalty(1.3, 64, [], "cpu")(logits), logits)  # no history, no change
+
+
+def test_clear_cache_makes_the_next_prompt_cold(tiny):
+    messages = [{"role": "user", "content": "Tell me a story about a cat."}]
+    list(tiny.chat(messages, max_tokens=4, temperature=0))
+    *_, warm = tiny.chat(messages, max_tokens=4, temperature=0)
+    assert warm.cached_tokens == warm.prompt_tokens - 1  # the model's one KV store, shared by calls
+    tiny.clear_cache()
+    *_, cold = tiny.chat(messages, max_tokens=4, temperature=0)
+    assert cold.cached_tokens == 0 and cold.text == warm.text
