@@ -7,7 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextOverflowError, RequestError
 from ..model.cache import PromptCache
@@ -16,6 +16,9 @@ from ..text.template import ChatTemplate
 from ..text.tokenizer import Tokenizer, load_tokenizer
 from .generate import stream_text
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .grammar import Constraint
 
 
 class Model(ABC):
@@ -52,9 +55,11 @@ class Model(ABC):
         """Next-token logits at every position: float32 tensor of shape [len(ids), vocab]."""
 
     @abstractmethod
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                   constraint: Constraint | None = None) -> Iterator[int]:
         """The backend's step generator: prefill `prompt_ids` (reusing what `cache` holds), then
-        yield one sampled id at a time."""
+        yield one sampled id at a time, each drawn under `constraint`'s mask when there is one
+        (engine/runtime/grammar.py) and reported to it."""
 
     def sampling_params(self, params: SamplingParams | Mapping[str, Any] | None = None, **overrides: Any) -> SamplingParams:
         """The request's settings, resolved once: SamplingParams' defaults < the model's
@@ -69,6 +74,7 @@ class Model(ABC):
         *,
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
+        constraint: Constraint | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (text is tokenized with special tokens parsed).
@@ -78,14 +84,18 @@ class Model(ABC):
         `cache` (from a ChatSession) keeps the KV cache between calls: only the tokens after
         the longest common prefix with the last call are prefilled. Sampling comes from
         `params` and keyword `overrides` (SamplingParams fields, e.g. `max_tokens=8,
-        temperature=0`) over the model's `sampling_defaults` (`sampling_params`).
+        temperature=0`) over the model's `sampling_defaults` (`sampling_params`). A
+        `constraint` (engine/runtime/grammar.py) masks every draw.
         """
         start = time.perf_counter()
         params = self.sampling_params(params, **overrides)
         ids = self.encode_prompt(prompt)
         cache = cache if cache is not None else PromptCache()
+        # (a backend written before constraints takes three arguments: pass one only when set)
+        tokens = (self._token_ids(ids, params, cache) if constraint is None
+                  else self._token_ids(ids, params, cache, constraint))
         events = stream_text(
-            self._token_ids(ids, params, cache),
+            tokens,
             self.tokenizer,
             prompt_tokens=len(ids),
             max_tokens=params.max_tokens,
@@ -129,14 +139,30 @@ class Model(ABC):
         params: SamplingParams | Mapping[str, Any] | None = None,
         *,
         tools: list[dict] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """OpenAI-style messages in; TextDelta events out, then one GenerationResult. Sampling
-        as in `generate`."""
+        as in `generate`. `tool_choice` ("none", "auto", "required" or {"type": "function",
+        "function": {"name": ...}}) and `response_format` ({"type": "json_object"} or
+        {"type": "json_schema", "json_schema": {"schema": ...}}) constrain the reply with a
+        grammar (`engine.runtime.grammar.chat_constraint`)."""
+        tools, constraint = self.constrain(tools, tool_choice, response_format)
         return self.generate(self.encode_chat(messages, tools=tools), params, should_stop=should_stop, cache=cache,
-                             **overrides)
+                             constraint=constraint, **overrides)
+
+    def constrain(self, tools: list[dict] | None, tool_choice: Any = None,
+                  response_format: Any = None) -> tuple[list[dict] | None, Constraint | None]:
+        """(the tools the template shows, the grammar constraint or None) of a chat request;
+        RequestError for a bad tool_choice or response_format."""
+        if tool_choice is None and response_format is None and not tools:
+            return tools, None
+        from .grammar import chat_constraint
+
+        return chat_constraint(self.tokenizer, self.template, tools, tool_choice, response_format)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

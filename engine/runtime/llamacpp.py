@@ -18,6 +18,7 @@ from ..errors import ContextOverflowError, ModelFormatError
 from ..formats.gguf import read_gguf
 from ..model.cache import PromptCache, common_prefix
 from .base import Model
+from .grammar import Constraint, apply_bitmask
 from .sampling import SamplingParams
 
 N_BATCH = 512
@@ -83,7 +84,8 @@ class LlamaCppModel(Model):
         self.llm.eval(prompt_ids[reuse:])
         return reuse
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                   constraint: Constraint | None = None) -> Iterator[int]:
         # llama.cpp's context is the cache for every caller: prefix reuse needs no session.
         reused = self.prefill(prompt_ids)
         if cache is not None:
@@ -94,7 +96,12 @@ class LlamaCppModel(Model):
             logits = self._last_logits()
             for process in processors:
                 logits = process(history, logits)
+            mask = constraint.bitmask() if constraint is not None else None
+            if mask is not None:  # the grammar (engine/runtime/grammar.py): disallowed tokens -> -inf
+                logits = apply_bitmask(logits, mask)
             token = sampler(logits)
+            if constraint is not None:
+                constraint.advance(token)
             yield token
             history.append(token)
             if self.llm.n_tokens >= self.context_length:

@@ -25,6 +25,7 @@ DECODE_PATHS = ("auto", "static", "plain")
 
 if TYPE_CHECKING:
     from ..text.hf_text import HFTextSide
+    from .grammar import Constraint
 
 
 class NativeModel(Model):
@@ -158,16 +159,18 @@ class NativeModel(Model):
             return torch.empty(0, self.args.vocab_size)
         return self.runner.logits(ids, self.new_cache(len(ids)))
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                   constraint: Constraint | None = None) -> Iterator[int]:
         if self.decode_path == "static":
             return self.runner.static_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
-                                                context_length=self.context_length, cache=cache)
-        return self._plain_token_ids(prompt_ids, params, cache)
+                                                context_length=self.context_length, cache=cache, constraint=constraint)
+        return self._plain_token_ids(prompt_ids, params, cache, constraint)
 
     @torch.inference_mode()
-    def _plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None) -> Iterator[int]:
+    def _plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
+                         constraint: Constraint | None = None) -> Iterator[int]:
         runner = self.runner
-        sample = runner.sampler(params, self.tokenizer.vocab_size, prompt_ids)
+        sample = runner.sampler(params, self.tokenizer.vocab_size, prompt_ids, constraint)
         # The cache holds the prompt and every generated token but the last (never fed back).
         needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), self.context_length)
         if cache is None:
@@ -185,6 +188,7 @@ class NativeModel(Model):
         while True:
             token = sample(logits)  # a 0-d device tensor
             next_id = token_id(token)  # the one host sync of the step
+            sample.advance(next_id)
             yield next_id
             if kv.offset >= kv.max_seq_len:
                 return  # the context window is full

@@ -11,6 +11,7 @@ decoder.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from ..model.rope import RopeTables
 from .sampling import SamplingParams, token_id
 from .static import StaticDecoder
 
+if TYPE_CHECKING:
+    from .grammar import Constraint
+
 PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
 
 
@@ -28,12 +32,18 @@ class TokenSampler:
     device ring, `engine.runtime.sampling.DevicePenalty`), then the device sampler (seeded once,
     so its draws continue across calls). Returns a 0-d int64 tensor on the logits' device, -1 for
     non-finite logits (`engine.runtime.sampling.token_id` reads it); nothing here waits for the
-    device, so the one host sync per token is the caller's read of that tensor."""
+    device, so the one host sync per token is the caller's read of that tensor.
 
-    def __init__(self, params: SamplingParams, n_tokens: int, history: Sequence[int], device: torch.device) -> None:
+    A grammar `constraint` (engine/runtime/grammar.py) masks the logits on the device after the
+    penalty (one copy of its bitmask per token); the caller reports each token it read with
+    `advance`."""
+
+    def __init__(self, params: SamplingParams, n_tokens: int, history: Sequence[int], device: torch.device,
+                 constraint: Constraint | None = None) -> None:
         self.n_tokens = n_tokens
         self.penalty = params.device_penalty(history, device)
         self.draw = params.device_sampler()
+        self.constraint = constraint
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: (vocab,) or (T, vocab), the last row is used. The token drawn joins the
@@ -43,10 +53,21 @@ class TokenSampler:
         next_logits = logits.reshape(-1, logits.shape[-1])[-1, : self.n_tokens].float()
         if self.penalty is not None:
             next_logits = self.penalty(next_logits)
+        if self.constraint is not None:
+            mask = self.constraint.bitmask()
+            if mask is not None:
+                from .grammar import apply_bitmask
+
+                next_logits = apply_bitmask(next_logits, mask)
         token = self.draw(next_logits)
         if self.penalty is not None:
             self.penalty.push(token)
         return token
+
+    def advance(self, token: int) -> None:
+        """The token the caller read (`token_id`) moves the grammar on, if there is one."""
+        if self.constraint is not None:
+            self.constraint.advance(token)
 
 
 class DecodeRunner:
@@ -97,10 +118,11 @@ class DecodeRunner:
         out = [self.forward(ids[i : i + PREFILL_CHUNK], cache, last_only=False) for i in range(0, len(ids), PREFILL_CHUNK)]
         return torch.cat(out).float().cpu()
 
-    def sampler(self, params: SamplingParams, n_tokens: int, history: Sequence[int]) -> TokenSampler:
+    def sampler(self, params: SamplingParams, n_tokens: int, history: Sequence[int],
+                constraint: Constraint | None = None) -> TokenSampler:
         """The request's sampler over the first `n_tokens` logits (the tokenizer's ids), its
-        repetition penalty starting from `history` (the prompt's ids)."""
-        return TokenSampler(params, n_tokens, history, self.device)
+        repetition penalty starting from `history` (the prompt's ids), masked by `constraint`."""
+        return TokenSampler(params, n_tokens, history, self.device, constraint)
 
     # -- the static path (engine/runtime/static.py) --------------------------------------------
 
@@ -114,7 +136,8 @@ class DecodeRunner:
 
     @torch.inference_mode()
     def static_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
-                         context_length: int, cache: PromptCache | None = None) -> Iterator[int]:
+                         context_length: int, cache: PromptCache | None = None,
+                         constraint: Constraint | None = None) -> Iterator[int]:
         """Sampled ids after `prompt_ids`, decoded through the static decoder, until the caller
         stops or the context is full.
 
@@ -140,10 +163,11 @@ class DecodeRunner:
             dec.trim(dec.offset - reused)  # a chunk may have landed: forget it
             raise
         held.extend(prompt_ids[reused:])
-        sample = self.sampler(params, n_tokens, prompt_ids)
+        sample = self.sampler(params, n_tokens, prompt_ids, constraint)
         while True:
             token = sample(logits)  # a 0-d device tensor
             next_id = token_id(token)  # the one host sync of the step
+            sample.advance(next_id)
             yield next_id
             if dec.offset >= dec.limit:
                 return  # the context window is full
