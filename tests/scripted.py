@@ -43,7 +43,8 @@ class ScriptedModel(Model):
         self._encoded[tuple(ids)] = [dict(m) for m in messages]  # candidates while fitting the context
         return ids
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache, constraint=None) -> Iterator[int]:
+        # (a grammar constraint is ignored: the script is the reply)
         self.received.append(self._encoded.get(tuple(prompt_ids), []))
         self.sampled_with.append(params)
         reply = self.replies.pop(0) if self.replies else "(no more scripted replies)"
