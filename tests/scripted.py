@@ -44,7 +44,9 @@ class ScriptedModel(Model):
         self._encoded[tuple(ids)] = [dict(m) for m in messages]  # candidates while fitting the context
         return ids
 
-    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache, forced=None) -> Iterator[int]:
+    def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache, forced=None,
+                   constraint=None) -> Iterator[int]:
+        # (a grammar constraint is ignored: the script is the reply)
         self.received.append(self._encoded.get(tuple(prompt_ids), []))
         self.sampled_with.append(params)
         self.prompts = [*getattr(self, "prompts", []), self.tokenizer.decode(prompt_ids)]

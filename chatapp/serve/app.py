@@ -105,14 +105,17 @@ class Server:
     async def chat(self, request: Request):
         self.check_key(request)
         req: ChatRequest = await self.body(request, ChatRequest)
-        tools = req.offered_tools()
+        try:  # the grammar that makes "required", a named tool and response_format real
+            tools, constraint = self.model.constrain(req.offered_tools(), req.choice(), req.response_format)
+        except EngineError as e:
+            raise ApiError(400, str(e)) from None
         messages = [m.for_template() for m in req.messages]
         chosen = req.reasoning()
         reasoning = Reasoning(**chosen) if chosen else None
         ids = await asyncio.to_thread(self._encode,
                                       lambda: self.model.encode_chat(messages, tools=tools, reasoning=reasoning))
         params = self.params(req, self.fit(ids, req.reply_limit))
-        generation = await self._start(ids, params, reasoning)
+        generation = await self._start(ids, params, reasoning, constraint)
         if req.stream:
             return EventSourceResponse(self._chat_chunks(req, tools, generation), ping=15)
         result, text = await _collect(generation, request)
@@ -141,13 +144,14 @@ class Server:
         except EngineError as e:  # a template that cannot render these messages
             raise ApiError(400, str(e), param="messages") from None
 
-    async def _start(self, ids: list[int], params, reasoning: Reasoning | None = None) -> Generation:
+    async def _start(self, ids: list[int], params, reasoning: Reasoning | None = None, constraint=None) -> Generation:
         try:
             await self.turns.take()
         except QueueFull as e:
             raise ApiError(429, str(e), "rate_limit_exceeded", code="queue_full") from None
+        hooks = {"constraint": constraint} if constraint is not None else {}
         make = lambda should_stop: self.model.generate(ids, params, should_stop=should_stop, cache=self.cache,
-                                                       reasoning=reasoning)
+                                                       reasoning=reasoning, **hooks)
         return Generation(make, self.turns)
 
     async def _chat_chunks(self, req: ChatRequest, tools, generation: Generation):

@@ -93,6 +93,9 @@ class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    # {"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ...}}: checked by
+    # the engine (engine/runtime/grammar.py), which constrains the reply to it.
+    response_format: dict | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     # Thinking on/off as vLLM and SGLang take it: {"enable_thinking": false}; other keys ignored.
     chat_template_kwargs: dict[str, Any] | None = None
@@ -120,13 +123,21 @@ class ChatRequest(_Sampling):
 
     def offered_tools(self) -> list[dict] | None:
         """The tool schemas the template shows: none under tool_choice "none", only the named one
-        under a named choice. ("required" is passed on as "auto": nothing forces a call.)"""
+        under a named choice. ("required" and a named choice also put the reply under a grammar
+        that forces a call: `choice`.)"""
         if not self.tools or self.tool_choice == "none":
             return None
         tools = [t.model_dump(exclude_none=True) for t in self.tools]
         if isinstance(self.tool_choice, NamedToolChoice):
             tools = [t for t in tools if t["function"]["name"] == self.tool_choice.function["name"]]
         return tools or None
+
+
+    def choice(self) -> str | dict | None:
+        """tool_choice as Model.chat takes it."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.model_dump()
+        return self.tool_choice
 
 
 class CompletionRequest(_Sampling):

@@ -8,7 +8,7 @@ from collections import deque
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextOverflowError, NumericalError, RequestError
 from ..model.cache import PromptCache
@@ -19,6 +19,9 @@ from ..text.tokenizer import Tokenizer, load_tokenizer
 from .generate import stream_text
 from .probs import ProbRecorder, with_token_probs
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .grammar import Constraint
 
 
 class Model(ABC):
@@ -63,10 +66,14 @@ class Model(ABC):
 
     @abstractmethod
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
-                   forced: deque[int] | None = None) -> Iterator[int]:
+                   forced: deque[int] | None = None, record: ProbRecorder | None = None,
+                   constraint: Constraint | None = None) -> Iterator[int]:
         """The backend's step generator: prefill `prompt_ids` (reusing what `cache` holds), then
         yield one sampled id at a time. Ids put in `forced` (the reasoning budget's close
-        marker) are yielded and fed in place of sampling, oldest first."""
+        marker) are yielded and fed in place of sampling, oldest first; `record` sees each
+        step's logits and token (engine/runtime/probs.py); each draw is made under
+        `constraint`'s mask when there is one (engine/runtime/grammar.py) and reported to it.
+        The keyword hooks are passed only when set, so a backend may take only what it needs."""
 
     def sampling_params(self, params: SamplingParams | Mapping[str, Any] | None = None, **overrides: Any) -> SamplingParams:
         """The request's settings, resolved once: SamplingParams' defaults < the model's
@@ -83,6 +90,7 @@ class Model(ABC):
         cache: PromptCache | None = None,
         reasoning: Reasoning | None = None,
         token_probs: int | None = None,
+        constraint: Constraint | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """Raw completion of `prompt` (text is tokenized with special tokens parsed).
@@ -92,7 +100,8 @@ class Model(ABC):
         `cache` (from a ChatSession) keeps the KV cache between calls: only the tokens after
         the longest common prefix with the last call are prefilled. Sampling comes from
         `params` and keyword `overrides` (SamplingParams fields, e.g. `max_tokens=8,
-        temperature=0`) over the model's `sampling_defaults` (`sampling_params`).
+        temperature=0`) over the model's `sampling_defaults` (`sampling_params`). A
+        `constraint` (engine/runtime/grammar.py) masks every draw.
 
         For a model that thinks first (`think_markers`), its block streams as ReasoningDelta
         events; `reasoning.budget` closes the block after that many tokens.
@@ -107,6 +116,8 @@ class Model(ABC):
         forced: deque[int] | None = deque() if budget is not None else None
         inside = markers is not None and starts_inside(self.tokenizer.decode(ids[-8:]), markers)
         hooks: dict[str, Any] = {"forced": forced} if forced is not None else {}
+        if constraint is not None:
+            hooks["constraint"] = constraint
         recorder = None
         if token_probs is not None:
             if not self.records_token_probs:
@@ -195,6 +206,8 @@ class Model(ABC):
         params: SamplingParams | Mapping[str, Any] | None = None,
         *,
         tools: list[dict] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
         should_stop: Callable[[], bool] | None = None,
         cache: PromptCache | None = None,
         reasoning: Reasoning | None = None,
@@ -203,10 +216,25 @@ class Model(ABC):
     ) -> Iterator[Event]:
         """OpenAI-style messages in; TextDelta (and ReasoningDelta) events out, then one
         GenerationResult. Sampling as in `generate`; `reasoning` turns thinking on/off and
-        limits it. A message's stored reasoning is never part of what the model is sent."""
+        limits it. A message's stored reasoning is never part of what the model is sent.
+        `tool_choice` ("none", "auto", "required" or {"type": "function", "function": {"name":
+        ...}}) and `response_format` ({"type": "json_object"} or {"type": "json_schema",
+        "json_schema": {"schema": ...}}) constrain the reply with a grammar
+        (`engine.runtime.grammar.chat_constraint`)."""
+        tools, constraint = self.constrain(tools, tool_choice, response_format)
         return self.generate(self.encode_chat(messages, tools=tools, reasoning=reasoning), params,
                              should_stop=should_stop, cache=cache, reasoning=reasoning,
-                             token_probs=token_probs, **overrides)
+                             token_probs=token_probs, constraint=constraint, **overrides)
+
+    def constrain(self, tools: list[dict] | None, tool_choice: Any = None,
+                  response_format: Any = None) -> tuple[list[dict] | None, Constraint | None]:
+        """(the tools the template shows, the grammar constraint or None) of a chat request;
+        RequestError for a bad tool_choice or response_format."""
+        if tool_choice is None and response_format is None and not tools:
+            return tools, None
+        from .grammar import chat_constraint
+
+        return chat_constraint(self.tokenizer, self.template, tools, tool_choice, response_format)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

@@ -21,6 +21,7 @@ from ..formats.gguf import read_gguf
 from ..model.cache import PromptCache, common_prefix
 from ..model.gguf_hparams import check_gguf_hparams
 from .base import Model
+from .grammar import Constraint, apply_bitmask
 from .probs import ProbRecorder
 from .sampling import SamplingParams
 
@@ -164,7 +165,8 @@ class LlamaCppModel(Model):
         return reuse
 
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
-                   forced: deque[int] | None = None, record: ProbRecorder | None = None) -> Iterator[int]:
+                   forced: deque[int] | None = None, record: ProbRecorder | None = None,
+                   constraint: Constraint | None = None) -> Iterator[int]:
         # llama.cpp's context is the cache for every caller: prefix reuse needs no session.
         reused = self.prefill(prompt_ids)
         if cache is not None:
@@ -177,9 +179,16 @@ class LlamaCppModel(Model):
                 logits = self._last_logits()
                 for process in processors:
                     logits = process(history, logits)
-            token = sampler(logits) if forced_token is None else forced_token
+            if forced_token is None:
+                mask = constraint.bitmask() if constraint is not None else None
+                # the grammar (engine/runtime/grammar.py): disallowed tokens -> -inf
+                token = sampler(logits if mask is None else apply_bitmask(logits, mask))
+            else:
+                token = forced_token
             if record is not None:  # the probabilities the sampler saw (engine/runtime/probs.py)
                 record(logits, token)
+            if constraint is not None:
+                constraint.advance(token)
             yield token
             history.append(token)
             if self.llm.n_tokens >= self.context_length:

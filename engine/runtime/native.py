@@ -29,6 +29,7 @@ DECODE_PATHS = ("auto", "static", "plain")
 
 if TYPE_CHECKING:
     from ..text.hf_text import HFTextSide
+    from .grammar import Constraint
 
 
 class NativeModel(Model):
@@ -189,14 +190,15 @@ class NativeModel(Model):
         return self.runner.logits(ids, self.new_cache(len(ids)))
 
     def _token_ids(self, prompt_ids: list[int], params: SamplingParams, cache: PromptCache | None,
-                   forced: deque[int] | None = None, record: ProbRecorder | None = None) -> Iterator[int]:
+                   forced: deque[int] | None = None, record: ProbRecorder | None = None,
+                   constraint: Constraint | None = None) -> Iterator[int]:
         if self.decode_path == "static":
             return self.runner.static_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
                                                 context_length=self.context_length, cache=cache, forced=forced,
-                                                record=record)
+                                                record=record, constraint=constraint)
         return self.runner.plain_token_ids(prompt_ids, params, self.tokenizer.vocab_size,
                                            context_length=self.context_length, cache=cache, forced=forced,
-                                           record=record)
+                                           record=record, constraint=constraint)
 
     def attention(self, ids: Sequence[int], position: int) -> torch.Tensor:
         """What the query at `position` attended to, after softmax: float32 (n_layers, n_heads,

@@ -84,15 +84,21 @@ class RemoteModel(Model):
     # ---- generation --------------------------------------------------------------------------
 
     def chat(self, messages: list[dict], params: SamplingParams | Mapping[str, Any] | None = None, *,
-             tools: list[dict] | None = None, should_stop: Callable[[], bool] | None = None,
+             tools: list[dict] | None = None, tool_choice: Any = None, response_format: Any = None,
+             should_stop: Callable[[], bool] | None = None,
              cache: PromptCache | None = None, reasoning=None, **overrides: Any) -> Iterator[Event]:
         """Streams `POST /chat/completions`. The server keeps its own prefix cache (`cache` is
         accepted for the interface and unused). `reasoning` goes as the fields vLLM, SGLang and
         `chatapp serve` read: `chat_template_kwargs.enable_thinking` and `thinking_budget`; the
-        server's `reasoning_content` (or `reasoning`) deltas come back as ReasoningDelta."""
+        server's `reasoning_content` (or `reasoning`) deltas come back as ReasoningDelta.
+        tool_choice and response_format go to the server as they are."""
         request = self._request(params, overrides)
         if tools:
             request["tools"] = tools
+        if tool_choice is not None and tools:
+            request["tool_choice"] = tool_choice
+        if response_format is not None:
+            request["response_format"] = response_format
         extra = _reasoning_fields(reasoning)
         if extra:
             request["extra_body"] = extra

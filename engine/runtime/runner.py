@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from .probs import ProbRecorder
 from .sampling import SamplingParams, token_id
 from .static import StaticDecoder
 
+if TYPE_CHECKING:
+    from .grammar import Constraint
+
 PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
 
 
@@ -30,14 +34,19 @@ class TokenSampler:
     device ring, `engine.runtime.sampling.DevicePenalty`), then the device sampler (seeded once,
     so its draws continue across calls). Returns a 0-d int64 tensor on the logits' device, -1 for
     non-finite logits (`engine.runtime.sampling.token_id` reads it); nothing here waits for the
-    device, so the one host sync per token is the caller's read of that tensor."""
+    device, so the one host sync per token is the caller's read of that tensor.
+
+    A grammar `constraint` (engine/runtime/grammar.py) masks the logits on the device after the
+    penalty (one copy of its bitmask per token); the caller reports each token it read with
+    `advance`. `record` (engine/runtime/probs.py) sees the penalized logits, before the mask."""
 
     def __init__(self, params: SamplingParams, n_tokens: int, history: Sequence[int], device: torch.device,
-                 record: ProbRecorder | None = None) -> None:
+                 record: ProbRecorder | None = None, constraint: Constraint | None = None) -> None:
         self.n_tokens = n_tokens
         self.penalty = params.device_penalty(history, device)
         self.draw = params.device_sampler()
         self.record = record  # sees the logits the draw saw, and the token (engine/runtime/probs.py)
+        self.constraint = constraint
 
     def _penalized(self, logits: torch.Tensor) -> torch.Tensor:
         # Checkpoints often pad the embedding past the tokenizer (Qwen2.5: 151,936 rows for
@@ -49,7 +58,14 @@ class TokenSampler:
         """logits: (vocab,) or (T, vocab), the last row is used. The token drawn joins the
         penalty's history."""
         next_logits = self._penalized(logits)
-        token = self.draw(next_logits)
+        drawn_from = next_logits
+        if self.constraint is not None:
+            mask = self.constraint.bitmask()
+            if mask is not None:
+                from .grammar import apply_bitmask
+
+                drawn_from = apply_bitmask(next_logits, mask)
+        token = self.draw(drawn_from)
         self._took(next_logits, token)
         return token
 
@@ -63,6 +79,11 @@ class TokenSampler:
             self.record(next_logits, token)
         if self.penalty is not None:
             self.penalty.push(token)
+
+    def advance(self, token: int) -> None:
+        """The token the caller read (`token_id`) moves the grammar on, if there is one."""
+        if self.constraint is not None:
+            self.constraint.advance(token)
 
 
 class DecodeRunner:
@@ -114,22 +135,23 @@ class DecodeRunner:
         return torch.cat(out).float().cpu()
 
     def sampler(self, params: SamplingParams, n_tokens: int, history: Sequence[int],
-                record: ProbRecorder | None = None) -> TokenSampler:
+                record: ProbRecorder | None = None, constraint: Constraint | None = None) -> TokenSampler:
         """The request's sampler over the first `n_tokens` logits (the tokenizer's ids), its
-        repetition penalty starting from `history` (the prompt's ids)."""
-        return TokenSampler(params, n_tokens, history, self.device, record)
+        repetition penalty starting from `history` (the prompt's ids), masked by `constraint`."""
+        return TokenSampler(params, n_tokens, history, self.device, record, constraint)
 
     # -- the plain path: a KVCache per conversation, grown as needed ---------------------------
 
     @torch.inference_mode()
     def plain_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
                         context_length: int, cache: PromptCache | None = None,
-                        forced: deque[int] | None = None, record: ProbRecorder | None = None) -> Iterator[int]:
+                        forced: deque[int] | None = None, record: ProbRecorder | None = None,
+                        constraint: Constraint | None = None) -> Iterator[int]:
         """Sampled ids after `prompt_ids` through the plain decoder and `cache.kv` (made here when
         missing), reusing the longest prefix `cache` holds, until the caller stops or the context
         is full. Ids in `forced` (the reasoning budget's close marker) are fed instead of sampled;
-        `record` sees each step's logits and token."""
-        sample = self.sampler(params, n_tokens, prompt_ids, record)
+        `record` sees each step's logits and token; `constraint` masks them (a grammar)."""
+        sample = self.sampler(params, n_tokens, prompt_ids, record, constraint)
         # The cache holds the prompt and every generated token but the last (never fed back).
         needed = min(len(prompt_ids) + max(params.max_tokens - 1, 1), context_length)
         if cache is None:
@@ -151,6 +173,7 @@ class DecodeRunner:
             else:
                 token = sample(logits)  # a 0-d device tensor
                 next_id = token_id(token)  # the one host sync of the step
+            sample.advance(next_id)
             yield next_id
             if kv.offset >= min(kv.max_seq_len, context_length):
                 return  # the context window is full
@@ -176,7 +199,8 @@ class DecodeRunner:
     @torch.inference_mode()
     def static_token_ids(self, prompt_ids: list[int], params: SamplingParams, n_tokens: int, *,
                          context_length: int, cache: PromptCache | None = None,
-                         forced: deque[int] | None = None, record: ProbRecorder | None = None) -> Iterator[int]:
+                         forced: deque[int] | None = None, record: ProbRecorder | None = None,
+                         constraint: Constraint | None = None) -> Iterator[int]:
         """Sampled ids after `prompt_ids`, decoded through the static decoder, until the caller
         stops or the context is full.
 
@@ -204,7 +228,7 @@ class DecodeRunner:
             dec.trim(dec.offset - reused)  # a chunk may have landed: forget it
             raise
         held.extend(prompt_ids[reused:])
-        sample = self.sampler(params, n_tokens, prompt_ids, record)
+        sample = self.sampler(params, n_tokens, prompt_ids, record, constraint)
         while True:
             if forced:
                 token = next_id = forced.popleft()
@@ -212,6 +236,7 @@ class DecodeRunner:
             else:
                 token = sample(logits)  # a 0-d device tensor
                 next_id = token_id(token)  # the one host sync of the step
+            sample.advance(next_id)
             yield next_id
             if dec.offset >= dec.limit:
                 return  # the context window is full

@@ -32,20 +32,25 @@ class ChatSession:
         params: SamplingParams | Mapping[str, Any] | None = None,
         *,
         tools: list[dict] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
         should_stop: Callable[[], bool] | None = None,
         reasoning: Reasoning | None = None,
         token_probs: int | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
-        """Like Model.chat, with prefix reuse and the overflow policy; ContextOverflowError when
-        the newest message alone does not fit. `token_probs` as in Model.generate."""
+        """Like Model.chat (tool_choice and response_format too), with prefix reuse and the
+        overflow policy; ContextOverflowError when the newest message alone does not fit.
+        `token_probs` as in Model.generate."""
         model = self.model
         if token_probs is not None and not model.records_token_probs:
             raise RequestError(f"{model.name} ({model.where}) does not record token probabilities")
         if model.is_remote:  # its server renders, counts and caches the prompt
-            yield from model.chat(messages, params, tools=tools, should_stop=should_stop, reasoning=reasoning,
-                                  **overrides)
+            yield from model.chat(messages, params, tools=tools, tool_choice=tool_choice,
+                                  response_format=response_format, should_stop=should_stop,
+                                  reasoning=reasoning, **overrides)
             return
+        tools, constraint = model.constrain(tools, tool_choice, response_format)
         params = model.sampling_params(params, **overrides)
         fitted = fit_to_context(
             messages,
@@ -56,7 +61,7 @@ class ChatSession:
         room = model.context_length - fitted.prompt_tokens
         params = dataclasses.replace(params, max_tokens=max(1, min(params.max_tokens, room)))
         events = model.generate(fitted.ids, params, should_stop=should_stop, cache=self.cache, reasoning=reasoning,
-                                token_probs=token_probs)
+                                token_probs=token_probs, constraint=constraint)
         for event in events:
             if isinstance(event, GenerationResult):
                 event = dataclasses.replace(event, dropped_messages=fitted.dropped)

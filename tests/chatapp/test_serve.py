@@ -220,3 +220,36 @@ def test_reasoning_comes_back_as_reasoning_content(default_gguf):
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
     assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == "France's capital.\n"
     assert "".join(d.content or "" for d in deltas) == "Paris."
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string", "maxLength": 20}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"]}}}
+ALARM = {"type": "function", "function": {"name": "set_alarm", "parameters": {"type": "object", "properties": {
+    "hour": {"type": "integer", "minimum": 0, "maximum": 23}}, "required": ["hour"]}}}
+
+
+@pytest.mark.parametrize("choice, name", [("required", None), ({"type": "function", "function": {"name": "set_alarm"}},
+                                                                "set_alarm")])
+def test_required_and_named_tool_choice_force_a_valid_call(default_server, choice, name):
+    import jsonschema
+
+    reply = ask(client(default_server), messages=[{"role": "user", "content": "Hi there!"}], tools=[WEATHER, ALARM],
+                tool_choice=choice, max_tokens=64, temperature=0)
+    (call,) = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert name is None or call.function.name == name
+    schema = {"get_weather": WEATHER, "set_alarm": ALARM}[call.function.name]["function"]["parameters"]
+    jsonschema.validate(json.loads(call.function.arguments), schema)
+
+
+def test_response_format_json_schema_constrains_the_reply(default_server):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20},
+                                               "sure": {"type": "boolean"}}, "required": ["answer", "sure"]}
+    reply = ask(client(default_server), max_tokens=48, temperature=0,
+                response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    with pytest.raises(openai.BadRequestError, match="response_format type"):
+        ask(client(default_server), max_tokens=4, response_format={"type": "yaml"})
