@@ -55,12 +55,12 @@ class Model(ABC):
             metadata, bos_token=token_text(self.tokenizer.bos_id), eos_token=token_text(self.tokenizer.eos_id)
         )
 
-    @abstractmethod
     def clear_cache(self) -> None:
         """Forget what the model's own KV store holds (llama.cpp's context, the native static
         decoder's buckets), so the next prompt is prefilled from its start. Sessions' caches are
         theirs to reset (`ChatSession.reset`)."""
 
+    @abstractmethod
     def logits(self, ids: Sequence[int]):
         """Next-token logits at every position: float32 tensor of shape [len(ids), vocab]."""
 
