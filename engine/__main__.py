@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", help="instead of a model file: random weights of a named shape, built in memory "
                                    "(llama-3.2-1b, llama-3.1-8b, smollm2-135m), on --device")
     p.add_argument("--scheme", choices=("int8", "int4"), help="with --shape: quantize it first, through `quant`")
-    p.add_argument("--decode", choices=("static", "plain"), default="static",
-                   help="with --shape: the native decode path (static: what generation uses; plain: the decoder over a growing cache)")
+    p.add_argument("--decode", choices=("auto", "static", "plain"), default="auto",
+                   help="with --shape: the native decode path (auto: what generation uses on the device; static: fixed KV "
+                        "buckets, CUDA graphs; plain: the decoder over a growing cache)")
     p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=32, help="with --scheme: its group size (default: 32)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one config in this process
     p.set_defaults(func=cmd_bench)

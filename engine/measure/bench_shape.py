@@ -16,8 +16,8 @@ Each round is a fresh process (`--worker shape`), which reports:
   rate as a fraction of it.
 The table gives each figure's best round.
 
-The loop is `generate`'s own: the decode runner's token generator (`--decode static`, the default
-and what generation uses, or `plain`), greedy on the device with one host sync a token. Cold
+The loop is `generate`'s own: the decode runner's token generator (`--decode auto`, the default:
+the path generation takes on the device, static on CUDA and plain on a CPU; or `static`, `plain`), greedy on the device with one host sync a token. Cold
 figures include what a fresh process pays once (allocating the first KV bucket, on CUDA capturing
 its decode graph); "whole reply" is the prompt plus every generated token.
 """
@@ -102,6 +102,7 @@ def run_shape_worker(opts: argparse.Namespace) -> int:
     from ..model.packing import can_pack, pack_linears
     from ..runtime.runner import DecodeRunner
     from ..runtime.sampling import SamplingParams
+    from ..runtime.static import default_decode_path
     from .bench_worker import _bytes_read_per_token, _stream_gb_per_s, _sync, peak_rss_mib
 
     torch.set_num_threads(opts.threads)
@@ -119,7 +120,8 @@ def run_shape_worker(opts: argparse.Namespace) -> int:
     # The loop `generate` runs: the runner's token generator for the chosen path (prefix reuse,
     # on-device greedy sampling, one host sync a token), over a context of the model's length.
     runner = DecodeRunner(model, device=device, dtype=dtype)
-    token_ids = runner.static_token_ids if opts.decode == "static" else runner.plain_token_ids
+    path = default_decode_path(device) if opts.decode == "auto" else opts.decode
+    token_ids = runner.static_token_ids if path == "static" else runner.plain_token_ids
     params = SamplingParams(temperature=0, max_tokens=opts.gen_tokens)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, args.vocab_size, (opts.prompt_tokens,), generator=gen).tolist() for _ in range(2)]
@@ -146,7 +148,7 @@ def run_shape_worker(opts: argparse.Namespace) -> int:
     row = {
         "shape": opts.shape,
         "scheme": opts.scheme or "bfloat16",
-        "decode_path": opts.decode,
+        "decode_path": path,
         "device": device.type,
         "build_seconds": round(build_seconds, 3),
         "ttft_cold_seconds": round(ttft[0], 6),

@@ -23,6 +23,7 @@ from .inspect import attention_row
 from .probs import ProbRecorder
 from .runner import DecodeRunner
 from .sampling import SamplingParams
+from .static import default_decode_path
 from .static import supports as static_supports
 
 DECODE_PATHS = ("auto", "static", "plain")
@@ -76,8 +77,10 @@ class NativeModel(Model):
     def decode_path(self) -> str:
         """How generation decodes: "static" (fixed-shape KV buckets, CUDA graphs on CUDA:
         engine/runtime/static.py) or "plain" (the decoder over a growing KV cache). "auto", the
-        default, is static wherever it runs (all but dynamic NTK RoPE): measured faster on both
-        CUDA and CPU (docs/performance.md). `logits` always runs plain."""
+        default, is `static.default_decode_path` for the device: static on CUDA and MPS (where a
+        new shape every token plans or compiles kernels again), plain on a CPU (measured 3%
+        faster there: docs/performance.md); plain for dynamic NTK RoPE, which the static path
+        cannot run. `logits` always runs plain."""
         return self._decode_path
 
     @decode_path.setter
@@ -87,7 +90,7 @@ class NativeModel(Model):
         if value == "static" and not static_supports(self.args):
             raise RequestError("the static decode path does not run dynamic NTK RoPE; use decode='plain'")
         if value == "auto":
-            value = "static" if static_supports(self.args) else "plain"
+            value = default_decode_path(self.device) if static_supports(self.args) else "plain"
         self._decode_path = value
 
     @classmethod

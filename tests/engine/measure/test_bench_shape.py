@@ -69,12 +69,12 @@ def test_shape_bench_on_cpu_reports_ttft_decode_and_roofline():
     assert r["ttft_cold_vs_warm"] == pytest.approx(r["ttft_cold_seconds"] / r["ttft_warm_seconds"], rel=1e-3)
     assert r["reply_cold_vs_warm"] == pytest.approx(r["reply_cold_seconds"] / r["reply_warm_seconds"], rel=1e-3)
     assert r["reply_cold_seconds"] > r["ttft_cold_seconds"]  # the reply holds its first token and 3 more
-    assert s["decode"] == r["decode_path"] == "static"  # what generation uses
+    assert s["decode"] == "auto" and r["decode_path"] == "plain"  # what generation uses on a CPU
 
 
-def test_shape_bench_runs_the_plain_path_on_request():
-    report = shape_report("--decode", "plain", repeats=1)
-    assert report["settings"]["decode"] == report["result"]["decode_path"] == "plain"
+def test_shape_bench_runs_the_static_path_on_request():
+    report = shape_report("--decode", "static", repeats=1)
+    assert report["settings"]["decode"] == report["result"]["decode_path"] == "static"
     assert all(report["result"][key] > 0 for key in FIELDS)
 
 

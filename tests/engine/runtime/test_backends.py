@@ -134,8 +134,17 @@ def test_native_logits_after_prefix_reuse_equal_a_fresh_prefill(plain_decode):
     torch.testing.assert_close(tail, model.logits(ids)[reused:], atol=1e-4, rtol=0)
 
 
-def test_static_logits_after_prefix_reuse_equal_a_fresh_prefill(default_model):
-    model = default_model
+@pytest.fixture
+def static_decode(default_model):
+    """The default model decoding through the static path (what CUDA and MPS take by default)."""
+    assert default_model.decode_path == "plain"  # a CPU's default (static.default_decode_path)
+    default_model.decode_path = "static"
+    yield default_model
+    default_model.decode_path = "auto"
+
+
+def test_static_logits_after_prefix_reuse_equal_a_fresh_prefill(static_decode):
+    model = static_decode
     assert model.decode_path == "static"
     session = ChatSession(model)
     a, b = turns(3)[1], turns(3)[2]

@@ -21,7 +21,9 @@ TINY = TinyConfig(seed=7, weight_scale=0.1, context_length=1024)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = write_tiny_llama(tmp_path_factory.mktemp("static-runner") / "tiny.gguf", TINY)
-    return NativeModel(path, device="cpu", dtype="float32")
+    model = NativeModel(path, device="cpu", dtype="float32")
+    model.decode_path = "static"  # a CPU's default is plain (static.default_decode_path): these test static
+    return model
 
 
 def reply(model, prompt, params, path):
@@ -29,7 +31,7 @@ def reply(model, prompt, params, path):
     try:
         return list(islice(model._token_ids(prompt, params, None), params.max_tokens))
     finally:
-        model.decode_path = "auto"
+        model.decode_path = "static"
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=0), dict(temperature=0.9, seed=5, repetition_penalty=1.2)],
@@ -58,7 +60,7 @@ def test_regenerate_and_a_second_turn_reuse_the_prefix_and_equal_the_plain_path(
         second = list(session.chat(turn2, max_tokens=40, temperature=0))[-1]
         results[path] = (first.text, again.text, again.cached_tokens, again.prompt_tokens, second.text,
                          second.cached_tokens)
-    tiny.decode_path = "auto"
+    tiny.decode_path = "static"
     assert results["static"] == results["plain"]
     first, again, cached, prompt_tokens, second, cached2 = results["static"]
     assert again == first and cached == prompt_tokens - 1
@@ -116,3 +118,6 @@ def test_clear_cache_makes_the_next_prompt_cold(tiny):
     tiny.clear_cache()
     *_, cold = tiny.chat(messages, max_tokens=4, temperature=0)
     assert cold.cached_tokens == 0 and cold.text == warm.text
+    tiny.decode_path = "auto"
+    assert tiny.decode_path == "plain"  # a CPU's default
+    tiny.decode_path = "static"
