@@ -69,6 +69,19 @@ class TokenSampler:
         self._took(next_logits, token)
         return token
 
+    def step(self, logits: torch.Tensor, forced: deque[int] | None) -> tuple[torch.Tensor | int, int]:
+        """One token of a decode loop: (what to feed back, its id). The next id in `forced` (the
+        reasoning budget's close marker) if there is one, else a draw, read back once: the one
+        host sync of the step. Either way the grammar, if any, moves on."""
+        if forced:
+            token = next_id = forced.popleft()
+            self.forced(logits, next_id)
+        else:
+            token = self(logits)  # a 0-d device tensor
+            next_id = token_id(token)
+        self.advance(next_id)
+        return token, next_id
+
     def forced(self, logits: torch.Tensor, token: int) -> None:
         """`token` is fed instead of drawn (the reasoning budget's close marker): it joins the
         history all the same."""
@@ -167,13 +180,7 @@ class DecodeRunner:
         logits = self.prefill(prompt_ids[reused:], kv)
         cache.ids = list(prompt_ids)
         while True:
-            if forced:
-                token = next_id = forced.popleft()
-                sample.forced(logits, next_id)
-            else:
-                token = sample(logits)  # a 0-d device tensor
-                next_id = token_id(token)  # the one host sync of the step
-            sample.advance(next_id)
+            token, next_id = sample.step(logits, forced)
             yield next_id
             if kv.offset >= min(kv.max_seq_len, context_length):
                 return  # the context window is full
@@ -230,13 +237,7 @@ class DecodeRunner:
         held.extend(prompt_ids[reused:])
         sample = self.sampler(params, n_tokens, prompt_ids, record, constraint)
         while True:
-            if forced:
-                token = next_id = forced.popleft()
-                sample.forced(logits, next_id)
-            else:
-                token = sample(logits)  # a 0-d device tensor
-                next_id = token_id(token)  # the one host sync of the step
-            sample.advance(next_id)
+            token, next_id = sample.step(logits, forced)
             yield next_id
             if dec.offset >= dec.limit:
                 return  # the context window is full
