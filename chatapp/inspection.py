@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 TOP = 10  # alternatives recorded per token
 # Probability bands for colour (and the legend): lower bound, name, style.
-BANDS = ((0.9, "sure", "green"), (0.5, "likely", "yellow"), (0.2, "unsure", "dark_orange"), (0.0, "guess", "red"))
+# Four hues that stay apart in dark and light themes (ANSI yellow renders orange in some).
+BANDS = ((0.9, "sure", "#4caf50"), (0.5, "likely", "#e5c07b"), (0.2, "unsure", "#e08030"), (0.0, "guess", "#e05561"))
 
 
 @dataclass(frozen=True)
