@@ -186,3 +186,47 @@ def test_a_named_tool_no_longer_offered_falls_back_to_auto_and_says_so(tmp_path,
     assert any("names gone_tool, which is not offered now" in n for n in notes)
     assert model.constraints[0].trigger is not None  # auto
     assert model.sampled_with[0].temperature == 0.5  # the tool choice is not a sampling setting
+
+
+def test_a_forced_call_on_the_real_default_model_is_valid(tmp_path):
+    """The bundled SmolLM2's own template has no tool format, so the app offers it no tools; with
+    the built-in fallback template's ChatML tool prompt, a forced call (here of one named tool, so
+    that no approval dialog can stop the test) makes even this 135M model call it, well-formed,
+    through the whole app (the call runs and its result is stored)."""
+    import engine
+    from engine.text.template import ChatTemplate
+
+    model = engine.load(None, backend="gguf", context_length=2048)
+    assert not model.supports_tools  # what the app gets from the bundled model as shipped
+    model.template = ChatTemplate.from_gguf_metadata({}, bos_token=model.template.bos_token,
+                                                     eos_token=model.template.eos_token)
+    assert model.supports_tools
+    store = Store(tmp_path / "history.db")
+    conv = store.create_conversation(model="default").id
+    store.update_conversation(conv, settings={"tool_choice": {"function": "set_alarm"}, "max_tokens": 64, "temperature": 0.7, "seed": 1})
+    store.close()
+    app = clock_app(tmp_path, model)
+
+    async def main():
+        async with app.run_test(size=(100, 40)) as pilot:
+            await wait_for(pilot, lambda: app.model is not None, what="the model")
+            app.chat_screen.open_conversation(conv)
+            await pilot.pause()
+            await send(pilot, "Wake me up at 6:45 please.")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and any(m.role == "tool" for m in messages(app)),
+                           timeout=60, what="the tool call and its result")
+            await wait_for(pilot, lambda: app.chat_screen.job is None, timeout=60, what="the turn's end")
+            return messages(app)
+
+    stored = asyncio.run(main())
+    reply = next(m for m in stored if m.role == "assistant")
+    assert reply.status == "complete" and reply.tool_calls and len(reply.tool_calls) == 1, reply
+    function = reply.tool_calls[0]["function"]
+    arguments = json.loads(function["arguments"])
+    assert function["name"] == "set_alarm"
+    tool = app.tool_registry.get(function["name"])
+    import jsonschema
+
+    jsonschema.validate(arguments, tool.schema()["function"]["parameters"])
+    result = next(m for m in stored if m.role == "tool")
+    assert result.meta["is_error"] is False, result.content
