@@ -77,6 +77,7 @@ def conversation_settings(store: Store, conversation_id: int | None) -> tuple[st
     conv = store.get_conversation(conversation_id)
     chosen = dict(conv.settings or {})
     chosen.pop(REASONING_KEY, None)  # not sampling: conversation_reasoning reads it
+    chosen.pop(TOOL_CHOICE_KEY, None)  # not sampling: conversation_tool_choice reads it
     return conv.system_prompt, {} if chosen == LEGACY_DEFAULT_COPY else chosen
 
 
@@ -142,6 +143,67 @@ def _store_reasoning(store: Store, conversation_id: int, chosen: dict) -> None:
     store.update_conversation(conversation_id, settings=settings)
 
 
+# The settings JSON's key for the tool choice: "none", "required", or a tool's name as
+# {"function": NAME}; absent means "auto" (the model decides whether to call a tool).
+TOOL_CHOICE_KEY = "tool_choice"
+TOOL_CHOICES = ("auto", "none", "required")
+
+
+def conversation_tool_choice(store: Store, conversation_id: int | None) -> str | dict:
+    """What the user chose about tool calls here: "auto" (also for anything stored that is not a
+    valid choice), "none", "required", or {"function": NAME} for one named tool."""
+    if conversation_id is None:
+        return "auto"
+    stored = (store.get_conversation(conversation_id).settings or {}).get(TOOL_CHOICE_KEY)
+    if stored in TOOL_CHOICES:
+        return stored
+    if isinstance(stored, dict) and isinstance(stored.get("function"), str) and stored["function"]:
+        return {"function": stored["function"]}
+    return "auto"
+
+
+def describe_tool_choice(choice: str | dict) -> str:
+    return f"call {choice['function']}" if isinstance(choice, dict) else choice
+
+
+def set_tool_choice(store: Store, conversation_id: int | None, choice: str | dict, *, model: str) -> int:
+    """Store the tool choice (settings chosen before the first message start the conversation).
+    Returns the conversation's id."""
+    if conversation_id is None:
+        conversation_id = store.create_conversation(model=model).id
+    settings = dict(store.get_conversation(conversation_id).settings or {})
+    settings.pop(TOOL_CHOICE_KEY, None)
+    if choice != "auto":
+        settings[TOOL_CHOICE_KEY] = dict(choice) if isinstance(choice, dict) else choice
+    store.update_conversation(conversation_id, settings=settings)
+    return conversation_id
+
+
+def tool_choice_support(model, tool_names) -> str | None:
+    """Why the tool choice does not apply with this model and these tools (None: it does)."""
+    if model is None:
+        return "no model is loaded yet"
+    if not model.supports_tools:
+        return "not available for this model (its chat template has no tool format, so no tools are offered)"
+    if not tool_names:
+        return "no tools are offered (no tool is registered)"
+    return None
+
+
+def tool_choice_request(choice: str | dict, schemas: list[dict] | None) -> tuple[str | dict | None, str | None]:
+    """(the engine's tool_choice for this reply, a notice or None): None when no tools are
+    offered; a named tool that is no longer offered falls back to "auto", and the notice says so."""
+    if not schemas:
+        return None, None
+    if isinstance(choice, dict):
+        name = choice["function"]
+        if not any(s.get("function", {}).get("name") == name for s in schemas):
+            return "auto", (f"The tool choice names {name}, which is not offered now: the model decides "
+                            "(auto). ctrl+s changes it.")
+        return {"type": "function", "function": {"name": name}}, None
+    return choice, None
+
+
 def sampling_params(model, chosen: dict) -> SamplingParams:
     """SamplingParams() < the model's recommended defaults < what the user chose (ValueError on a
     stored value SamplingParams refuses)."""
@@ -151,18 +213,21 @@ def sampling_params(model, chosen: dict) -> SamplingParams:
 
 
 def save_settings(store: Store, conversation_id: int | None, system_prompt: str | None, sampling: dict,
-                  *, model: str, reasoning: dict | None = None) -> int:
+                  *, model: str, reasoning: dict | None = None, tool_choice: str | dict | None = None) -> int:
     """Store the settings; settings saved before the first message start the conversation. Returns
-    the conversation's id. `reasoning`: as conversation_reasoning gives it (None: left as stored)."""
+    the conversation's id. `reasoning`: as conversation_reasoning gives it, `tool_choice` as
+    conversation_tool_choice (None: left as stored)."""
     if conversation_id is None:
         conversation_id = store.create_conversation(model=model).id
     if reasoning is None:
         reasoning = conversation_reasoning(store, conversation_id)
-    settings = {k: v for k, v in sampling.items() if k != REASONING_KEY}
+    if tool_choice is None:
+        tool_choice = conversation_tool_choice(store, conversation_id)
+    settings = {k: v for k, v in sampling.items() if k not in (REASONING_KEY, TOOL_CHOICE_KEY)}
     if reasoning:
         settings[REASONING_KEY] = dict(reasoning)
     store.update_conversation(conversation_id, system_prompt=system_prompt, settings=settings)
-    return conversation_id
+    return set_tool_choice(store, conversation_id, tool_choice, model=model)
 
 
 # ---- turns ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from textual.message import Message
 from engine import EngineError, ReasoningDelta, TextDelta, parse_tool_calls
 from engine.runtime import POLICY
 
+from .conversation import tool_choice_request
 from .inspection import TOP, meta_rows
 from .messages import (
     ContextFitted,
@@ -54,6 +55,8 @@ class Job:
     pending: PendingWrites = field(default_factory=PendingWrites)
     finished: threading.Event = field(default_factory=threading.Event)  # set when run_job returns
     reasoning: Reasoning | None = None  # thinking on/off and its budget (None: the template's default)
+    # "auto", "none", "required" or {"function": NAME}: conversation.conversation_tool_choice
+    tool_choice: str | dict = "auto"
 
 
 def history_for_model(store: Store, conversation_id: int) -> list[dict]:
@@ -89,6 +92,8 @@ def run_job(job: Job, store: Store, post: Callable[[Message], object]) -> None:
                     post(Notice(_unsaved("the tool result", job.pending.last_error), "warning"))
                     return
             post(HistoryChanged())
+            if job.tool_choice == "required" or isinstance(job.tool_choice, dict):
+                job.tool_choice = "auto"  # a forced call starts the turn; with its results the model answers
             if job.cancel.is_set():  # stopped while a tool ran: its result is kept, the model not asked again
                 return
         post(Notice(f"Stopped after {MAX_CHAINED_CALLS} rounds of tool calls in one turn.", "warning"))
@@ -109,9 +114,13 @@ def _one_reply(job: Job, store: Store, post) -> list:
     session, params = job.session, job.params
     model = session.model
     schemas = None
-    if job.tools is not None and model.supports_tools:
+    offered = job.tools is not None and job.tool_choice != "none"  # "none": no tools shown, no calls run
+    if offered and model.supports_tools:
         job.tools.registry.prepare()  # starts MCP servers on first use (here, off the UI thread)
         schemas = job.tools.registry.schemas()
+    tool_choice, note = tool_choice_request(job.tool_choice, schemas)
+    if note:
+        post(Notice(note, "warning"))
     history = history_for_model(store, job.conversation_id)
     # Retried a few times: without the row there is nothing to stream into (the turn is kept).
     reply = with_retries(partial(store.add_message, job.conversation_id, "assistant", "", status="streaming",
@@ -125,7 +134,7 @@ def _one_reply(job: Job, store: Store, post) -> list:
     try:
         # Probabilities for the inspector (chatapp/inspection.py): a softmax and top-k a token.
         record = {"token_probs": TOP} if model.records_token_probs and not model.is_remote else {}
-        for event in session.chat(history, params, tools=schemas, should_stop=job.cancel.is_set,
+        for event in session.chat(history, params, tools=schemas, tool_choice=tool_choice, should_stop=job.cancel.is_set,
                                   reasoning=job.reasoning, **record):
             if isinstance(event, (TextDelta, ReasoningDelta)):
                 now = time.monotonic()
@@ -178,23 +187,32 @@ def _one_reply(job: Job, store: Store, post) -> list:
         )
         if result.token_probs and not result.dropped_messages:
             meta.update(token_probs=meta_rows(result),
-                        prompt_ids=model.encode_chat(history, tools=schemas, reasoning=job.reasoning))
+                        prompt_ids=model.encode_chat(history, tools=shown_tools(schemas, tool_choice),
+                                                     reasoning=job.reasoning))
         if result.reasoning_tokens:
             meta.update(reasoning_tokens=result.reasoning_tokens,
                         reasoning_seconds=round(thinking_ended - thinking_started, 2) if thinking_started else 0.0)
     calls, content = [], text
-    if status == "complete" and job.tools is not None:
+    if status == "complete" and offered:
         parsed = parse_tool_calls(text, job.tools.registry.tools().keys())
         for error in parsed.errors:
             post(Notice(f"A tool call could not be parsed: {error}", "warning"))
         if parsed.tool_calls:  # otherwise the raw text stays, parse failures included
             calls, content = parsed.tool_calls, parsed.content
-    if status == "complete" and job.tools is not None and result is not None and result.tool_calls:
+    if status == "complete" and offered and result is not None and result.tool_calls:
         calls = [*calls, *result.tool_calls]  # a remote server's calls arrive parsed, outside the text
     saved = _save(job, post, partial(store.update_message, reply.id, content=content, status=status, meta=meta,
                                      tool_calls=[c.to_openai() for c in calls] or None, reasoning=thought))
     post(ReplyFinished(reply.id, status, result))
     return calls if saved else []  # tool results must not be stored before the calls that asked
+
+
+def shown_tools(schemas: list[dict] | None, tool_choice) -> list[dict] | None:
+    """The tools the prompt showed (a named tool choice shows that tool only, as the engine's
+    chat_constraint does)."""
+    if not isinstance(tool_choice, dict) or not schemas:
+        return schemas
+    return [s for s in schemas if s.get("function", {}).get("name") == tool_choice["function"]["name"]]
 
 
 def _save(job: Job, post, write) -> bool:

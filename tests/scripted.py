@@ -33,6 +33,7 @@ class ScriptedModel(Model):
         self.delay = delay
         self.received: list[list[dict]] = []  # the messages of every prompt generated from, in order
         self.sampled_with: list[SamplingParams] = []  # the settings of every generation, in order
+        self.constraints: list = []  # the grammar constraint of every generation (None: none), in order
         self.sampling_defaults = {}
         self._encoded: dict[tuple[int, ...], list[dict]] = {}
 
@@ -49,6 +50,7 @@ class ScriptedModel(Model):
         # (a grammar constraint is ignored: the script is the reply)
         self.received.append(self._encoded.get(tuple(prompt_ids), []))
         self.sampled_with.append(params)
+        self.constraints.append(constraint)
         self.prompts = [*getattr(self, "prompts", []), self.tokenizer.decode(prompt_ids)]
         reply = self.replies.pop(0) if self.replies else "(no more scripted replies)"
         script = self.tokenizer.encode(reply, add_special=False, parse_special=True)

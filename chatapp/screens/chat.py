@@ -328,6 +328,7 @@ class ChatScreen(ConversationActions, Screen):
             return
         job.session, job.params = self.session, params
         job.reasoning = conv_ops.reasoning_request(conv_ops.conversation_reasoning(self.store, job.conversation_id))
+        job.tool_choice = conv_ops.conversation_tool_choice(self.store, job.conversation_id)
         self._generate(job)
 
     @work(thread=True, group="generate")

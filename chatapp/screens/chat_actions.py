@@ -28,14 +28,30 @@ class ConversationActions:
             if result is None:
                 return
             self.conversation_id = conv_ops.save_settings(self.store, self.conversation_id, result[0], result[1],
-                                                          model=model_label(self.app.model_name), reasoning=result[2])
+                                                          model=model_label(self.app.model_name), reasoning=result[2],
+                                                          tool_choice=result[3])
             self.refresh_sidebar()
             self.notify("Settings saved for this conversation.")
 
         model_defaults = getattr(self.app.model, "sampling_defaults", None) or {}
+        names = list(self.tool_runner.registry.tools())
         self.app.push_screen(SettingsScreen(system, sampling, model_defaults,
                                             reasoning=conv_ops.conversation_reasoning(self.store, self.conversation_id),
-                                            support=conv_ops.thinking_support(self.app.model)), saved)
+                                            support=conv_ops.thinking_support(self.app.model),
+                                            tool_choice=conv_ops.conversation_tool_choice(self.store, self.conversation_id),
+                                            tool_names=names, no_tools=conv_ops.tool_choice_support(self.app.model, names)),
+                             saved)
+
+    def action_set_tool_choice(self, choice: str) -> None:
+        """The palette's tool choice entries (a named tool: ctrl+s)."""
+        why = conv_ops.tool_choice_support(self.app.model, list(self.tool_runner.registry.tools()))
+        if why is not None:
+            self.notify(f"Tool choice {choice} not set: {why}.", severity="warning")
+            return
+        self.conversation_id = conv_ops.set_tool_choice(self.store, self.conversation_id, choice,
+                                                        model=model_label(self.app.model_name))
+        self.refresh_sidebar()
+        self.notify(f"Tool choice {choice} for this conversation (from the next reply).")
 
     def action_toggle_thinking(self) -> None:
         if not conv_ops.thinking_support(self.app.model)[0]:

@@ -1,4 +1,5 @@
-"""Per-conversation settings: system prompt, sampling, and thinking (on/off and a budget).
+"""Per-conversation settings: system prompt, sampling, thinking (on/off and a budget) and the
+tool choice (auto, none, required, or one named tool).
 
 Only what the user types is stored: an empty field means "the model's default" (its
 models.toml / generation_config.json recommendation, else the engine's), so a conversation
@@ -8,7 +9,7 @@ of an empty field shows the value that applies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from textual import on
 from textual.app import ComposeResult
@@ -31,22 +32,43 @@ _LABELS = {name: label for name, label, _kind in FIELDS}
 # The thinking choice: Select value -> the stored `thinking` (None: the template's default).
 THINKING = {"default": None, "on": True, "off": False}
 NOT_AVAILABLE = "not available for this model (its chat template has no thinking switch)"
+# The tool choice's Select: "auto", "none", "required", or TOOL_PREFIX + a tool's name.
+TOOL_CHOICE_OPTIONS = (("auto (the model decides)", "auto"), ("none (no tools offered)", "none"),
+                       ("required (a tool call first)", "required"))
+TOOL_PREFIX = "tool:"
 
 
-class SettingsScreen(ModalScreen[tuple[str | None, dict, dict] | None]):
+class SettingsScreen(ModalScreen[tuple[str | None, dict, dict, str | dict] | None]):
     """Answers (system_prompt or None, the sampling values the user set, the thinking choices
-    as conversation.conversation_reasoning gives them), or None when cancelled."""
+    as conversation.conversation_reasoning gives them, the tool choice as
+    conversation.conversation_tool_choice gives it), or None when cancelled."""
 
     BINDINGS = [("escape", "dismiss(None)", "Cancel"), ("ctrl+s", "save", "Save")]
 
     def __init__(self, system_prompt: str | None, sampling: Mapping, model_defaults: Mapping | None = None, *,
-                 reasoning: Mapping | None = None, support: tuple[bool, bool] = (False, False)) -> None:
+                 reasoning: Mapping | None = None, support: tuple[bool, bool] = (False, False),
+                 tool_choice: str | dict = "auto", tool_names: Sequence[str] = (), no_tools: str | None = None) -> None:
         super().__init__(classes="dialog-screen")
         self.system_prompt = system_prompt
         self.sampling = {k: v for k, v in sampling.items() if v is not None}
         self.model_defaults = dict(model_defaults or {})
         self.reasoning = dict(reasoning or {})
         self.support = support  # (on/off switch, budget) on this model: conversation.thinking_support
+        self.tool_choice = tool_choice
+        self.tool_names = list(tool_names)
+        self.no_tools = no_tools  # why the tool choice does not apply: conversation.tool_choice_support
+
+    def _tool_options(self) -> tuple[list[tuple[str, str]], str]:
+        """The tool choice's options (one per offered tool, and the stored one even if it is not
+        offered now, so saving keeps it) and the chosen option's value."""
+        options = list(TOOL_CHOICE_OPTIONS)
+        names = list(self.tool_names)
+        if isinstance(self.tool_choice, dict) and self.tool_choice["function"] not in names:
+            names.append(self.tool_choice["function"])
+        options += [(f"call {name}" + ("" if name in self.tool_names else " (not offered now)"), TOOL_PREFIX + name)
+                    for name in names]
+        chosen = TOOL_PREFIX + self.tool_choice["function"] if isinstance(self.tool_choice, dict) else self.tool_choice
+        return options, chosen
 
     def compose(self) -> ComposeResult:
         effective = SamplingParams.merged(self.model_defaults)
@@ -74,6 +96,12 @@ class SettingsScreen(ModalScreen[tuple[str | None, dict, dict] | None]):
                                 placeholder="no limit (tokens)", disabled=not budget)
             if not switch:
                 yield Label(f"Thinking on/off: {NOT_AVAILABLE}", id="thinking-note", classes="note")
+            with Horizontal(id="tool-choice-fields", classes="field"):
+                yield Label("tool choice", classes="field-label")
+                options, chosen = self._tool_options()
+                yield Select(options, value=chosen, allow_blank=False, id="tool_choice", disabled=self.no_tools is not None)
+            if self.no_tools is not None:
+                yield Label(f"Tool choice: {self.no_tools}", id="tool-choice-note", classes="note", markup=False)
             yield Label("", id="error", classes="error", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Save (ctrl+s)", variant="primary", id="save")
@@ -117,7 +145,9 @@ class SettingsScreen(ModalScreen[tuple[str | None, dict, dict] | None]):
                     return
                 reasoning["budget"] = int(text)
         system = self.query_one("#system", TextArea).text.strip() or None
-        self.dismiss((system, chosen, reasoning))
+        value = str(self.query_one("#tool_choice", Select).value)
+        tool_choice = {"function": value.removeprefix(TOOL_PREFIX)} if value.startswith(TOOL_PREFIX) else value
+        self.dismiss((system, chosen, reasoning, tool_choice))
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
