@@ -57,7 +57,7 @@ CHAT_QUESTIONS = (
 # The JSON fields of one configuration, in the order they are printed ("gpu" only on CUDA).
 ROW_KEYS = ("backend", "device", "gpu", "dtype", "load_seconds", "ttft_seconds", "prefill_tokens_per_second", "prefill_vs_ref",
             "decode_tokens_per_second", "decode_vs_ref", "decode_runs", "decode_vs_ref_median", "generated_tokens",
-            "peak_rss_mib", "cuda_max_allocated_mib", "step", "chat")
+            "peak_rss_mib", "cuda_max_allocated_mib", "step", "chat", "grammar")
 WARMUP_TOKENS = 8  # an untimed generation of the same prompt before each worker's timed one
 MIN_CONTEXT = 2048  # the context window every configuration gets (more if prompt + reply need it)
 
@@ -266,6 +266,14 @@ def format_report(report: dict) -> str:
         lines += [f"{name:<{w}} {st['mb_read_per_token']:7.1f} MB a token at {st['gb_per_s']:5.1f} GB/s, stream "
                   f"{st['stream_gb_per_s']:5.1f} GB/s: roofline {st['roofline_tokens_per_second']:7.1f} tok/s, step at "
                   f"{1000 / st['step_ms'] / st['roofline_tokens_per_second']:.0%} of it" for name, st in steps.items()]
+    grammars = {name: r["grammar"] for name, r in rows.items() if r.get("grammar")}
+    if grammars:
+        lines += ["", "decode with every token under a JSON-schema grammar (xgrammar mask; response_format json_schema), "
+                      "against the same worker's unconstrained decode:"]
+    for name, g in grammars.items():
+        runs = ", ".join(f"{v:.2f}" for v in g["vs_unconstrained_runs"] if v is not None)
+        lines.append(f"{name:<12} {g['decode_tokens_per_second']:7.1f} tok/s ({g['generated_tokens']} tokens), "
+                     f"x unconstrained per round: {runs}")
     chats = {name: r["chat"] for name, r in rows.items() if r.get("chat")}
     if chats:
         lines += ["", f"chat: {s['chat_turns']} turns through ChatSession, up to {s['chat_max_tokens']} tokens a reply "
@@ -301,6 +309,10 @@ def _merge_rounds(rows: list[dict]) -> dict:
     steps = [r["step"] for r in rows if r.get("step")]
     if steps:
         best["step"] = min(steps, key=lambda st: st["step_ms"])
+    grammars = [r["grammar"] for r in rows if r.get("grammar")]
+    if grammars:
+        best["grammar"] = max(grammars, key=lambda g: g["decode_tokens_per_second"])
+        best["grammar"]["vs_unconstrained_runs"] = [g["vs_unconstrained"] for g in grammars]
     chats = [r["chat"] for r in rows if r.get("chat")]
     if chats:
         first = min((c["turn1"] for c in chats), key=lambda t: t["ttft_seconds"])

@@ -73,6 +73,8 @@ def _ours(args: argparse.Namespace, backend: str, dtype: str | None, prompt: lis
         **_figures(result.prompt_seconds, result.prompt_tokens_per_second, result.tokens_per_second, result.completion_tokens),
         "cuda_max_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "chat": _chat(model, forget) if args.worker in CHAT_CONFIGS else None,
+        "grammar": _grammar(model, prompt, args.gen_tokens, result.tokens_per_second, forget)
+        if args.worker in CHAT_CONFIGS else None,
     }
     if backend == "native":
         row["peak_rss_mib"] = round(peak_rss_mib(), 1)  # before the step split's 256 MB bandwidth probe
@@ -222,6 +224,7 @@ def _reference(args: argparse.Namespace, prompt: list[int], context: int) -> dic
         **_figures(first - start, len(prompt) / (first - start), (n - 1) / (end - first) if n > 1 else 0.0, n),
         "cuda_max_allocated_mib": None,
         "chat": None,
+        "grammar": None,
     }
 
 
@@ -261,3 +264,20 @@ def _chat(model, forget) -> dict:
 def _last(events):
     *_, result = events
     return result
+
+
+# A reply the grammar keeps going: one JSON string field that must be long, so a greedy model cannot
+# close the object early and every timed token is drawn under the mask.
+GRAMMAR_SCHEMA = {"type": "object", "properties": {"text": {"type": "string", "minLength": 4000}}, "required": ["text"]}
+
+
+def _grammar(model, prompt: list[int], gen_tokens: int, free_rate: float, forget) -> dict:
+    """Decode tok/s of the same prompt with every token drawn under a JSON-schema grammar
+    (engine/runtime/grammar.py: the mask computed on the host, applied to the logits), against
+    the unconstrained rate measured just before."""
+    _, constraint = model.constrain(None, None, {"type": "json_schema", "json_schema": {"schema": GRAMMAR_SCHEMA}})
+    forget()
+    result = _last(model.generate(prompt, max_tokens=gen_tokens, temperature=0, constraint=constraint))
+    rate = result.tokens_per_second
+    return {"decode_tokens_per_second": round(rate, 2), "generated_tokens": result.completion_tokens,
+            "vs_unconstrained": round(rate / free_rate, 3) if free_rate else None}

@@ -62,6 +62,17 @@ def test_bench_json_has_every_config_with_ratios_and_chat_turns():
         assert last["prompt_tokens"] > first["prompt_tokens"]
         assert 0 < last["prefilled_tokens"] < last["prompt_tokens"] // 2, (name, last)
 
+    # Decode under a JSON-schema grammar, beside the unconstrained rate of the same worker: the
+    # schema keeps the reply open, so every one of the 8 tokens is drawn under the mask.
+    for name in CONFIGS:
+        grammar = report["configs"][name]["grammar"]
+        if name not in CHAT_CONFIGS:
+            assert grammar is None
+            continue
+        assert grammar["generated_tokens"] == 8 and grammar["decode_tokens_per_second"] > 0, (name, grammar)
+        (ratio,) = grammar["vs_unconstrained_runs"]
+        assert ratio == grammar["vs_unconstrained"] > 0
+
 
 @pytest.mark.parametrize(
     "args, message",
