@@ -12,19 +12,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..model.cache import KVCache, PromptCache, common_prefix
 from ..model.decoder import Transformer
 from ..model.rope import RopeTables
+from .grammar import Constraint, apply_bitmask
 from .probs import ProbRecorder
 from .sampling import SamplingParams, token_id
 from .static import StaticDecoder
-
-if TYPE_CHECKING:
-    from .grammar import Constraint
 
 PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory on long prompts
 
@@ -62,8 +59,6 @@ class TokenSampler:
         if self.constraint is not None:
             mask = self.constraint.bitmask()
             if mask is not None:
-                from .grammar import apply_bitmask
-
                 drawn_from = apply_bitmask(next_logits, mask)
         token = self.draw(drawn_from)
         self._took(next_logits, token)
