@@ -72,7 +72,10 @@ def test_reply_finishing_while_locked_is_kept_and_saved_later(tmp_path, default_
             other.close()
             await wait_for(pilot, lambda: messages(app)[1].status == "complete", timeout=15, what="the kept reply saved")
             assert messages(app)[1].content == LONG
-            assert "everything kept in memory is saved" in notices(app)
+            # The notice is posted from the worker thread once the rows are in: it reaches the
+            # screen a frame or two after the store has them.
+            await wait_for(pilot, lambda: "everything kept in memory is saved" in notices(app), timeout=5,
+                           what="the saved notice")
 
     asyncio.run(main())
 
