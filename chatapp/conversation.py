@@ -263,8 +263,7 @@ def edit_and_resend(store: Store, conversation_id: int, target: Message, text: s
     the edit is blank."""
     if not text.strip():
         return None
-    store.delete_messages_from(conversation_id, target.seq)
-    return store.add_message(conversation_id, "user", text.strip())
+    return store.add_message(conversation_id, "user", text.strip(), replace_from=target.seq)
 
 
 Browse = Literal["no alternatives", "moved", "at the end"]

@@ -4,6 +4,7 @@ a reply. The store writes and reads them; export formats them without importing 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,3 +69,38 @@ def derive_title(first_user_message: str | None) -> str:
         if line:
             return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
     return DEFAULT_TITLE
+
+
+# --- checks of what callers hand the store, before anything is written ---
+
+
+def check_choice(value: object, allowed: frozenset[str], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(sorted(allowed))}, not {value!r}")
+
+
+def check_str(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+
+
+def check_optional_str(value: object, what: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{what} must be a string or None, not {type(value).__name__}")
+
+
+def check_tool_calls(tool_calls: Any) -> None:
+    if not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
+        raise ValueError("tool_calls must be a list of dicts (OpenAI form) or None")
+
+
+def check_dict(value: object, what: str) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{what} must be a dict or None, not {type(value).__name__}")
+
+
+def to_json(value: object, what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-serialisable: {e}") from None

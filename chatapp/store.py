@@ -6,7 +6,10 @@ uncommitted write. Every write is its own short IMMEDIATE transaction; nothing s
 calls. The schema changes only through the numbered, append-only migrations in chatapp.migrations.
 
 Pure stdlib + platformdirs. The app calls it from the UI thread and from generation workers, so the
-one connection is shared (`check_same_thread=False`) under a lock.
+one connection is shared (`check_same_thread=False`) under a lock. A write waiting for another
+process's lock waits in short slices with that lock released, so the other threads' reads go on
+meanwhile; the UI thread caps its own waits (`cap_waits_on_this_thread`), so a locked file never
+freezes the screen for the whole busy timeout.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from chatapp.records import (
     Alternatives,
     Conversation,
     Message,
+    check_choice,
+    check_dict,
+    check_optional_str,
+    check_str,
+    check_tool_calls,
     derive_title,
+    to_json,
 )
 
 __all__ = ["Alternatives", "Conversation", "Message", "Store", "StoreError", "default_db_path", "derive_title",
@@ -39,6 +48,7 @@ __all__ = ["Alternatives", "Conversation", "Message", "Store", "StoreError", "de
 
 _ALTERNATIVE_KEYS = frozenset({"role", "content", "status", "tool_calls", "tool_call_id", "name", "meta", "created_at"})
 BUSY_TIMEOUT_S = 5.0
+WRITE_RETRY_S = 0.02  # the pause between tries of a write lock another process holds
 
 
 class StoreError(Exception):
@@ -60,38 +70,6 @@ _CONVERSATION_SQL = """
 """
 
 
-def _check_choice(value: object, allowed: frozenset[str], what: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(sorted(allowed))}, not {value!r}")
-
-
-def _check_str(value: object, what: str) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
-
-
-def _check_optional_str(value: object, what: str) -> None:
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"{what} must be a string or None, not {type(value).__name__}")
-
-
-def _check_tool_calls(tool_calls: Any) -> None:
-    if not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
-        raise ValueError("tool_calls must be a list of dicts (OpenAI form) or None")
-
-
-def _check_dict(value: object, what: str) -> None:
-    if value is not None and not isinstance(value, dict):
-        raise ValueError(f"{what} must be a dict or None, not {type(value).__name__}")
-
-
-def _to_json(value: object, what: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} is not JSON-serialisable: {e}") from None
-
-
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -105,7 +83,13 @@ class Store:
         self.busy_timeout = busy_timeout  # seconds a write waits for another process's transaction
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._waits = threading.local()  # .cap: this thread's longest wait for the write lock
         self._db = self._open()
+
+    def cap_waits_on_this_thread(self, seconds: float) -> None:
+        """Writes made from the calling thread wait at most `seconds` for another process's lock
+        (the UI thread: a short failure it can report beats a frozen screen)."""
+        self._waits.cap = seconds
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -135,11 +119,11 @@ class Store:
             raise
         return db
 
-    def _error(self, e: sqlite3.Error) -> StoreError:
+    def _error(self, e: sqlite3.Error, waited: float | None = None) -> StoreError:
         code = getattr(e, "sqlite_errorname", "") or ""
         if code.startswith("SQLITE_BUSY"):
             return StoreError(f"chat history {self.path} stayed locked by another process for "
-                              f"{self.busy_timeout:g} s; try again")
+                              f"{self.busy_timeout if waited is None else waited:g} s; try again")
         if code.startswith("SQLITE_FULL"):
             return StoreError(f"chat history {self.path}: the disk is full; free some space")
         if code.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
@@ -164,20 +148,50 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction. IMMEDIATE takes the write lock up front, where the busy
-        timeout applies, instead of failing to upgrade a read lock half-way."""
-        with self._lock:
+        """One committed transaction. IMMEDIATE takes the write lock up front, instead of failing
+        to upgrade a read lock half-way. While another process holds it, tries are repeated
+        outside our lock until this thread's wait is spent (SQLite's own busy wait would hold the
+        shared connection, and every other thread's reads, for all of it)."""
+        cap = getattr(self._waits, "cap", None)
+        wait = self.busy_timeout if cap is None else min(cap, self.busy_timeout)
+        deadline = time.monotonic() + wait
+        while True:
+            self._lock.acquire()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+                self._begin_immediate()
+                break
+            except sqlite3.OperationalError as e:
+                self._lock.release()
+                code = getattr(e, "sqlite_errorname", "") or ""
+                if not code.startswith("SQLITE_BUSY") or time.monotonic() >= deadline:
+                    raise self._error(e, wait) from e
+                time.sleep(WRITE_RETRY_S)
             except sqlite3.Error as e:
-                raise self._error(e) from e
+                self._lock.release()
+                raise self._error(e, wait) from e
+            except BaseException:
+                self._lock.release()
+                raise
+        try:
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise self._error(e, wait) from e
+        finally:
+            self._lock.release()
+
+    def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE without SQLite's busy wait: one try (our caller holds the lock)."""
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def close(self) -> None:
         with self._lock:
@@ -247,10 +261,10 @@ class Store:
 
     def create_conversation(self, *, system_prompt: str | None = None, model: str | None = None,
                             settings: dict | None = None) -> Conversation:
-        _check_optional_str(system_prompt, "system_prompt")
-        _check_optional_str(model, "model")
-        _check_dict(settings, "settings")
-        settings_json = _to_json(settings or {}, "settings")
+        check_optional_str(system_prompt, "system_prompt")
+        check_optional_str(model, "model")
+        check_dict(settings, "settings")
+        settings_json = to_json(settings or {}, "settings")
         with self._write() as db:
             now = time.time()
             cur = db.execute(
@@ -289,7 +303,7 @@ class Store:
 
     def rename(self, id: int, title: str) -> None:
         """A blank title goes back to the derived one."""
-        _check_optional_str(title, "title")
+        check_optional_str(title, "title")
         title = " ".join((title or "").split())  # a title is one line
         with self._write() as db:
             if db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title or None, id)).rowcount == 0:
@@ -305,14 +319,14 @@ class Store:
         """Change only the fields given (None clears one; settings=None means {})."""
         changes: dict[str, Any] = {}
         if system_prompt is not _UNSET:
-            _check_optional_str(system_prompt, "system_prompt")
+            check_optional_str(system_prompt, "system_prompt")
             changes["system_prompt"] = system_prompt
         if model is not _UNSET:
-            _check_optional_str(model, "model")
+            check_optional_str(model, "model")
             changes["model"] = model
         if settings is not _UNSET:
-            _check_dict(settings, "settings")
-            changes["settings"] = _to_json(settings or {}, "settings")
+            check_dict(settings, "settings")
+            changes["settings"] = to_json(settings or {}, "settings")
         with self._write() as db:
             if changes:  # the column names come from the fixed set above, never from the caller
                 assignments = ", ".join(f"{column} = :{column}" for column in changes)
@@ -323,20 +337,24 @@ class Store:
 
     def add_message(self, conversation_id: int, role: str, content: str = "", *, status: str = "complete",
                     tool_calls: list[dict] | None = None, tool_call_id: str | None = None,
-                    name: str | None = None, meta: dict | None = None) -> Message:
-        _check_choice(role, ROLES, "role")
-        _check_choice(status, STATUSES, "status")
-        _check_str(content, "content")
+                    name: str | None = None, meta: dict | None = None, replace_from: int | None = None) -> Message:
+        """Append a message; replace_from=seq first deletes the messages at `seq` and after, in the
+        same transaction (edit-and-resend: the old tail goes only if the new message is in)."""
+        check_choice(role, ROLES, "role")
+        check_choice(status, STATUSES, "status")
+        check_str(content, "content")
         if tool_calls is not None:
-            _check_tool_calls(tool_calls)
-        _check_optional_str(tool_call_id, "tool_call_id")
-        _check_optional_str(name, "name")
-        _check_dict(meta, "meta")
+            check_tool_calls(tool_calls)
+        check_optional_str(tool_call_id, "tool_call_id")
+        check_optional_str(name, "name")
+        check_dict(meta, "meta")
         meta = dict(meta or {})
-        calls_json = None if tool_calls is None else _to_json(tool_calls, "tool_calls")
-        meta_json = _to_json(meta, "meta")
+        calls_json = None if tool_calls is None else to_json(tool_calls, "tool_calls")
+        meta_json = to_json(meta, "meta")
         with self._write() as db:
             self._touch(db, conversation_id)
+            if replace_from is not None:
+                db.execute("DELETE FROM messages WHERE conversation_id = ? AND seq >= ?", (conversation_id, int(replace_from)))
             seq = db.execute("SELECT coalesce(max(seq) + 1, 0) FROM messages WHERE conversation_id = ?",
                              (conversation_id,)).fetchone()[0]
             now = time.time()
@@ -355,24 +373,24 @@ class Store:
         meta (top level)."""
         changes: dict[str, Any] = {}
         if reasoning is not None:
-            _check_str(reasoning, "reasoning")
+            check_str(reasoning, "reasoning")
             changes["reasoning"] = reasoning
         if tool_calls is not None:
-            _check_tool_calls(tool_calls)
-            changes["tool_calls"] = _to_json(tool_calls, "tool_calls")
+            check_tool_calls(tool_calls)
+            changes["tool_calls"] = to_json(tool_calls, "tool_calls")
         if content is not None:
-            _check_str(content, "content")
+            check_str(content, "content")
             changes["content"] = content  # only then does the search-index trigger fire
         if status is not None:
-            _check_choice(status, STATUSES, "status")
+            check_choice(status, STATUSES, "status")
             changes["status"] = status
-        _check_dict(meta, "meta")
+        check_dict(meta, "meta")
         with self._write() as db:
             row = db.execute("SELECT conversation_id, meta FROM messages WHERE id = ?", (message_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no message {message_id}")
             if meta:
-                changes["meta"] = _to_json({**self._json(row["meta"], dict, "message meta"), **meta}, "meta")
+                changes["meta"] = to_json({**self._json(row["meta"], dict, "message meta"), **meta}, "meta")
             if changes:
                 assignments = ", ".join(f"{column} = :{column}" for column in changes)
                 db.execute(f"UPDATE messages SET {assignments} WHERE id = :id", {**changes, "id": message_id})
@@ -460,7 +478,7 @@ class Store:
                      "reasoning": m.reasoning}
                     for m in tail]
             db.execute("INSERT INTO reply_alternatives (user_message_id, position, messages, created_at)"
-                       " VALUES (?, ?, ?, ?)", (user["id"], position, _to_json(kept, "reply"), time.time()))
+                       " VALUES (?, ?, ?, ?)", (user["id"], position, to_json(kept, "reply"), time.time()))
         db.execute("DELETE FROM messages WHERE conversation_id = (SELECT conversation_id FROM messages WHERE id = ?)"
                    " AND seq > ?", (user["id"], user["seq"]))
 

@@ -44,13 +44,12 @@ from ..widgets.sidebar import Sidebar
 from ..widgets.status import StatusBar
 from ..worker import Job, history_for_model, run_job
 from .approval import ApprovalScreen
-from .chat_actions import ConversationActions
-from .dialogs import TextPromptScreen
+from .chat_actions import BUSY, ConversationActions
 
-BUSY = "Wait for the reply to finish, or press Esc to stop it."
 # Seconds before each new try of a message the history could not take; then Enter tries again.
 SEND_RETRY_DELAYS = (1.0, 2.0, 4.0)
 PENDING_RETRY_S = 2.0  # how often writes kept in memory (history locked, disk full) are retried
+UI_WRITE_WAIT_S = 0.25  # the longest the UI thread waits on a history another process has locked
 
 
 class ChatScreen(ConversationActions, Screen):
@@ -104,6 +103,7 @@ class ChatScreen(ConversationActions, Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.store.cap_waits_on_this_thread(UI_WRITE_WAIT_S)
         try:
             # Only replies whose writer is gone: another app running on this file keeps its own.
             interrupted = self.store.recover_interrupted(self.locks.in_use_elsewhere)
@@ -439,44 +439,6 @@ class ChatScreen(ConversationActions, Screen):
             self.action_stop()
         self.open_conversation(None)
         self.query_one("#prompt", Composer).focus()
-
-    def action_regenerate(self) -> None:
-        if self.job is not None or self.conversation_id is None or not self._writable():
-            return
-        if conv_ops.regenerate(self.store, self.conversation_id):
-            self.open_conversation(self.conversation_id)
-            self.start_generation()
-
-    def action_browse_reply(self, step: int) -> None:
-        """Show another alternative of the last reply; the shown one is what the model sees next."""
-        if self.conversation_id is None:
-            return
-        if self.job is not None:
-            self.notify(BUSY, severity="warning")
-            return
-        moved = conv_ops.browse_reply(self.store, self.conversation_id, step)
-        if moved == "no alternatives":
-            self.notify("The last reply has no alternatives yet: ctrl+r generates one.", markup=False)
-        elif moved == "moved":
-            self.open_conversation(self.conversation_id)
-
-    def action_edit_message(self) -> None:
-        """Edit the focused user message (else the last one) and resend from there."""
-        if self.job is not None or self.conversation_id is None or not self._writable():
-            return
-        focused = self.focused
-        while focused is not None and not isinstance(focused, MessageView):
-            focused = focused.parent
-        target = conv_ops.edit_target(self.store, self.conversation_id, focused.message if focused is not None else None)
-        if target is None:
-            return
-
-        def resend(text: str | None) -> None:
-            if text is not None and conv_ops.edit_and_resend(self.store, self.conversation_id, target, text):
-                self.open_conversation(self.conversation_id)
-                self.start_generation()
-
-        self.app.push_screen(TextPromptScreen("Edit the message and resend from there", target.content, multiline=True), resend)
 
     @on(Sidebar.Selected)
     def _conversation_selected(self, event: Sidebar.Selected) -> None:

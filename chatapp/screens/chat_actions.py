@@ -1,9 +1,11 @@
-"""The chat screen's actions on whole conversations (settings, rename, delete, export, the
-sidebar), kept apart from sending and streaming in chatapp/screens/chat.py. A mixin of ChatScreen:
+"""The chat screen's actions on whole conversations (settings, rename, delete, export, regenerate,
+edit and resend, the sidebar), kept apart from sending and streaming in chatapp/screens/chat.py. A mixin of ChatScreen:
 `self` is the screen."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 from textual.widgets import Input
@@ -12,18 +14,49 @@ from .. import conversation as conv_ops
 from ..conversation import model_label
 from ..export import default_export_path, export_to_file
 from ..inspection import tokens_from_meta
+from ..messages import Notice
+from ..pending import WRITE_ERRORS, describe
 from ..widgets.inert import inert
+from ..widgets.message import MessageView
 from ..widgets.sidebar import Sidebar
 from .dialogs import ConfirmScreen, TextPromptScreen
 from .export import ExportScreen
 from .inspector import InspectorScreen
 from .settings import NOT_AVAILABLE, SettingsScreen
 
+BUSY = "Wait for the reply to finish, or press Esc to stop it."
+
+
+def history_write(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """For a screen method that writes the history on the UI thread: see `guarded`."""
+    def wrap(method: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(method)
+        def run(self, *args, **kwargs) -> None:
+            self.guarded(what)(functools.partial(method, self))(*args, **kwargs)
+        return run
+    return wrap
+
 
 class ConversationActions:
+    def guarded(self, what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+        """Decorate a UI-thread write to the history: a failure (the file locked past this
+        thread's short wait, the disk full) is said in the chat instead of raised into Textual,
+        which would end the app. Each write is one transaction, so nothing changed, and the same
+        key tries again."""
+        def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+            def run(*args, **kwargs) -> None:
+                try:
+                    fn(*args, **kwargs)
+                except WRITE_ERRORS as e:
+                    self.on_notice(Notice(f"Could not {what}: the chat history cannot be written now "
+                                          f"({describe(e)}). Nothing was changed; try again.", "warning"))
+            return run
+        return wrap
+
     def action_settings(self) -> None:
         system, sampling = conv_ops.conversation_settings(self.store, self.conversation_id)
 
+        @self.guarded("save the settings")
         def saved(result) -> None:
             if result is None:
                 return
@@ -42,6 +75,7 @@ class ConversationActions:
                                             tool_names=names, no_tools=conv_ops.tool_choice_support(self.app.model, names)),
                              saved)
 
+    @history_write("set the tool choice")
     def action_set_tool_choice(self, choice: str) -> None:
         """The palette's tool choice entries (a named tool: ctrl+s)."""
         why = conv_ops.tool_choice_support(self.app.model, list(self.tool_runner.registry.tools()))
@@ -53,6 +87,7 @@ class ConversationActions:
         self.refresh_sidebar()
         self.notify(f"Tool choice {choice} for this conversation (from the next reply).")
 
+    @history_write("turn thinking on or off")
     def action_toggle_thinking(self) -> None:
         if not conv_ops.thinking_support(self.app.model)[0]:
             self.notify(f"Thinking cannot be turned on or off: {NOT_AVAILABLE}.", severity="warning")
@@ -77,10 +112,17 @@ class ConversationActions:
 
         def renamed(title: str | None) -> None:
             if title is not None:
-                self.store.rename(conv.id, title)
-                self.refresh_sidebar()
+                self.rename_to(title, conv.id)
 
         self.app.push_screen(TextPromptScreen("Rename conversation (empty: title from the first message)", conv.title), renamed)
+
+    @history_write("rename the conversation")
+    def rename_to(self, title: str, conversation_id: int | None = None) -> None:
+        """Give the conversation (default: the open one) `title`; empty: derived again."""
+        target = conversation_id if conversation_id is not None else self.conversation_id
+        if target is not None:
+            self.store.rename(target, title)
+            self.refresh_sidebar()
 
     def action_delete_conversation(self) -> None:
         target = self.query_one(Sidebar).highlighted_id() if self.focused and self.query_one(Sidebar) in self.focused.ancestors else None
@@ -89,6 +131,7 @@ class ConversationActions:
             return
         title = self.store.get_conversation(target).title
 
+        @self.guarded("delete the conversation")
         def confirmed(yes: bool | None) -> None:
             if not yes:
                 return
@@ -121,8 +164,6 @@ class ConversationActions:
 
     def action_inspect(self) -> None:
         """The inspector for the focused assistant reply, else the last one."""
-        from ..widgets.message import MessageView
-
         if self.conversation_id is None:
             return
         stored = self.store.messages(self.conversation_id)
@@ -154,3 +195,53 @@ class ConversationActions:
             tokens_from_meta(reply.meta), prompt_ids=prompt_ids if attention else [], prompt_texts=texts,
             system=system, last_user=last_user, attention=attention, why_no_attention=why,
             n_kv_heads=getattr(getattr(model, "args", None), "n_kv_heads", None)))
+
+    @history_write("regenerate the reply")
+    def action_regenerate(self) -> None:
+        if self.job is not None or self.conversation_id is None or not self._writable():
+            return
+        if conv_ops.regenerate(self.store, self.conversation_id):
+            self.open_conversation(self.conversation_id)
+            self.start_generation()
+
+    @history_write("show another reply")
+    def action_browse_reply(self, step: int) -> None:
+        """Show another alternative of the last reply; the shown one is what the model sees next."""
+        if self.conversation_id is None:
+            return
+        if self.job is not None:
+            self.notify(BUSY, severity="warning")
+            return
+        moved = conv_ops.browse_reply(self.store, self.conversation_id, step)
+        if moved == "no alternatives":
+            self.notify("The last reply has no alternatives yet: ctrl+r generates one.", markup=False)
+        elif moved == "moved":
+            self.open_conversation(self.conversation_id)
+
+    def action_edit_message(self) -> None:
+        """Edit the focused user message (else the last one) and resend from there."""
+        if self.job is not None or self.conversation_id is None or not self._writable():
+            return
+        focused = self.focused
+        while focused is not None and not isinstance(focused, MessageView):
+            focused = focused.parent
+        target = conv_ops.edit_target(self.store, self.conversation_id, focused.message if focused is not None else None)
+        if target is None:
+            return
+
+        def resend(text: str | None) -> None:
+            try:
+                if text is None or not conv_ops.edit_and_resend(self.store, self.conversation_id, target, text):
+                    return
+            except WRITE_ERRORS as e:  # the edit is not lost: it comes back in the editor
+                self.on_notice(Notice(f"Could not resend the edited message: the chat history cannot be written "
+                                      f"now ({describe(e)}). Nothing was changed; your edit is kept.", "warning"))
+                edit(text)
+                return
+            self.open_conversation(self.conversation_id)
+            self.start_generation()
+
+        def edit(text: str) -> None:
+            self.app.push_screen(TextPromptScreen("Edit the message and resend from there", text, multiline=True), resend)
+
+        edit(target.content)

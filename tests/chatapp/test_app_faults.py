@@ -105,3 +105,70 @@ def test_disk_full_on_send_keeps_the_message_and_retries(tmp_path, default_gguf,
             assert [m.content for m in messages(app)] == ["my long careful message", "Saved at last."]
 
     asyncio.run(main())
+
+
+def test_actions_on_a_locked_history_say_so_and_keep_the_app_up(tmp_path, default_gguf):
+    """Regenerate, rename and delete write from the UI thread: with the file locked they wait a
+    moment, not the full busy timeout, and fail with a notice instead of taking the app down."""
+    model = ScriptedModel(default_gguf, ["First answer.", "Second answer."])
+    path = tmp_path / "history.db"
+
+    async def main():
+        app = ChatApp(store=Store(path, busy_timeout=5.0), load_model=lambda name: model)
+        async with app.run_test() as pilot:
+            await send(pilot, "Hello")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(messages(app)) == 2, what="the reply")
+            other = locker(path)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await pilot.press("ctrl+r")
+            frozen = loop.time() - started
+            await wait_for(pilot, lambda: "could not regenerate" in notices(app).lower(), timeout=10, what="the notice")
+            assert app.is_running and app.chat_screen.job is None
+            assert frozen < 2.0, f"the UI waited {frozen:.1f} s on the locked file"
+            app.chat_screen.rename_to("New title")
+            await wait_for(pilot, lambda: "could not rename" in notices(app).lower(), timeout=10, what="the rename notice")
+            assert app.is_running
+            other.execute("COMMIT")
+            other.close()
+            await pilot.press("ctrl+r")  # the file is free again: the same key works
+            await wait_for(pilot, lambda: app.chat_screen.job is None and messages(app)[-1].content == "Second answer.",
+                           timeout=15, what="the regenerated reply")
+            app.chat_screen.rename_to("New title")
+            await pilot.pause()
+            assert app.store.get_conversation(app.chat_screen.conversation_id).title == "New title"
+
+    asyncio.run(main())
+
+
+def test_an_edit_the_locked_history_cannot_take_comes_back_in_the_editor(tmp_path, default_gguf):
+    from textual.widgets import TextArea
+
+    from chatapp.screens.dialogs import TextPromptScreen
+
+    model = ScriptedModel(default_gguf, ["First answer.", "Answer to the edit."])
+    path = tmp_path / "history.db"
+
+    async def main():
+        app = ChatApp(store=Store(path, busy_timeout=5.0), load_model=lambda name: model)
+        async with app.run_test() as pilot:
+            await send(pilot, "Hello")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(messages(app)) == 2, what="the reply")
+            other = locker(path)
+            await pilot.press("f3")
+            await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen), what="the editor")
+            app.screen.query_one("#value", TextArea).text = "Hello, edited with care"
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: "could not resend the edited message" in notices(app).lower(),
+                           timeout=10, what="the notice")
+            await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen), what="the editor again")
+            assert app.screen.query_one("#value", TextArea).text == "Hello, edited with care"
+            assert [m.content for m in messages(app)] == ["Hello", "First answer."]  # nothing changed
+            other.execute("COMMIT")
+            other.close()
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: app.chat_screen.job is None and len(messages(app)) == 2
+                           and messages(app)[1].content == "Answer to the edit.", timeout=15, what="the resent turn")
+            assert messages(app)[0].content == "Hello, edited with care"
+
+    asyncio.run(main())

@@ -85,6 +85,49 @@ def test_wal_busy_timeout_and_foreign_keys(store):
     assert not db.in_transaction
 
 
+def test_a_write_waiting_on_another_process_leaves_reads_free_and_then_goes_through(tmp_path):
+    """Another process holds the write lock: a worker thread's write waits (up to the busy timeout)
+    without holding the shared connection, so the UI thread's reads answer at once meanwhile, and
+    the write lands once the lock is let go. The thread that capped its waits fails fast instead."""
+    path = tmp_path / "history.db"
+    with Store(path, busy_timeout=5.0) as store:
+        conv = store.create_conversation()
+        other = raw(path)
+        other.execute("BEGIN IMMEDIATE")
+        written = threading.Event()
+        worker = threading.Thread(target=lambda: (store.add_message(conv.id, "user", "from the worker"), written.set()))
+        worker.start()
+        time.sleep(0.2)  # the worker is now waiting for the lock
+        started = time.monotonic()
+        assert store.messages(conv.id) == [] and store.get_conversation(conv.id).id == conv.id
+        assert time.monotonic() - started < 0.5  # reads are not stuck behind the waiting write
+        store.cap_waits_on_this_thread(0.1)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="stayed locked by another process for 0.1 s"):
+            store.rename(conv.id, "from the UI")
+        assert time.monotonic() - started < 1.0
+        assert not written.is_set()
+        other.execute("COMMIT")
+        other.close()
+        worker.join(timeout=5)
+        assert written.is_set() and [m.content for m in store.messages(conv.id)] == ["from the worker"]
+        assert store._db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000  # restored after each try
+
+
+def test_replace_from_keeps_the_old_tail_when_the_new_message_cannot_be_written(store):
+    conv = store.create_conversation()
+    for role, text in [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")]:
+        store.add_message(conv.id, role, text)
+    # The INSERT fails after the DELETE has run, inside the same transaction: both are undone.
+    store._db.execute("CREATE TEMP TRIGGER fail BEFORE INSERT ON messages WHEN NEW.content = 'boom' "
+                      "BEGIN SELECT RAISE(ABORT, 'the write failed'); END")
+    with pytest.raises(StoreError, match="the write failed"):
+        store.add_message(conv.id, "user", "boom", replace_from=2)
+    assert [m.content for m in store.messages(conv.id)] == ["q1", "a1", "q2", "a2"]
+    store.add_message(conv.id, "user", "q2 edited", replace_from=2)
+    assert [m.content for m in store.messages(conv.id)] == ["q1", "a1", "q2 edited"]
+
+
 def test_two_instances_writing_from_two_threads(tmp_path):
     path = tmp_path / "history.db"
     stores = [Store(path), Store(path)]
