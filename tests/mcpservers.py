@@ -13,6 +13,7 @@ from pathlib import Path
 SERVER_SOURCE = '''
 import os, sys
 from pathlib import Path
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("test-server")
@@ -44,6 +45,26 @@ def huge() -> str:
 
 
 @server.tool()
+async def sleepy(seconds: float, record: str) -> str:
+    """Sleep; write to `record` "started", then "finished" or "cancelled" (the client's
+    notifications/cancelled interrupts the handler)."""
+    Path(record).write_text("started")
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        Path(record).write_text("cancelled")
+        raise
+    Path(record).write_text("finished")
+    return "slept"
+
+
+@server.tool()
+def named(tool: str, cancel: str) -> str:
+    """Arguments whose names the client uses itself."""
+    return f"tool={tool} cancel={cancel}"
+
+
+@server.tool()
 def escape() -> str:
     """Return text with terminal escape sequences in it."""
     return "\\x1b[2J\\x1b]0;pwned\\x07red"
@@ -56,7 +77,7 @@ if __name__ == "__main__":
         server.run()
 '''
 
-TOOLS = ["add", "touch", "crash", "huge", "escape"]
+TOOLS = ["add", "touch", "crash", "huge", "escape", "sleepy", "named"]
 
 
 def write_server(folder: Path) -> Path:
