@@ -95,8 +95,7 @@ class ToolRunner:
         MCP tool: see Tool). Python cannot stop a thread: any other tool runs on unseen, but the
         conversation goes on without it."""
         outcome: dict[str, Any] = {}
-        # The tool's own event, not `cancel`: a timeout sets it too, and the tool must not see
-        # an Esc that came after its call was answered.
+        # The call's own event, set on Esc and on the timeout alike (`cancel` is Esc only).
         stop = threading.Event()
 
         def target() -> None:

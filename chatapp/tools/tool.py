@@ -9,7 +9,6 @@
 
 `Tool.from_function(weather)` gives the OpenAI-style schema the chat template shows the model,
 and `Tool.invoke(arguments)` checks the model's arguments against that schema before calling.
-
 """
 
 from __future__ import annotations
