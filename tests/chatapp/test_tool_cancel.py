@@ -204,6 +204,7 @@ def test_a_timed_out_mcp_call_is_cancelled_on_the_server(mcp, server):
     result = ToolRunner(registry, timeout=1).run(call(f"{server}__sleepy", seconds=30, record=str(record)))
     assert "timed out after 1 s" in result.content
     wait_until(lambda: read(record) == "cancelled", 2, "the server seeing notifications/cancelled")
+    assert tools.connections[server].state == "running"
     assert ToolRunner(registry).run(call(f"{server}__add", a=1, b=1)).content == "2"
 
 
