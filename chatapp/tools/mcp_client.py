@@ -212,6 +212,8 @@ class McpConnection:
         `cancel` is set; the last two cancel the request, which tells the server."""
         if not self.start():
             raise McpServerError(f"the MCP server {self.config.name!r} is not running: {self.error}")
+        if cancel is not None and cancel.is_set():  # cancelled while the server started
+            raise McpServerError(f"the call to the MCP server {self.config.name!r} was cancelled")
         done: concurrent.futures.Future = concurrent.futures.Future()
         self._loop.submit(self._spawn(tool, arguments, done))
         deadline = time.monotonic() + timeout
