@@ -45,6 +45,12 @@ def huge() -> str:
 
 
 @server.tool()
+def escape() -> str:
+    """Return text with terminal escape sequences in it."""
+    return "\\x1b[2J\\x1b]0;pwned\\x07red"
+
+
+@server.tool()
 async def sleepy(seconds: float, record: str) -> str:
     """Sleep; write to `record` "started", then "finished" or "cancelled" (the client's
     notifications/cancelled interrupts the handler)."""
@@ -62,12 +68,6 @@ async def sleepy(seconds: float, record: str) -> str:
 def named(tool: str, cancel: str) -> str:
     """Arguments whose names the client uses itself."""
     return f"tool={tool} cancel={cancel}"
-
-
-@server.tool()
-def escape() -> str:
-    """Return text with terminal escape sequences in it."""
-    return "\\x1b[2J\\x1b]0;pwned\\x07red"
 
 
 if __name__ == "__main__":
