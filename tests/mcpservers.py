@@ -13,6 +13,7 @@ from pathlib import Path
 SERVER_SOURCE = '''
 import os, sys
 from pathlib import Path
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("test-server")
@@ -49,6 +50,26 @@ def escape() -> str:
     return "\\x1b[2J\\x1b]0;pwned\\x07red"
 
 
+@server.tool()
+async def sleepy(seconds: float, record: str) -> str:
+    """Sleep; write to `record` "started", then "finished" or "cancelled" (the client's
+    notifications/cancelled interrupts the handler)."""
+    Path(record).write_text("started")
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        Path(record).write_text("cancelled")
+        raise
+    Path(record).write_text("finished")
+    return "slept"
+
+
+@server.tool()
+def named(tool: str, cancel: str) -> str:
+    """Arguments whose names the client uses itself."""
+    return f"tool={tool} cancel={cancel}"
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["http"]:
         server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
@@ -56,7 +77,7 @@ if __name__ == "__main__":
         server.run()
 '''
 
-TOOLS = ["add", "touch", "crash", "huge", "escape"]
+TOOLS = ["add", "touch", "crash", "huge", "escape", "sleepy", "named"]
 
 
 def write_server(folder: Path) -> Path:

@@ -10,7 +10,8 @@ A server's tool "read_file" on server "files" is the tool `files__read_file` (th
 templates and the OpenAI schema allow: ^[A-Za-z0-9_-]{1,64}$), with the server's JSON schema. MCP
 tools are never `safe`: the approval hook asks before each one (naming the server) unless the
 user allowed it. A server that fails to start or dies gives the call an error result and the user
-a notice; what a tool returns is untrusted text, cut to MAX_MCP_RESULT_CHARS with a note.
+a notice; what a tool returns is untrusted text, cut to MAX_MCP_RESULT_CHARS with a note. A call
+the runner gives up on (Esc, its timeout) is cancelled on the server too (`notifications/cancelled`).
 """
 
 from __future__ import annotations
@@ -125,13 +126,16 @@ class McpTools:
             try:
                 if len(name) > 64:
                     raise ToolError(f"its name {name!r} is longer than 64 characters")
+                parameters = dict(listed.input_schema)
+                cancel_parameter = _free_name("cancel", parameters.get("properties") or {})
                 tools.append(Tool(
                     name=name,
                     description=(listed.description or listed.title or "")[:MAX_DESCRIPTION_CHARS],
-                    parameters=dict(listed.input_schema),
-                    function=partial(self._invoke, connection, listed.name),
+                    parameters=parameters,
+                    function=partial(self._invoke, connection, listed.name, cancel_parameter),
                     safe=False,
                     source=f"MCP server {server!r}",
+                    cancel_parameter=cancel_parameter,
                 ))
             except ToolError as exc:
                 errors.append(f"MCP server {server!r}: tool {listed.name!r} is not offered: {exc}")
@@ -140,9 +144,11 @@ class McpTools:
             self._notice(line)
         return tools
 
-    def _invoke(self, connection: McpConnection, tool: str, **arguments: Any) -> str:
+    def _invoke(self, connection: McpConnection, tool: str, cancel_parameter: str, /, **arguments: Any) -> str:
+        # Positional-only, so that a server tool's argument may be called "tool" or "connection".
+        cancel = arguments.pop(cancel_parameter)
         try:
-            result = connection.call(tool, arguments, self.call_timeout)
+            result = connection.call(tool, arguments, self.call_timeout, cancel=cancel)
         except McpServerError as exc:
             raise ToolExecutionError(str(exc)) from None
         text = self._cap(result_text(result), connection.config.name)
@@ -155,6 +161,13 @@ class McpTools:
             return text
         return (text[: self.max_result_chars] + f"\n[cut: the MCP server {server!r} returned {len(text):,} "
                 f"characters; only the first {self.max_result_chars:,} are shown]")
+
+
+def _free_name(name: str, taken: dict) -> str:
+    """`name`, with '_' in front until no argument of the server's tool is called that."""
+    while name in taken:
+        name = "_" + name
+    return name
 
 
 def result_text(result: Any) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = ["McpLoop", "McpConnection", "McpServerError", "START_TIMEOUT_S"]
 
 START_TIMEOUT_S = 30.0  # seconds a server has to start and list its tools
 STOP_TIMEOUT_S = 6.0  # the SDK gives a stdio server 2 s after closing its stdin, then 2 s after SIGTERM
+_CANCEL_POLL_S = 0.05  # how often a waiting call looks at its cancel event
 _MAX_TOOL_PAGES = 20  # a server whose tools/list never ends cannot hang the start
 
 
@@ -204,22 +206,46 @@ class McpConnection:
 
     # ---- calls -----------------------------------------------------------------------------
 
-    def call(self, tool: str, arguments: dict, timeout: float) -> Any:
+    def call(self, tool: str, arguments: dict, timeout: float, *, cancel: threading.Event | None = None) -> Any:
         """Run one tool and return the SDK's CallToolResult; starts the server if it is not
-        running. Raises McpServerError when it cannot start, dies or does not answer in time."""
+        running. Raises McpServerError when it cannot start, dies, does not answer in time or
+        `cancel` is set; the last two cancel the request, which tells the server."""
         if not self.start():
             raise McpServerError(f"the MCP server {self.config.name!r} is not running: {self.error}")
+        if cancel is not None and cancel.is_set():  # cancelled while the server started
+            raise McpServerError(f"the call to the MCP server {self.config.name!r} was cancelled")
         done: concurrent.futures.Future = concurrent.futures.Future()
         self._loop.submit(self._spawn(tool, arguments, done))
-        try:
-            return done.result(timeout)
-        except concurrent.futures.TimeoutError:
-            scope = self._calls.get(done)
-            if scope is not None:
-                self._loop.call_soon(scope.cancel)
-            raise McpServerError(f"the MCP server {self.config.name!r} did not answer within {timeout:g} s") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            if cancel is not None and cancel.is_set():
+                self._abandon(done, "the call was cancelled")
+                raise McpServerError(f"the call to the MCP server {self.config.name!r} was cancelled")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._abandon(done, f"no answer within {timeout:g} s")
+                raise McpServerError(f"the MCP server {self.config.name!r} did not answer within {timeout:g} s")
+            try:
+                # A threading.Event cannot be waited on together with a future: look every 50 ms.
+                return done.result(min(left, _CANCEL_POLL_S))
+            except concurrent.futures.TimeoutError:
+                continue
+
+    def _abandon(self, done: concurrent.futures.Future, why: str) -> None:
+        """Give up on a call: settle it here, so that a call not yet sent is never sent, and cancel
+        its scope on the loop, which makes the SDK send `notifications/cancelled` (over HTTP at
+        the 2026 protocol: close the request's stream) and leaves the connection usable."""
+        _settle(done, error=McpServerError(why))
+        self._loop.call_soon(self._cancel_scope, done)
+
+    def _cancel_scope(self, done: concurrent.futures.Future) -> None:
+        scope = self._calls.get(done)  # None while the call's task has not started: it checks done
+        if scope is not None:
+            scope.cancel()
 
     async def _spawn(self, tool: str, arguments: dict, done: concurrent.futures.Future) -> None:
+        if done.done():  # abandoned before it was sent
+            return
         if self._task_group is None:
             _settle(done, error=McpServerError(f"the MCP server {self.config.name!r} stopped before the call"))
             return
@@ -233,6 +259,8 @@ class McpConnection:
 
         with anyio.CancelScope() as scope:
             self._calls[done] = scope
+            if done.done():  # abandoned between _spawn and here: never send it
+                scope.cancel()
             try:
                 result = await self._client.call_tool(tool, arguments)
             except MCPError as exc:

@@ -37,7 +37,8 @@ class ToolRunner:
 
     def run(self, call: ToolCall, cancel: threading.Event | None = None, *, after_tool_output: bool = False) -> ToolResult:
         """Run `call` through the hooks and the tool; never raises. Setting `cancel` (Esc in the
-        app) answers a running tool's call at once, as does the timeout. after_tool_output: the
+        app) answers a running tool's call at once and tells the tool to stop, as does the
+        timeout (only tools that opt in can stop: see Tool). after_tool_output: the
         model wrote the call after reading tool output (the approval dialog says so)."""
         try:
             call, result = self._run(call, cancel or threading.Event(), after_tool_output)
@@ -89,13 +90,17 @@ class ToolRunner:
 
     def _invoke(self, tool, call: ToolCall, cancel: threading.Event) -> str:
         """The tool on a daemon thread of its own, waited for until it returns, the timeout passes
-        or `cancel` is set. Python cannot stop a thread: an abandoned tool runs on unseen, but the
+        or `cancel` is set. Either way out answers the call at once and sets the call's own
+        cancel event, which stops a tool that opted in (a `cancel` parameter, an async tool, an
+        MCP tool: see Tool). Python cannot stop a thread: any other tool runs on unseen, but the
         conversation goes on without it."""
         outcome: dict[str, Any] = {}
+        # The call's own event, set on Esc and on the timeout alike (`cancel` is Esc only).
+        stop = threading.Event()
 
         def target() -> None:
             try:
-                outcome["content"] = tool.invoke(call.arguments)
+                outcome["content"] = tool.invoke(call.arguments, cancel=stop)
             except BaseException as exc:  # handed to the waiting thread, which raises it there
                 outcome["error"] = exc
 
@@ -104,8 +109,10 @@ class ToolRunner:
         waited, step = 0.0, 0.05
         while worker.is_alive():
             if cancel.is_set():
+                stop.set()
                 raise _Abandoned(f"{call.name} was cancelled by the user before it finished")
             if waited >= self.timeout:
+                stop.set()
                 raise _Abandoned(f"{call.name} timed out after {self.timeout:g} s without returning")
             worker.join(step)
             waited += step

@@ -13,9 +13,11 @@ and `Tool.invoke(arguments)` checks the model's arguments against that schema be
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import re
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -53,6 +55,21 @@ _ARG_LINE_RE = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 
 @dataclass(frozen=True)
 class Tool:
+    """A function the model may call, with the JSON schema of its arguments.
+
+    Stopping a call: the runner answers a call at once when the user presses Esc or the timeout
+    passes, and then sets the call's cancel event. Python cannot stop a thread, so the tool
+    itself is told only if it opts in:
+
+    - a parameter named `cancel` receives that `threading.Event` (it is left out of the schema,
+      so the model never sees or sets it); a loop that checks `cancel.is_set()` can stop early;
+    - an `async def` tool runs on an event loop of its own thread and its task is cancelled: it
+      gets `asyncio.CancelledError` at its next await (and may clean up in `finally`).
+
+    A plain function without `cancel` is not told: it runs on, unseen, until it returns, and its
+    result is dropped. (MCP tools opt in: the server gets `notifications/cancelled`.)
+    """
+
     name: str
     description: str
     parameters: dict  # JSON schema of the arguments object
@@ -62,6 +79,9 @@ class Tool:
     # False for tools that only read (the file tools): approving one "for the session" may then
     # cover any arguments. A tool with side effects is approved per exact arguments instead.
     side_effects: bool = True
+    # The function's parameter that receives the call's cancel event (a threading.Event), or
+    # None when it takes none. Not part of `parameters`: the model never sets it.
+    cancel_parameter: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -89,7 +109,11 @@ class Tool:
 
         properties: dict[str, dict] = {}
         required: list[str] = []
+        cancel_parameter = None
         for param in signature.parameters.values():
+            if param.name == CANCEL_PARAMETER and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                cancel_parameter = CANCEL_PARAMETER  # the runner's event, not an argument of the model's
+                continue
             if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
                 raise ToolDefinitionError(
                     f"tool {name!r}: parameter {param.name!r} is {param.kind.description}; "
@@ -106,7 +130,7 @@ class Tool:
             properties[param.name] = prop
         parameters = {"type": "object", "properties": properties, "required": required}
         return cls(name=name, description=description, parameters=parameters, function=fn, safe=safe,
-                   side_effects=side_effects)
+                   side_effects=side_effects, cancel_parameter=cancel_parameter)
 
     def schema(self) -> dict:
         """The OpenAI `tools` entry: {"type": "function", "function": {name, description, parameters}}."""
@@ -115,12 +139,16 @@ class Tool:
             "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
         }
 
-    def invoke(self, arguments: dict) -> str:
+    def invoke(self, arguments: dict, cancel: threading.Event | None = None) -> str:
         """Check `arguments`, call the function, and return its result as text (dict/list as JSON).
+        `cancel`, once set, stops a tool that opted in (see the class docstring).
 
         Raises ToolArgumentError for arguments that do not fit, ToolExecutionError when the
-        function fails (ToolErrors the function raises itself pass through unchanged)."""
+        function fails or is cancelled (ToolErrors the function raises itself pass through)."""
         checked = validate_arguments(self.parameters, arguments)
+        cancel = cancel or threading.Event()
+        if self.cancel_parameter is not None:
+            checked[self.cancel_parameter] = cancel
         try:
             inspect.signature(self.function).bind(**checked)
         except TypeError as exc:  # a hand-written schema that disagrees with the function
@@ -129,8 +157,12 @@ class Tool:
             pass
         try:
             result = self.function(**checked)
+            if inspect.iscoroutine(result):
+                result = _run_until_cancelled(result, cancel)
         except ToolError:
             raise
+        except asyncio.CancelledError:
+            raise ToolExecutionError("cancelled") from None
         except Exception as exc:
             raise ToolExecutionError(f"{type(exc).__name__}: {exc}") from exc
         if isinstance(result, str):
@@ -138,6 +170,26 @@ class Tool:
         if isinstance(result, (dict, list)):
             return json.dumps(result, ensure_ascii=False, default=str)
         return str(result)
+
+
+CANCEL_PARAMETER = "cancel"
+_CANCEL_POLL_S = 0.05  # how often an async tool's loop looks at the cancel event
+
+
+def _run_until_cancelled(coroutine: Any, cancel: threading.Event) -> Any:
+    """Run an async tool's coroutine on a loop of this (the tool's) thread; cancel its task once
+    `cancel` is set. A threading.Event cannot be awaited, so the loop looks at it every 50 ms."""
+
+    async def supervise() -> Any:
+        task = asyncio.ensure_future(coroutine)
+        while not task.done():
+            await asyncio.wait({task}, timeout=_CANCEL_POLL_S)
+            if cancel.is_set() and not task.done():
+                task.cancel()
+                await asyncio.wait({task})  # let it run its cleanup (finally, except CancelledError)
+        return task.result()
+
+    return asyncio.run(supervise())
 
 
 # --- schema derivation ---------------------------------------------------------------------------

@@ -66,3 +66,29 @@ def test_mcp_tool_output_is_shown_inert(tmp_path, default_gguf):
             assert "␛[2J␛]0;pwned␇red" in shown and "\x1b" not in shown
 
     asyncio.run(main())
+
+
+def test_escape_during_an_mcp_call_cancels_it_on_the_server(tmp_path, default_gguf):
+    server = write_server(tmp_path)
+    config = write_config(tmp_path / "mcp.json", {"local": stdio_entry(server)})
+    record = tmp_path / "sleepy.txt"
+    model = ScriptedModel(default_gguf, [tool_call("local__sleepy", {"seconds": 30, "record": str(record)}),
+                                         "never asked"])
+
+    def said() -> str:
+        return record.read_text() if record.exists() else ""
+
+    async def main():
+        app = make_app(tmp_path, model, mcp_config=config)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await send(pilot, "sleep")
+            await wait_for(pilot, lambda: isinstance(app.screen, ApprovalScreen), what="the approval dialog")
+            await pilot.press("a")
+            await wait_for(pilot, lambda: said() == "started", timeout=15, what="the server running the tool")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.chat_screen.job is None, timeout=5, what="the cancel")
+            (result,) = [m for m in messages(app) if m.role == "tool"]
+            assert "cancelled by the user" in result.content
+            await wait_for(pilot, lambda: said() == "cancelled", timeout=2, what="the server seeing the cancel")
+
+    asyncio.run(main())
