@@ -51,7 +51,8 @@ class LogprobFormat:
         return [r for r in rows if r.id not in self.end_ids]
 
     def _entry(self, token: int, text: str, prob: float) -> dict:
-        return {"token": text, "logprob": logprob(prob), "bytes": list(self.token_bytes(token, text))}
+        # "id": llama-server's extension, which our remote backend reads back
+        return {"id": token, "token": text, "logprob": logprob(prob), "bytes": list(self.token_bytes(token, text))}
 
     def chat(self, rows: Iterable[TokenProb]) -> dict:
         """`choices[i].logprobs` of a chat response or chunk."""

@@ -25,13 +25,18 @@ if TYPE_CHECKING:
 MAX_TOP = 20  # alternatives per position the engine will record
 
 
+def checked_top(top: int) -> int:
+    """`token_probs`, the alternatives to record per position: ValueError outside 0..MAX_TOP."""
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP:
+        raise ValueError(f"token_probs must be an integer from 0 to {MAX_TOP}, got {top!r}")
+    return top
+
+
 class ProbRecorder:
     """Called once per generated token with the logits the sampler saw and the token chosen."""
 
     def __init__(self, top: int) -> None:
-        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP:
-            raise ValueError(f"token_probs must be an integer from 0 to {MAX_TOP}, got {top!r}")
-        self.top = top
+        self.top = checked_top(top)
         self._text: _TokenText | None = None  # token texts, cached across calls of results()
         self._steps: list[tuple[torch.Tensor, ...]] = []
 
