@@ -87,12 +87,11 @@ class Server:
         return min(limit, room) if limit else room
 
     def check_logprobs(self, req) -> LogprobFormat | None:
-        """The formatter of the request's logprobs; None when it asks for none."""
-        if req.token_probs is None:
+        """The formatter of the request's logprobs; None when it asks for none, or when the model
+        records none (every engine backend does), whose reply then has `"logprobs": null` as
+        servers without logprobs answer."""
+        if req.token_probs is None or not self.model.records_token_probs:
             return None
-        if not self.model.records_token_probs:
-            raise ApiError(400, f"{self.model.name} ({self.model.where}) does not record token probabilities: "
-                                "send the request without logprobs", param="logprobs")
         return LogprobFormat(self.model.tokenizer)
 
     def params(self, req, max_tokens: int):
@@ -165,7 +164,8 @@ class Server:
         except QueueFull as e:
             raise ApiError(429, str(e), "rate_limit_exceeded", code="queue_full") from None
         hooks = {"constraint": constraint} if constraint is not None else {}
-        if request is not None and request.token_probs is not None:  # a stream sends each delta's rows with it
+        if request is not None and request.token_probs is not None and self.model.records_token_probs:
+            # a stream sends each delta's rows with it
             hooks.update(token_probs=request.token_probs, stream_probs=request.stream)
         make = lambda should_stop: self.model.generate(ids, params, should_stop=should_stop, cache=self.cache,
                                                        reasoning=reasoning, **hooks)
