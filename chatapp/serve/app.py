@@ -3,7 +3,8 @@
 POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health. Requests take
 turns on the model (queue.py); prefix reuse carries across requests through one PromptCache (the
 llama.cpp backend reuses its own context by itself), so the next turn of a conversation
-prefills only its new tokens.
+prefills only its new tokens. Per-token logprobs (chat `logprobs`/`top_logprobs`, legacy
+`logprobs: N`) come from the engine's `token_probs` (schema.py, logprobs.py).
 """
 
 from __future__ import annotations
