@@ -133,7 +133,8 @@ def _one_reply(job: Job, store: Store, post) -> list:
     result = None
     try:
         # Probabilities for the inspector (chatapp/inspection.py): a softmax and top-k a token.
-        record = {"token_probs": TOP} if model.records_token_probs and not model.is_remote else {}
+        # (a remote model asks its server for logprobs; one that ignores the field gives none)
+        record = {"token_probs": TOP} if model.records_token_probs else {}
         for event in session.chat(history, params, tools=schemas, tool_choice=tool_choice, should_stop=job.cancel.is_set,
                                   reasoning=job.reasoning, **record):
             if isinstance(event, (TextDelta, ReasoningDelta)):
@@ -186,9 +187,10 @@ def _one_reply(job: Job, store: Store, post) -> list:
             dropped_messages=result.dropped_messages,
         )
         if result.token_probs and not result.dropped_messages:
-            meta.update(token_probs=meta_rows(result),
-                        prompt_ids=model.encode_chat(history, tools=shown_tools(schemas, tool_choice),
-                                                     reasoning=job.reasoning))
+            meta.update(token_probs=meta_rows(result))
+            if not model.is_remote:  # the attention view's input; a remote server keeps its tokens
+                meta.update(prompt_ids=model.encode_chat(history, tools=shown_tools(schemas, tool_choice),
+                                                         reasoning=job.reasoning))
         if result.reasoning_tokens:
             meta.update(reasoning_tokens=result.reasoning_tokens,
                         reasoning_seconds=round(thinking_ended - thinking_started, 2) if thinking_started else 0.0)

@@ -29,7 +29,7 @@ from .errors import (
     TemplateError,
 )
 from .hub.spec import BACKENDS
-from .results import Event, GenerationResult, ReasoningDelta, TextDelta
+from .results import Event, GenerationResult, ReasoningDelta, TextDelta, TokenProb
 
 # What the chat app and quant use, by name, without importing the stage (or torch) until asked.
 __getattr__, __dir__ = lazy_exports(__name__, {
@@ -58,6 +58,7 @@ __all__ = [
     "ReasoningDelta",
     "Reasoning",
     "GenerationResult",
+    "TokenProb",
     "EngineError",
     "ModelNotFoundError",
     "ModelFormatError",

@@ -10,20 +10,6 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class TextDelta:
-    """A piece of newly generated text: whole UTF-8 characters, never part of a stop string."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class ReasoningDelta:
-    """A piece of the reply's reasoning (inside its `<think>` block), never part of a marker."""
-
-    text: str
-
-
-@dataclass(frozen=True)
 class TokenProb:
     """How sure the model was of one generated token: `prob` is the probability the model gave
     the chosen token `id` (softmax at temperature 1 of the logits the sampler saw, i.e. after
@@ -35,6 +21,25 @@ class TokenProb:
     text: str
     prob: float
     top: tuple[tuple[int, str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of newly generated text: whole UTF-8 characters, never part of a stop string.
+    `token_probs`: the rows of the tokens consumed since the previous delta, when generate() was
+    asked for `token_probs` with `stream_probs=True` (else empty; the result has them all)."""
+
+    text: str
+    token_probs: tuple[TokenProb, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the reply's reasoning (inside its `<think>` block), never part of a marker.
+    `token_probs` as on TextDelta."""
+
+    text: str
+    token_probs: tuple[TokenProb, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health. Requests take
 turns on the model (queue.py); prefix reuse carries across requests through one PromptCache (the
 llama.cpp backend reuses its own context by itself), so the next turn of a conversation
-prefills only its new tokens.
+prefills only its new tokens. Per-token logprobs (chat `logprobs`/`top_logprobs`, legacy
+`logprobs: N`) come from the engine's `token_probs` (schema.py, logprobs.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.routing import Route
 from engine import (ContextOverflowError, EngineError, GenerationResult, Model, Reasoning, ReasoningDelta, RequestError,
                     TextDelta)
 
+from .logprobs import LogprobFormat, PendingRows
 from .queue import Generation, QueueFull, Turns
 from .replies import ChunkWriter, ToolReply, chat_response, completion_response, finish_reason, sendable
 from .schema import ChatRequest, CompletionRequest, ValidationError, error_body, first_error
@@ -85,6 +87,14 @@ class Server:
         room = window - len(ids)
         return min(limit, room) if limit else room
 
+    def check_logprobs(self, req) -> LogprobFormat | None:
+        """The formatter of the request's logprobs; None when it asks for none, or when the model
+        records none (every engine backend does), whose reply then has `"logprobs": null` as
+        servers without logprobs answer."""
+        if req.token_probs is None or not self.model.records_token_probs:
+            return None
+        return LogprobFormat(self.model.tokenizer)
+
     def params(self, req, max_tokens: int):
         try:
             return self.model.sampling_params(req.sampling(), max_tokens=max_tokens)
@@ -105,6 +115,7 @@ class Server:
     async def chat(self, request: Request):
         self.check_key(request)
         req: ChatRequest = await self.body(request, ChatRequest)
+        probs = self.check_logprobs(req)
         try:  # the grammar that makes "required", a named tool and response_format real
             tools, constraint = self.model.constrain(req.offered_tools(), req.choice(), req.response_format)
         except EngineError as e:
@@ -115,25 +126,28 @@ class Server:
         ids = await asyncio.to_thread(self._encode,
                                       lambda: self.model.encode_chat(messages, tools=tools, reasoning=reasoning))
         params = self.params(req, self.fit(ids, req.reply_limit))
-        generation = await self._start(ids, params, reasoning, constraint)
+        generation = await self._start(ids, params, reasoning, constraint, req)
         if req.stream:
-            return EventSourceResponse(self._chat_chunks(req, tools, generation), ping=15)
+            return EventSourceResponse(self._chat_chunks(req, tools, generation, probs), ping=15)
         result, text = await _collect(generation, request)
-        return JSONResponse(chat_response(req.model, ToolReply(text, tools), result))
+        logprobs = probs.chat(result.token_probs) if probs else None
+        return JSONResponse(chat_response(req.model, ToolReply(text, tools), result, logprobs))
 
     async def completions(self, request: Request):
         self.check_key(request)
         req: CompletionRequest = await self.body(request, CompletionRequest)
+        probs = self.check_logprobs(req)
         tok = self.model.tokenizer
         ids = await asyncio.to_thread(self._encode, lambda: tok.encode(req.prompt, add_special=True, parse_special=True))
         params = self.params(req, self.fit(ids, req.reply_limit))
-        generation = await self._start(ids, params)
+        generation = await self._start(ids, params, request=req)
         # A completion is the raw continuation: a think block stays in its text, markers and all.
         generation = _RawText(generation, self.model.think_markers, req.prompt)
         if req.stream:
-            return EventSourceResponse(self._completion_chunks(req, generation), ping=15)
+            return EventSourceResponse(self._completion_chunks(req, generation, probs), ping=15)
         result, text = await _collect(generation, request)
-        return JSONResponse(completion_response(req.model, result, text))
+        logprobs = probs.completion(result.token_probs) if probs else None
+        return JSONResponse(completion_response(req.model, result, text, logprobs))
 
     # ---- generation ----------------------------------------------------------------------------
 
@@ -144,58 +158,73 @@ class Server:
         except EngineError as e:  # a template that cannot render these messages
             raise ApiError(400, str(e), param="messages") from None
 
-    async def _start(self, ids: list[int], params, reasoning: Reasoning | None = None, constraint=None) -> Generation:
+    async def _start(self, ids: list[int], params, reasoning: Reasoning | None = None, constraint=None,
+                     request=None) -> Generation:
         try:
             await self.turns.take()
         except QueueFull as e:
             raise ApiError(429, str(e), "rate_limit_exceeded", code="queue_full") from None
         hooks = {"constraint": constraint} if constraint is not None else {}
+        if request is not None and request.token_probs is not None and self.model.records_token_probs:
+            # a stream sends each delta's rows with it
+            hooks.update(token_probs=request.token_probs, stream_probs=request.stream)
         make = lambda should_stop: self.model.generate(ids, params, should_stop=should_stop, cache=self.cache,
                                                        reasoning=reasoning, **hooks)
         return Generation(make, self.turns)
 
-    async def _chat_chunks(self, req: ChatRequest, tools, generation: Generation):
+    async def _chat_chunks(self, req: ChatRequest, tools, generation: Generation, probs: LogprobFormat | None):
         out = ChunkWriter(req.model, "chat")
+        rows = PendingRows(probs.chat, probs.kept) if probs else None
+        take = lambda: rows.take() if rows else None
         yield _data(out.choice(delta={"role": "assistant", "content": ""}))
         text, sent = "", ""
         try:
             async for event in generation.events():
+                if rows and not isinstance(event, GenerationResult):
+                    rows.add(event.token_probs)
                 if isinstance(event, TextDelta):
                     text += event.text
                     upto = sendable(text) if tools else len(text)
                     if upto > len(sent):
-                        yield _data(out.choice(text=text[len(sent):upto]))
+                        yield _data(out.choice(text=text[len(sent):upto], logprobs=take()))
                         sent = text[:upto]
                 elif isinstance(event, ReasoningDelta):  # the convention most servers use
-                    yield _data(out.choice(delta={"reasoning_content": event.text}))
+                    yield _data(out.choice(delta={"reasoning_content": event.text}, logprobs=take()))
                 else:
                     result = event
         except EngineError as e:
             yield _data(error_body(str(e), "server_error"))
             return
+        if rows:
+            rows.add_rest(result)
         reply = ToolReply(text, tools)
         rest = reply.rest_after(sent)
         if rest:
-            yield _data(out.choice(text=rest))
+            yield _data(out.choice(text=rest, logprobs=take()))
         if reply.calls:
-            yield _data(out.tool_calls(reply.calls))
-        yield _data(out.choice(delta={}, finish=finish_reason(result, reply.calls)))
+            yield _data(out.tool_calls(reply.calls, take()))
+        yield _data(out.choice(delta={}, finish=finish_reason(result, reply.calls), logprobs=take()))
         if req.include_usage:
             yield _data(out.usage(result))
         yield {"data": "[DONE]"}
 
-    async def _completion_chunks(self, req: CompletionRequest, generation: Generation):
+    async def _completion_chunks(self, req: CompletionRequest, generation: Generation, probs: LogprobFormat | None):
         out = ChunkWriter(req.model, "completion")
+        rows = PendingRows(probs.completion, probs.kept) if probs else None
         try:
             async for event in generation.events():
                 if isinstance(event, TextDelta):
-                    yield _data(out.choice(text=event.text))
+                    if rows:
+                        rows.add(event.token_probs)
+                    yield _data(out.choice(text=event.text, logprobs=rows.take() if rows else None))
                 elif isinstance(event, GenerationResult):  # a completion is its text, as unstreamed
                     result = event
         except EngineError as e:
             yield _data(error_body(str(e), "server_error"))
             return
-        yield _data(out.choice(text="", finish=finish_reason(result, [])))
+        if rows:
+            rows.add_rest(result)
+        yield _data(out.choice(text="", finish=finish_reason(result, []), logprobs=rows.take() if rows else None))
         if req.include_usage:
             yield _data(out.usage(result))
         yield {"data": "[DONE]"}
@@ -216,10 +245,10 @@ class _RawText:
             if isinstance(event, ReasoningDelta):
                 opening = "" if thinking or self.opened else self.markers.open + "\n"
                 thinking = True
-                yield TextDelta(opening + event.text)
+                yield TextDelta(opening + event.text, event.token_probs)
             elif isinstance(event, TextDelta) and thinking:
                 thinking = False
-                yield TextDelta(self.markers.close + "\n\n" + event.text)
+                yield TextDelta(self.markers.close + "\n\n" + event.text, event.token_probs)
             else:
                 yield event
 

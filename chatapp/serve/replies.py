@@ -73,24 +73,25 @@ def chat_message(reply: ToolReply) -> dict:
     return message
 
 
-def chat_response(request_model: str, reply: ToolReply, result: GenerationResult) -> dict:
+def chat_response(request_model: str, reply: ToolReply, result: GenerationResult, logprobs: dict | None = None) -> dict:
     message = chat_message(reply)
     if result.reasoning:  # the reply's thinking, apart from its content
         message["reasoning_content"] = result.reasoning
     return {
         "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": request_model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(result, reply.calls),
-                     "logprobs": None}],
+                     "logprobs": logprobs}],
         "usage": usage(result),
     }
 
 
-def completion_response(request_model: str, result: GenerationResult, text: str | None = None) -> dict:
+def completion_response(request_model: str, result: GenerationResult, text: str | None = None,
+                        logprobs: dict | None = None) -> dict:
     """`text`: what was streamed, where it differs from result.text (a think block kept in it)."""
     return {
         "id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": request_model,
         "choices": [{"index": 0, "text": result.text if text is None else text, "finish_reason": finish_reason(result, []),
-                     "logprobs": None}],
+                     "logprobs": logprobs}],
         "usage": usage(result),
     }
 
@@ -104,16 +105,18 @@ class ChunkWriter:
                      "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
                      "created": int(time.time()), "model": request_model}
 
-    def choice(self, *, text: str | None = None, delta: dict | None = None, finish: str | None = None) -> dict:
+    def choice(self, *, text: str | None = None, delta: dict | None = None, finish: str | None = None,
+               logprobs: dict | None = None) -> dict:
         if self.kind == "chat":
-            body = {"index": 0, "delta": delta if delta is not None else {"content": text}, "finish_reason": finish}
+            body = {"index": 0, "delta": delta if delta is not None else {"content": text}, "finish_reason": finish,
+                    "logprobs": logprobs}
         else:
-            body = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            body = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
         return {**self.base, "choices": [body]}
 
     def usage(self, result: GenerationResult) -> dict:
         return {**self.base, "choices": [], "usage": usage(result)}
 
-    def tool_calls(self, calls: list) -> dict:
+    def tool_calls(self, calls: list, logprobs: dict | None = None) -> dict:
         deltas = [{"index": i, **c.to_openai()} for i, c in enumerate(calls)]
-        return self.choice(delta={"tool_calls": deltas})
+        return self.choice(delta={"tool_calls": deltas}, logprobs=logprobs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, ValidationInfo, field_validator
 
 __all__ = ["ChatRequest", "CompletionRequest", "ValidationError", "error_body", "first_error"]
 
@@ -102,6 +102,24 @@ class ChatRequest(_Sampling):
     # Reasoning tokens after which the block is closed so the model answers (Qwen's API name).
     # OpenAI's `reasoning_effort` is not read: low/medium/high name no number of tokens.
     thinking_budget: int | None = Field(default=None, ge=0)
+    # Per-token log probabilities (OpenAI's fields): `logprobs: true` puts
+    # choices[0].logprobs = {"content": [{"token", "logprob", "bytes", "top_logprobs"}]} in the
+    # reply and in each streamed chunk (its own tokens'); `top_logprobs` (0..20, only with
+    # `logprobs: true`) adds that many most likely alternatives per position (chatapp/serve/logprobs.py).
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _asked_for_logprobs(cls, value, info: ValidationInfo):
+        if value is not None and info.data.get("logprobs") is not True:
+            raise ValueError("top_logprobs needs \"logprobs\": true")
+        return value
+
+    @property
+    def token_probs(self) -> int | None:
+        """The engine's `token_probs` (alternatives per position), None when not asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -143,6 +161,14 @@ class ChatRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    # Legacy log probabilities: `logprobs: N` (0..5) puts choices[0].logprobs = {"tokens",
+    # "token_logprobs", "top_logprobs": [{token: logprob} x N], "text_offset"} in the reply and
+    # in each streamed chunk; text_offset counts characters from the start of the completion.
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=5)
+
+    @property
+    def token_probs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod

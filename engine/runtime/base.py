@@ -17,7 +17,7 @@ from ..text.reasoning import Reasoning, ThinkMarkers, find_markers, starts_insid
 from ..text.template import ChatTemplate
 from ..text.tokenizer import Tokenizer, load_tokenizer
 from .generate import stream_text
-from .probs import ProbRecorder, with_token_probs
+from .probs import CountedTokens, ProbRecorder, with_token_probs
 from .sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class Model(ABC):
         cache: PromptCache | None = None,
         reasoning: Reasoning | None = None,
         token_probs: int | None = None,
+        stream_probs: bool = False,
         constraint: Constraint | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
@@ -102,6 +103,10 @@ class Model(ABC):
         `params` and keyword `overrides` (SamplingParams fields, e.g. `max_tokens=8,
         temperature=0`) over the model's `sampling_defaults` (`sampling_params`). A
         `constraint` (engine/runtime/grammar.py) masks every draw.
+
+        `token_probs=K` records each token's probability and the K most likely alternatives
+        (engine/runtime/probs.py) into the result's `token_probs`; with `stream_probs=True` each
+        delta also carries the rows of its own tokens as it streams.
 
         For a model that thinks first (`think_markers`), its block streams as ReasoningDelta
         events; `reasoning.budget` closes the block after that many tokens.
@@ -124,8 +129,10 @@ class Model(ABC):
                 raise RequestError(f"{self.name} ({self.where}) does not record token probabilities")
             recorder = hooks["record"] = ProbRecorder(token_probs)
         notes: list[str] = []  # filled if the run had to change (see _explain_non_finite)
+        tokens = CountedTokens(
+            _explain_non_finite(lambda: self._token_ids(ids, params, cache, **hooks), self, cache, notes))
         events = stream_text(
-            _explain_non_finite(lambda: self._token_ids(ids, params, cache, **hooks), self, cache, notes),
+            tokens,
             self.tokenizer,
             prompt_tokens=len(ids),
             max_tokens=params.max_tokens,
@@ -138,7 +145,7 @@ class Model(ABC):
             forced=forced,
         )
         if recorder is not None:
-            events = with_token_probs(events, recorder, self.tokenizer)
+            events = with_token_probs(events, recorder, self.tokenizer, tokens if stream_probs else None)
         return _with_cache_count(events, cache, notes)
 
     def attention(self, ids: Sequence[int], position: int):
@@ -212,6 +219,7 @@ class Model(ABC):
         cache: PromptCache | None = None,
         reasoning: Reasoning | None = None,
         token_probs: int | None = None,
+        stream_probs: bool = False,
         **overrides: Any,
     ) -> Iterator[Event]:
         """OpenAI-style messages in; TextDelta (and ReasoningDelta) events out, then one
@@ -224,7 +232,8 @@ class Model(ABC):
         tools, constraint = self.constrain(tools, tool_choice, response_format)
         return self.generate(self.encode_chat(messages, tools=tools, reasoning=reasoning), params,
                              should_stop=should_stop, cache=cache, reasoning=reasoning,
-                             token_probs=token_probs, constraint=constraint, **overrides)
+                             token_probs=token_probs, stream_probs=stream_probs, constraint=constraint,
+                             **overrides)
 
     def constrain(self, tools: list[dict] | None, tool_choice: Any = None,
                   response_format: Any = None) -> tuple[list[dict] | None, Constraint | None]:

@@ -22,6 +22,8 @@ from ..model.cache import PromptCache
 from ..results import Event, GenerationResult, ReasoningDelta, TextDelta
 from ..text.toolcalls import CLOSE_TAG, OPEN_TAG, ToolCall
 from .base import Model
+from .probs import checked_top
+from .remote_logprobs import LEGACY_TOP, ReplyRows
 from .sampling import SamplingParams
 
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection: an unreachable host fails fast
@@ -36,6 +38,9 @@ class RemoteModel(Model):
 
     backend = "remote"
     is_remote = True
+    # Asked of the server as OpenAI `logprobs` (runtime/remote_logprobs.py): a server that ignores the
+    # field gives a reply without them, never an error.
+    records_token_probs = True
 
     def __init__(self, base_url: str, model: str, *, name: str | None = None, api_key: str | None = None,
                  api_key_env: str | None = None, timeout: float = READ_TIMEOUT,
@@ -86,13 +91,18 @@ class RemoteModel(Model):
     def chat(self, messages: list[dict], params: SamplingParams | Mapping[str, Any] | None = None, *,
              tools: list[dict] | None = None, tool_choice: Any = None, response_format: Any = None,
              should_stop: Callable[[], bool] | None = None,
-             cache: PromptCache | None = None, reasoning=None, **overrides: Any) -> Iterator[Event]:
+             cache: PromptCache | None = None, reasoning=None, token_probs: int | None = None,
+             stream_probs: bool = False, **overrides: Any) -> Iterator[Event]:
         """Streams `POST /chat/completions`. The server keeps its own prefix cache (`cache` is
         accepted for the interface and unused). `reasoning` goes as the fields vLLM, SGLang and
         `chatapp serve` read: `chat_template_kwargs.enable_thinking` and `thinking_budget`; the
         server's `reasoning_content` (or `reasoning`) deltas come back as ReasoningDelta.
-        tool_choice and response_format go to the server as they are."""
+        tool_choice and response_format go to the server as they are. `token_probs=K` asks for
+        `logprobs: true, top_logprobs: K` and fills the result's `token_probs` from the reply
+        (the tokens the server reports: ours and OpenAI's leave the end token out)."""
         request = self._request(params, overrides)
+        if token_probs is not None:
+            request.update(logprobs=True, top_logprobs=checked_top(token_probs))
         if tools:
             request["tools"] = tools
         if tool_choice is not None and tools:
@@ -102,17 +112,21 @@ class RemoteModel(Model):
         extra = _reasoning_fields(reasoning)
         if extra:
             request["extra_body"] = extra
-        return self._stream("chat", dict(messages=messages, **request), should_stop)
+        return self._stream("chat", dict(messages=messages, **request), should_stop, stream_probs)
 
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | Mapping[str, Any] | None = None, *,
                  should_stop: Callable[[], bool] | None = None, cache: PromptCache | None = None,
-                 **overrides: Any) -> Iterator[Event]:
-        """Streams `POST /completions` (raw text in, text out)."""
+                 token_probs: int | None = None, stream_probs: bool = False, **overrides: Any) -> Iterator[Event]:
+        """Streams `POST /completions` (raw text in, text out); `token_probs=K` asks for the legacy
+        `logprobs: K` (at most 5 alternatives there, OpenAI's limit; no token ids)."""
         if not isinstance(prompt, str):
             raise RequestError(f"a remote model ({self.name} at {self.host}) takes a text prompt, not token ids")
         if not prompt:
             raise RequestError("the prompt is empty")
-        return self._stream("completion", dict(prompt=prompt, **self._request(params, overrides)), should_stop)
+        request = self._request(params, overrides)
+        if token_probs is not None:
+            request["logprobs"] = min(checked_top(token_probs), LEGACY_TOP)
+        return self._stream("completion", dict(prompt=prompt, **request), should_stop, stream_probs)
 
     def _request(self, params, overrides) -> dict:
         p = self.sampling_params(params, **overrides)
@@ -126,12 +140,14 @@ class RemoteModel(Model):
             request["seed"] = p.seed
         return request
 
-    def _stream(self, kind: str, request: dict, should_stop: Callable[[], bool] | None) -> Iterator[Event]:
+    def _stream(self, kind: str, request: dict, should_stop: Callable[[], bool] | None,
+                stream_probs: bool = False) -> Iterator[Event]:
         start = time.perf_counter()
         first = None
         text, thought, finish, usage = "", "", None, None
         calls: dict[int, dict] = {}  # tool_calls deltas by index: id, name, arguments text
         pieces, thought_pieces = 0, 0
+        rows = ReplyRows(kind)
         create = self._client.chat.completions.create if kind == "chat" else self._client.completions.create
         with self._errors("the request"):
             stream = create(**request)
@@ -148,18 +164,19 @@ class RemoteModel(Model):
                     if getattr(chunk, "usage", None) is not None:
                         usage = chunk.usage
                     for choice in choices:
+                        rows.read(choice)
                         thinking = _choice_reasoning(choice) if kind == "chat" else ""
                         if thinking:
                             first = first or time.perf_counter()
                             thought += thinking
                             thought_pieces += 1
-                            yield ReasoningDelta(thinking)
+                            yield ReasoningDelta(thinking, rows.take() if stream_probs else ())
                         piece = _choice_text(choice, kind, calls, self.host)
                         if piece:
                             first = first or time.perf_counter()
                             text += piece
                             pieces += 1
-                            yield TextDelta(piece)
+                            yield TextDelta(piece, rows.take() if stream_probs else ())
                         if getattr(choice, "finish_reason", None):
                             finish = _FINISH.get(choice.finish_reason, "stop")
         finally:
@@ -185,6 +202,7 @@ class RemoteModel(Model):
             reasoning=thought,
             # the server's count where it gives one, else one token per streamed piece
             reasoning_tokens=spent if isinstance(spent, int) and spent > 0 else thought_pieces,
+            token_probs=rows.all(),
         )
 
     # ---- the server --------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class ChatSession:
         if model.is_remote:  # its server renders, counts and caches the prompt
             yield from model.chat(messages, params, tools=tools, tool_choice=tool_choice,
                                   response_format=response_format, should_stop=should_stop,
-                                  reasoning=reasoning, **overrides)
+                                  reasoning=reasoning, token_probs=token_probs, **overrides)
             return
         tools, constraint = model.constrain(tools, tool_choice, response_format)
         params = model.sampling_params(params, **overrides)
