@@ -181,8 +181,10 @@ class ConversationActions:
         system = self.store.get_conversation(self.conversation_id).system_prompt
         prompt_ids = [int(i) for i in reply.meta.get("prompt_ids") or [] if isinstance(i, int)]
         model, why, attention = self.app.model, "", None
-        if model is None or model.is_remote or model.name != reply.meta.get("model"):
+        if model is None or model.name != reply.meta.get("model"):
             why = f"needs the model that wrote this reply ({reply.meta.get('model', 'unknown')}) loaded here"
+        elif model.is_remote:
+            why = f"needs the native engine; {model.name} is served by {model.where}"
         elif model.backend != "native":
             why = f"needs the native engine; {model.name} runs on {model.where} (load it with the native backend)"
         elif not prompt_ids:

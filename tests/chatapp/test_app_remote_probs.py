@@ -10,6 +10,7 @@ from apphelpers import make_app, messages, send, wait_for
 from serving import running_server
 
 from chatapp.inspection import tokens_from_meta
+from chatapp.screens.inspector import InspectorScreen
 from engine.runtime.remote import RemoteModel
 
 
@@ -30,6 +31,11 @@ async def _records(tmp_path):
             await wait_for(pilot, lambda: app.chat_screen.job is None and any(
                 m.role == "assistant" and m.status != "streaming" for m in messages(app)), what="the reply")
             reply = messages(app)[-1]
+            # The inspector shows the probabilities; attention needs weights this process holds.
+            await pilot.press("f4")
+            await wait_for(pilot, lambda: isinstance(app.screen, InspectorScreen), what="the inspector")
+            attention = str(app.screen.query_one("#attention-view").render())
+            assert f"needs the native engine; {local.name} is served by remote" in attention
     tokens = tokens_from_meta(reply.meta)
     assert reply.status == "complete" and "prompt_ids" not in reply.meta
     # The ids came back too (the "id" our server sends, as llama-server does): their bytes are the reply.
