@@ -110,6 +110,8 @@ def load_model(args: argparse.Namespace):
     finally:  # also on Ctrl-C: the "interrupted" line must not land on top of the status line
         if status:
             print("\r\033[K", file=sys.stderr, end="", flush=True)
+    for note in model.load_notes:
+        print(inert(note), file=sys.stderr)
     return model
 
 

@@ -14,8 +14,7 @@ from typing import Any
 import gguf
 import numpy as np
 import torch
-
-from tiny_models import add_tiny_vocabulary, vocabulary
+from tiny_models import SPECIALS, add_tiny_vocabulary, vocabulary
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
@@ -202,3 +201,29 @@ def write_raw_safetensors(path: Path, header: dict[str, Any], data: bytes) -> Pa
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
     return path
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tokenizer_files(folder: Path) -> Path:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tokens, _, merges = vocabulary()
+    ids = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=ids, merges=[tuple(m.split(" ")) for m in merges]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML,
+        "bos_token": None, "eos_token": "<|im_end|>", "model_max_length": 256,
+    }))
+    generation = json.loads((folder / "generation_config.json").read_text())
+    generation.update(eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], bos_token_id=ids["<|endoftext|>"])
+    (folder / "generation_config.json").write_text(json.dumps(generation))
+    return folder

@@ -178,6 +178,8 @@ class ChatScreen(ConversationActions, Screen):
         status = self.query_one(StatusBar)
         status.model_name = f"{model.name} · {model.where}"
         status.context_size = model.context_length
+        for note in getattr(model, "load_notes", ()):
+            self.on_notice(Notice(note))
         if self.job is None:
             status.state = "ready"
         if self.conversation_id is not None:  # the conversation's model is the one answering it

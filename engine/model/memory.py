@@ -3,6 +3,8 @@
 A load that runs out of memory half-way fails late and ugly (a RuntimeError from an allocator,
 or the kernel's OOM killer), so `check_fits` refuses it first with the numbers and what would
 fit; `allocation_errors` turns whatever allocation failure still happens into OutOfMemoryError.
+Where the caller left the context to the model and its full window's KV cache does not fit,
+`fit_context` shortens the window instead of refusing (and says so in `Model.load_notes`).
 """
 
 from __future__ import annotations
@@ -105,6 +107,29 @@ def _address_space_in_use() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+# A window shorter than this hardly holds a chat: below it a load is refused rather than fitted.
+MIN_FITTED_CONTEXT = 2048
+
+
+def fit_context(args: ModelArgs, *, dtype: torch.dtype, device: torch.device, context: int, chosen: bool,
+                name: str) -> tuple[int, str | None]:
+    """The context window a load gets, and a note when it is not `context`. A window the caller
+    chose must fit whole (else OutOfMemoryError, as check_fits). The model's own window, when it
+    does not fit, is shortened to the longest (a multiple of 256, at least MIN_FITTED_CONTEXT)
+    whose full KV cache does, as llama.cpp's --fit does: a long chat then meets a clear "over the
+    context window" instead of running out of memory half-way."""
+    need = estimate(args, dtype_bytes=dtype.itemsize, context=context)
+    have = available_bytes(device)
+    if have is None or need.total <= have:
+        return context, None
+    room = have - (need.total - need.kv_cache)
+    fitted = min(room // kv_cache_bytes(args, 1, dtype.itemsize) // 256 * 256, context) if room > 0 else 0
+    if chosen or fitted < MIN_FITTED_CONTEXT:
+        check_fits(args, dtype=dtype, device=device, context=context, name=name)  # raises, with the numbers
+    return fitted, (f"{name}: context window set to {fitted} of the model's {context} tokens, the most whose "
+                    f"KV cache fits in the {_size(have)} available on {device.type} (--ctx N chooses another)")
 
 
 def check_fits(args: ModelArgs, *, dtype: torch.dtype, device: torch.device, context: int, name: str) -> MemoryEstimate:

@@ -41,6 +41,9 @@ class Model(ABC):
     is_remote: bool = False
     # Whether generate()/chat() can record per-token probabilities (`token_probs`).
     records_token_probs: bool = False
+    # What the load chose that the caller did not ask for (a context shortened to fit memory),
+    # one line each, for the app to say.
+    load_notes: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:

@@ -16,7 +16,7 @@ from ..model.config import ModelArgs
 from ..model.decoder import Transformer
 from ..model.device import pick_device, pick_dtype, release_freed_memory
 from ..model.load_gguf import load_gguf_model
-from ..model.memory import check_fits
+from ..model.memory import fit_context
 from ..model.packing import can_pack, pack_linears
 from .base import Model
 from .inspect import attention_row
@@ -56,10 +56,12 @@ class NativeModel(Model):
             self.metadata = gguf.metadata
             self.args = ModelArgs.from_gguf(gguf.metadata, frozenset(gguf.tensors))
             self._load_text_side(gguf.metadata)  # before the weights: a bad vocabulary fails fast
-            check_fits(self.args, dtype=self.dtype, device=self.device, name=self.name,
-                       context=min(context_length or self.args.context_length, self.args.context_length))
+            context, note = fit_context(self.args, dtype=self.dtype, device=self.device, name=self.name,
+                                        context=min(context_length or self.args.context_length, self.args.context_length),
+                                        chosen=context_length is not None)
             self.model: Transformer = load_gguf_model(gguf, self.args, dtype=self.dtype, device=self.device)
-        self._finish_load(pack_weights, context_length, decode)
+        self._finish_load(pack_weights, context, decode)
+        self.load_notes = (note,) if note else ()
 
     def _finish_load(self, pack_weights: bool, context_length: int | None, decode: str = "auto") -> None:
         # On CPU, prepacked oneDNN weights decode ~1.3x faster (engine/model/packing.py). The quant
@@ -145,12 +147,14 @@ class NativeModel(Model):
         dtype = pick_dtype(dtype, device)
         args = read_hf_config(folder)
         text_side = load_hf_text_side(folder)  # before the weights: a bad tokenizer fails fast
-        check_fits(args, dtype=dtype, device=device, name=name or Path(folder).name,
-                   context=min(context_length or args.context_length, args.context_length))
+        context, note = fit_context(args, dtype=dtype, device=device, name=name or Path(folder).name,
+                                    context=min(context_length or args.context_length, args.context_length),
+                                    chosen=context_length is not None)
         model = load_hf_weights(folder, args, dtype=dtype, device=device)
         self = cls.from_transformer(model, None, path=folder, name=name, device=device, dtype=dtype,
-                                    context_length=context_length, text_side=text_side, pack_weights=pack_weights,
+                                    context_length=context, text_side=text_side, pack_weights=pack_weights,
                                     decode=decode)
+        self.load_notes = (note,) if note else ()
         self.sampling_defaults = generation_defaults(Path(folder))
         return self
 

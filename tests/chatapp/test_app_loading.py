@@ -87,3 +87,28 @@ def test_the_job_samples_with_the_model_defaults_under_the_conversation_settings
             assert (params.temperature, params.top_k, params.max_tokens) == (0.3, 5, 64)
 
     asyncio.run(main())
+
+
+def test_a_context_shortened_to_fit_memory_is_said_and_shown(tmp_path, monkeypatch):
+    """The native load fits the model's window to the memory there is (engine/model/memory.py):
+    the app says so beside the chat, and the status line counts against the shorter window."""
+    import engine
+    from engine.model import memory
+    from tiny_models import TinyConfig, write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "long.gguf", TinyConfig(context_length=16384))
+    args = engine.load(path, backend="native", device="cpu", dtype="float32").args
+    need = memory.estimate(args, dtype_bytes=4, context=16384)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need.total - need.kv_cache * 3 // 4)
+
+    async def main():
+        app = ChatApp(store=Store(tmp_path / "history.db"),
+                      load_model=lambda name: engine.load(path, backend="native", device="cpu", dtype="float32"))
+        async with app.run_test() as pilot:
+            await wait_for(pilot, lambda: app.model is not None, what="the model")
+            await pilot.pause()
+            shown = [str(n.render()) for n in app.query(".notice").results(Static)]
+            assert any("context window set to 4096 of the model's 16384 tokens" in n for n in shown), shown
+            assert "/4096" in status_text(app)
+
+    asyncio.run(main())

@@ -16,39 +16,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_models import HFTiny, build_hf_model, save_hf_model
+from hf_models import (
+    HFTiny,
+    build_hf_model,
+    save_hf_model,
+    write_tokenizer_files,
+)
 from hub_cache import add_to_cache, folder_files, use_offline_cache
-from tiny_models import SPECIALS, vocabulary
 
 import engine
 from engine.runtime.native import NativeModel
 from engine.text.hf_text import HFTokenizer
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the weather in a town"}]
-
-
-def write_tokenizer_files(folder: Path) -> Path:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    tokens, _, merges = vocabulary()
-    ids = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab=ids, merges=[tuple(m.split(" ")) for m in merges]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML,
-        "bos_token": None, "eos_token": "<|im_end|>", "model_max_length": 256,
-    }))
-    generation = json.loads((folder / "generation_config.json").read_text())
-    generation.update(eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], bos_token_id=ids["<|endoftext|>"])
-    (folder / "generation_config.json").write_text(json.dumps(generation))
-    return folder
 
 
 @pytest.fixture(scope="module", params=[HFTiny("qwen2", tied=True, seed=5), HFTiny("llama", seed=6)],

@@ -33,13 +33,40 @@ def test_refusal_names_the_numbers_and_what_would_fit(tmp_path, monkeypatch):
     path = write_tiny_llama(tmp_path / "m.gguf", TinyConfig(context_length=4096))
     args = NativeModel(path, device="cpu", dtype="float32").args
     need = memory.estimate(args, dtype_bytes=4, context=4096)
-    # Room for the float32 weights and a quarter of the context's KV cache: the hint says --ctx 1024.
+    # Room for the float32 weights and a quarter of the context's KV cache: the hint says --ctx 1024
+    # (too short a window to choose on the caller's behalf: refused, with or without --ctx).
     monkeypatch.setattr(memory, "available_bytes", lambda device: need.total - need.kv_cache * 3 // 4)
-    with pytest.raises(OutOfMemoryError, match=r"needs about .* but only .* available; try .*--ctx 1024") as err:
-        engine.load(path, backend="native", device="cpu", dtype="float32")
-    assert "KV cache for 4096 tokens" in str(err.value)
+    for context in (None, 4096):
+        with pytest.raises(OutOfMemoryError, match=r"needs about .* but only .* available; try .*--ctx 1024") as err:
+            engine.load(path, backend="native", device="cpu", dtype="float32", context_length=context)
+        assert "KV cache for 4096 tokens" in str(err.value)
     # Enough for all of it with a shorter context: the same load goes through.
     assert engine.load(path, backend="native", device="cpu", dtype="float32", context_length=1024).context_length == 1024
+
+
+@pytest.mark.parametrize("source", ["gguf", "hf"])
+def test_the_models_own_window_is_shortened_to_fit_and_said(tmp_path, monkeypatch, source):
+    """llama.cpp's --fit: where the model's full window does not fit but a useful one does, the
+    load gets the longest that fits, with a note; a window the caller chose is never shortened."""
+    from hf_models import HFTiny, build_hf_model, save_hf_model, write_tokenizer_files
+
+    if source == "gguf":
+        path = write_tiny_llama(tmp_path / "m.gguf", TinyConfig(context_length=16384))
+    else:
+        path = write_tokenizer_files(save_hf_model(build_hf_model(HFTiny("llama", max_positions=16384)), tmp_path / "hf"))
+    args = engine.load(path, backend="native", device="cpu", dtype="float32").args
+    need = memory.estimate(args, dtype_bytes=4, context=16384)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need.total - need.kv_cache * 3 // 4)
+    model = engine.load(path, backend="native", device="cpu", dtype="float32")
+    assert model.context_length == 4096  # a quarter of the KV cache fits
+    assert model.load_notes == (f"{model.name}: context window set to 4096 of the model's 16384 tokens, the most "
+                                f"whose KV cache fits in the {memory._size(need.total - need.kv_cache * 3 // 4)} "
+                                "available on cpu (--ctx N chooses another)",)
+    assert memory.estimate(args, dtype_bytes=4, context=4096).total <= need.total - need.kv_cache * 3 // 4
+    with pytest.raises(OutOfMemoryError, match="KV cache for 16384 tokens"):
+        engine.load(path, backend="native", device="cpu", dtype="float32", context_length=16384)
+    monkeypatch.undo()
+    assert engine.load(path, backend="native", device="cpu", dtype="float32").load_notes == ()
 
 
 @pytest.mark.parametrize("failure", [
