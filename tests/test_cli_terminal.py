@@ -5,7 +5,6 @@ of `engine.load` inside the CLI's own process."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pty
@@ -119,13 +118,10 @@ def test_an_ascii_locale_keeps_engine_generate_whole(default_gguf):
 @pytest.fixture(scope="module")
 def hf_checkpoint(tmp_path_factory) -> Path:
     """A tiny Llama checkpoint folder with a Hugging Face tokenizer (tokenizer.json)."""
-    from hf_models import HFTiny, build_hf_model, save_hf_model
+    from hf_models import HFTiny, build_hf_model, save_hf_model, write_tokenizer_files
 
-    spec = importlib.util.spec_from_file_location("hf_folder_files", TESTS / "engine" / "formats" / "test_hf_folder.py")
-    files = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(files)
     folder = save_hf_model(build_hf_model(HFTiny("llama", seed=3)).eval(), tmp_path_factory.mktemp("hf") / "tiny")
-    return files.write_tokenizer_files(folder)
+    return write_tokenizer_files(folder)
 
 
 def test_a_non_ascii_argument_reaches_a_hugging_face_tokenizer_under_an_ascii_locale(hf_checkpoint):
