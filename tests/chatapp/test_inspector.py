@@ -11,6 +11,7 @@ from apphelpers import messages, send, wait_for
 from chatapp.app import ChatApp
 from chatapp.screens.inspector import InspectorScreen
 from chatapp.store import Store
+from chatapp.widgets.token_strip import TokenStrip
 from tiny_models import TinyConfig, write_tiny_llama
 
 SHORT = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 10}
@@ -63,6 +64,13 @@ def test_inspector_on_a_real_reply_moves_across_tokens_layers_and_heads(tmp_path
             expected = default_model.attention(reply.meta["prompt_ids"] + [rows[0][0]], position)[2, 1]
             top = int(expected.argmax())
             assert f"{expected[top]:7.3f}  #{top:<5}" in text
+            # The mouse: a click on a token's cell selects that token.
+            strip = app.screen.query_one(TokenStrip)
+            line, x0, _x1, index = strip._cells[min(3, len(strip._cells) - 1)]
+            inner = strip.content_region.offset - strip.region.offset  # padding and border
+            assert await pilot.click(TokenStrip, offset=(inner.x + x0, inner.y + line))
+            await pilot.pause()
+            assert strip.selected == index and f"Token {index + 1}/{len(rows)}" in detail_text(app)
             await pilot.press("escape")
             assert not isinstance(app.screen, InspectorScreen)
         app.store.close()
