@@ -125,7 +125,7 @@ def test_the_cancel_parameter_is_not_in_the_schema_and_the_model_cannot_set_it(t
 def test_escape_stops_a_tool_that_takes_cancel(tools):
     registry, plugin = tools
     result, answered = run_cancelled_when(ToolRunner(registry), call("count", limit=10_000), plugin.started.is_set)
-    assert result.is_error and "cancelled by the user" in result.content and answered < 1
+    assert result.is_error and "cancelled by the user" in result.content and answered < 3
     assert plugin.stopped.wait(2), "the tool's loop never saw the cancel event"
 
 
@@ -141,7 +141,7 @@ def test_an_async_tool_runs_and_escape_cancels_its_task(tools):
     assert ToolRunner(registry).run(call("pause", seconds=0.01)).content == "paused 0.01 s"
     plugin.started.clear()
     result, answered = run_cancelled_when(ToolRunner(registry), call("pause", seconds=60), plugin.started.is_set)
-    assert "cancelled by the user" in result.content and answered < 1
+    assert "cancelled by the user" in result.content and answered < 3
     assert plugin.stopped.wait(2), "the async tool's task was not cancelled"
 
 
@@ -155,7 +155,7 @@ def test_the_timeout_cancels_an_async_tool(tools):
 def test_a_tool_that_cannot_be_told_is_still_answered_at_once_and_runs_on(tools):
     registry, plugin = tools
     result, answered = run_cancelled_when(ToolRunner(registry), call("block", seconds=60), plugin.started.is_set)
-    assert "cancelled by the user" in result.content and answered < 1
+    assert "cancelled by the user" in result.content and answered < 3
     time.sleep(0.2)
     assert any(t.name == "tool block" for t in threading.enumerate())  # Python cannot stop it
     plugin.release.set()
@@ -191,8 +191,8 @@ def test_escape_on_an_mcp_call_cancels_it_on_the_server_and_the_connection_goes_
     record = folder / f"escape-{server}.txt"
     result, answered = run_cancelled_when(ToolRunner(registry), call(f"{server}__sleepy", seconds=30, record=str(record)),
                                           lambda: read(record) == "started")
-    assert result.is_error and "cancelled by the user" in result.content and answered < 1
-    wait_until(lambda: read(record) == "cancelled", 2, "the server seeing notifications/cancelled")
+    assert result.is_error and "cancelled by the user" in result.content and answered < 3
+    wait_until(lambda: read(record) == "cancelled", 10, "the server seeing notifications/cancelled")
     assert tools.connections[server].state == "running"
     assert ToolRunner(registry).run(call(f"{server}__add", a=2, b=3)).content == "5"
 
@@ -203,7 +203,7 @@ def test_a_timed_out_mcp_call_is_cancelled_on_the_server(mcp, server):
     record = folder / f"timeout-{server}.txt"
     result = ToolRunner(registry, timeout=1).run(call(f"{server}__sleepy", seconds=30, record=str(record)))
     assert "timed out after 1 s" in result.content
-    wait_until(lambda: read(record) == "cancelled", 2, "the server seeing notifications/cancelled")
+    wait_until(lambda: read(record) == "cancelled", 10, "the server seeing notifications/cancelled")
     assert tools.connections[server].state == "running"
     assert ToolRunner(registry).run(call(f"{server}__add", a=1, b=1)).content == "2"
 
