@@ -46,6 +46,41 @@ def tokens_from_meta(meta: dict) -> list[Token]:
     return tokens
 
 
+# What a reply's tokens can belong to, apart from the answer: its thinking block (markers included)
+# and the tool-call markup after its text. Marker spellings as engine.text.reasoning and
+# engine.text.toolcalls read them.
+THINK_MARKERS = (("<think>", "</think>"), ("<thinking>", "</thinking>"))
+CALL_MARKERS = ("<tool_call>", "<|python_tag|>", "[TOOL_CALLS]")
+
+
+def reply_parts(token_texts: Sequence[str], *, reasoning: str, content: str, has_calls: bool) -> list[str]:
+    """For each generated token: "thinking", "answer" or "tool call", by where it starts in the
+    token texts laid end to end. The thinking block runs from the start to its close marker (and
+    the blank lines after it); a cut-off block is thinking to the end. Tool calls run from the
+    first call marker after the answer's text, else from the end of that text."""
+    text = "".join(token_texts)
+    answer_from = 0
+    pair = next(((open_, close) for open_, close in THINK_MARKERS if close in text), None)
+    if pair is not None and (reasoning.strip() or text.lstrip().startswith(pair[0])):
+        after = text[text.find(pair[1]) + len(pair[1]):]
+        answer_from = len(text) - len(after.lstrip())
+    elif reasoning.strip():
+        answer_from = len(text)  # the block never closed: all of it is thinking
+    call_from = len(text) + 1
+    if has_calls:
+        found = [at for at in (text.find(m, answer_from) for m in CALL_MARKERS) if at >= 0]
+        if found:
+            call_from = min(found)
+        else:
+            at = text.find(content.strip(), answer_from) if content.strip() else -1
+            call_from = answer_from if at < 0 else len(text) - len(text[at + len(content.strip()):].lstrip())
+    parts, start = [], 0
+    for piece in token_texts:
+        parts.append("thinking" if start < answer_from else "tool call" if start >= call_from else "answer")
+        start += len(piece)
+    return parts
+
+
 def band(prob: float) -> tuple[str, str]:
     """(name, style) of the probability band `prob` falls in."""
     for low, name, style in BANDS:

@@ -13,7 +13,7 @@ from textual.widgets import Input
 from .. import conversation as conv_ops
 from ..conversation import model_label
 from ..export import default_export_path, export_to_file
-from ..inspection import tokens_from_meta
+from ..inspection import reply_parts, tokens_from_meta
 from ..messages import Notice
 from ..pending import WRITE_ERRORS, describe
 from ..widgets.inert import inert
@@ -193,8 +193,11 @@ class ConversationActions:
             attention = model.attention
         texts = [] if model is None or model.is_remote or why.startswith("needs the model") else \
             [model.tokenizer.token_bytes(i).decode("utf-8", "replace") for i in prompt_ids]
+        tokens = tokens_from_meta(reply.meta)
+        parts = reply_parts([t.text for t in tokens], reasoning=reply.reasoning, content=reply.content,
+                            has_calls=bool(reply.tool_calls))
         self.app.push_screen(InspectorScreen(
-            tokens_from_meta(reply.meta), prompt_ids=prompt_ids if attention else [], prompt_texts=texts,
+            tokens, parts=parts, prompt_ids=prompt_ids if attention else [], prompt_texts=texts,
             system=system, last_user=last_user, attention=attention, why_no_attention=why,
             n_kv_heads=getattr(getattr(model, "args", None), "n_kv_heads", None)))
 

@@ -47,9 +47,10 @@ class InspectorScreen(Screen[None]):
 
     def __init__(self, tokens: list[Token], *, prompt_ids: list[int], prompt_texts: list[str],
                  system: str | None, last_user: str | None, attention: Attention | None,
-                 why_no_attention: str = "", n_kv_heads: int | None = None) -> None:
+                 why_no_attention: str = "", n_kv_heads: int | None = None, parts: list[str] | None = None) -> None:
         super().__init__()
         self.tokens, self.prompt_ids, self.prompt_texts = tokens, prompt_ids, prompt_texts
+        self.token_parts = parts if parts is not None and len(parts) == len(tokens) else ["answer"] * len(tokens)
         self.parts = segments(prompt_texts, system, last_user)
         self.attention, self.why_no_attention, self.n_kv_heads = attention, why_no_attention, n_kv_heads
         self.at_layer, self.at_head = 0, -1  # head -1: the mean over heads
@@ -60,9 +61,13 @@ class InspectorScreen(Screen[None]):
         legend = Text("Probability the model gave each token: ")
         for low, name, style in BANDS:
             legend.append(f"■ {name} ≥{low:.0%}  ", style=style)
+        if "thinking" in self.token_parts:
+            legend.append("thinking", style="italic").append("  ")
+        if "tool call" in self.token_parts:
+            legend.append("tool call", style="underline")
         yield Static(legend, id="inspector-legend")
         with VerticalScroll(id="inspector-tokens"):
-            yield TokenStrip(self.tokens, id="token-strip")
+            yield TokenStrip(self.tokens, self.token_parts, id="token-strip")
         with Horizontal(id="inspector-panes"):
             yield Static(id="token-detail", markup=False)
             with VerticalScroll(id="attention-pane"):
@@ -118,7 +123,9 @@ class InspectorScreen(Screen[None]):
             self.query_one("#attention-view", Static).update("")
             return
         token = self.tokens[self.index]
-        lines = [f"Token {self.index + 1}/{len(self.tokens)}: {visible(token.text)!r}  p = {token.prob:.4f}", "",
+        part = self.token_parts[self.index]
+        where = "" if part == "answer" else f" ({part})"
+        lines = [f"Token {self.index + 1}/{len(self.tokens)}{where}: {visible(token.text)!r}  p = {token.prob:.4f}", "",
                  "Top alternatives:"]
         lines += [f"{'▶' if i == token.id else ' '} {p:8.4f}  {visible(s)!r}" for i, s, p in token.top]
         self.query_one("#token-detail", Static).update("\n".join(lines))

@@ -1,5 +1,6 @@
 """The inspector's row of reply tokens, each coloured by the probability the model gave it; one is
-selected (reverse video, so it reads without colour). Clicking a token selects it."""
+selected (reverse video, so it reads without colour). Thinking tokens are italic and tool-call
+tokens underlined. Clicking a token selects it."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ class TokenStrip(Widget):
             super().__init__()
             self.index = index
 
-    def __init__(self, tokens: list[Token], **kwargs) -> None:
+    def __init__(self, tokens: list[Token], parts: list[str] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.tokens = tokens
+        self.parts = parts if parts is not None and len(parts) == len(tokens) else ["answer"] * len(tokens)
         self._cells: list[tuple[int, int, int, int]] = []  # (line, x0, x1, token index) of the last layout
 
     def _layout(self, width: int) -> list[list[tuple[int, str]]]:
@@ -47,7 +49,8 @@ class TokenStrip(Widget):
                 out.append("\n")
             for i, cell in line:
                 _, colour = band(self.tokens[i].prob)
-                out.append(cell, Style(color=colour, reverse=i == self.selected, bold=i == self.selected))
+                out.append(cell, Style(color=colour, reverse=i == self.selected, bold=i == self.selected,
+                                       italic=self.parts[i] == "thinking", underline=self.parts[i] == "tool call"))
                 out.append(" ")
         return out
 

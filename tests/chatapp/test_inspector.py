@@ -99,6 +99,42 @@ def test_gguf_backend_shows_probabilities_and_says_attention_needs_the_native_en
     asyncio.run(run())
 
 
+def test_thinking_and_tool_call_tokens_are_marked(tmp_path, default_gguf):
+    """A stored reply that thought, answered and called a tool: each token says which part it is
+    in, and the legend names the styles."""
+    from scripted import ScriptedModel
+
+    texts = ["<think>", "\n", "Sum", " it", "</think>", "\n\n", "Sure", ".", "<tool_call>", '{"name": "add"}', "</tool_call>"]
+    rows = [[i, t, 0.5, [[i, t, 0.5]]] for i, t in enumerate(texts)]
+    store = Store(tmp_path / "history.db")
+    conv = store.create_conversation()
+    store.add_message(conv.id, "user", "add them")
+    reply = store.add_message(conv.id, "assistant", "Sure.", tool_calls=[
+        {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}],
+        meta={"model": "elsewhere", "token_probs": rows})
+    store.update_message(reply.id, reasoning="Sum it")
+    store.add_message(conv.id, "tool", "3", tool_call_id="c1", name="add")
+
+    async def run():
+        app = ChatApp(store=store, load_model=lambda name: ScriptedModel(default_gguf, ["x"]))
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.model_ready.is_set() and app.chat_screen.conversation_id, what="ready")
+            await pilot.press("f4")
+            await wait_for(pilot, lambda: isinstance(app.screen, InspectorScreen), what="the inspector")
+            legend = str(app.screen.query_one("#inspector-legend").render())
+            assert "thinking" in legend and "tool call" in legend
+            seen = []
+            for _ in texts:
+                seen.append(detail_text(app).splitlines()[0].split(":")[0])
+                await pilot.press("right")
+            assert seen == [f"Token {i}/11 (thinking)" for i in range(1, 7)] + ["Token 7/11", "Token 8/11"] + \
+                [f"Token {i}/11 (tool call)" for i in range(9, 12)]
+        store.close()
+
+    import asyncio
+    asyncio.run(run())
+
+
 # --- snapshots on a tiny native model ------------------------------------------------------------
 
 
