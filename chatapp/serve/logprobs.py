@@ -72,8 +72,6 @@ class LogprobFormat:
         return out
 
 
-
-
 class PendingRows:
     """A stream's rows not sent yet: each delta adds its own, and the next chunk sent takes all
     of them (text held back for a tool call takes its rows along to where it is sent)."""
