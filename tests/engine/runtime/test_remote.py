@@ -134,7 +134,7 @@ def test_a_server_killed_mid_stream_is_one_clear_error_and_keeps_the_partial_rep
         got = []
         with pytest.raises(RemoteError) as e:
             for event in remote.chat([{"role": "user", "content": "Write a long story about a dragon."}],
-                                     max_tokens=400, temperature=0.7):
+                                     max_tokens=400, temperature=0):
                 got.append(event)
                 if len(got) == 3:
                     proc.kill()
