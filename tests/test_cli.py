@@ -85,6 +85,9 @@ def test_ctrl_c_mid_generation_exits_cleanly():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As a shell starts a foreground command: a runner that started these tests in the
+        # background (SIGINT ignored, which children inherit) must not make Ctrl-C a no-op here.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     first = proc.stdout.read(20)  # generation has started once text streams
     assert first
@@ -92,7 +95,7 @@ def test_ctrl_c_mid_generation_exits_cleanly():
     assert proc.poll() is None, "the reply ended before the signal: the test needs a longer one"
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "interrupted" in err
     assert len(first + rest) > 20
 
