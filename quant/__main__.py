@@ -220,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (a `kill`, a closed session) ends the run as Ctrl-C does, so its temporaries are
     # removed on the way out; SIGKILL leaves them to the next run (quant/output.py).
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
-    return run_cli("quant", lambda: run(args))
+    # Put back afterwards: main() also runs inside other programs (the tests, a notebook).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
+    try:
+        return run_cli("quant", lambda: run(args))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ greedy continuations identical, token for token, with the same finish reason.
 from __future__ import annotations
 
 import json
+import signal
 import textwrap
 from pathlib import Path
 
@@ -112,7 +113,9 @@ def test_quant_writes_a_folder_from_a_hugging_face_checkpoint(checkpoint, loaded
 
     _, folder = checkpoint
     out = tmp_path / "q"
+    sigterm = signal.getsignal(signal.SIGTERM)
     assert quant_main([str(folder), "--scheme", scheme, "--out", str(out)]) == 0
+    assert signal.getsignal(signal.SIGTERM) is sigterm  # run in-process, quant puts its handler back
     info = json.loads((out / QUANTIZATION).read_text())
     assert info["text_side"] == "hugging face tokenizer files"
     assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(info["files"])
