@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.text import KNOWN_MARKERS, OPEN_TAG, PYTHON_TAG
+
 TOP = 10  # alternatives recorded per token
 # Probability bands for colour (and the legend): lower bound, name, style.
 # Four hues that stay apart in dark and light themes (ANSI yellow renders orange in some).
@@ -46,21 +48,15 @@ def tokens_from_meta(meta: dict) -> list[Token]:
     return tokens
 
 
-# What a reply's tokens can belong to, apart from the answer: its thinking block (markers included)
-# and the tool-call markup after its text. Marker spellings as engine.text.reasoning and
-# engine.text.toolcalls read them.
-THINK_MARKERS = (("<think>", "</think>"), ("<thinking>", "</thinking>"))
-CALL_MARKERS = ("<tool_call>", "<|python_tag|>", "[TOOL_CALLS]")
-
-
 def reply_parts(token_texts: Sequence[str], *, reasoning: str, content: str, has_calls: bool) -> list[str]:
     """For each generated token: "thinking", "answer" or "tool call", by where it starts in the
     token texts laid end to end. The thinking block runs from the start to its close marker (and
     the blank lines after it); a cut-off block is thinking to the end. Tool calls run from the
-    first call marker after the answer's text, else from the end of that text."""
+    first call marker after the answer's text, else from the end of that text. The markers are
+    the ones the engine reads (engine.text.reasoning, engine.text.toolcalls)."""
     text = "".join(token_texts)
     answer_from = 0
-    pair = next(((open_, close) for open_, close in THINK_MARKERS if close in text), None)
+    pair = next(((open_, close) for open_, close in KNOWN_MARKERS if close in text), None)
     if pair is not None and (reasoning.strip() or text.lstrip().startswith(pair[0])):
         after = text[text.find(pair[1]) + len(pair[1]):]
         answer_from = len(text) - len(after.lstrip())
@@ -68,7 +64,7 @@ def reply_parts(token_texts: Sequence[str], *, reasoning: str, content: str, has
         answer_from = len(text)  # the block never closed: all of it is thinking
     call_from = len(text) + 1
     if has_calls:
-        found = [at for at in (text.find(m, answer_from) for m in CALL_MARKERS) if at >= 0]
+        found = [at for at in (text.find(m, answer_from) for m in (OPEN_TAG, PYTHON_TAG)) if at >= 0]
         if found:
             call_from = min(found)
         else:

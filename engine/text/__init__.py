@@ -7,6 +7,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ToolCall": ".toolcalls",
     "ParsedReply": ".toolcalls",
     "parse_tool_calls": ".toolcalls",
+    "OPEN_TAG": ".toolcalls",
+    "PYTHON_TAG": ".toolcalls",
     "HFTextSide": ".hf_text",
     "TEXT_FILES": ".hf_text",
     "load_hf_text_side": ".hf_text",
@@ -15,5 +17,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "inert": ".terminal",
     "Reasoning": ".reasoning",
     "ThinkMarkers": ".reasoning",
+    "KNOWN_MARKERS": ".reasoning",
     "ReasoningSplitter": ".reasoning",
 })
