@@ -108,13 +108,14 @@ def with_token_probs(events: Iterator[Event], recorder: ProbRecorder, tokenizer:
     """The events, with the result carrying the recorded rows (one per generated token); with
     `counted` (the token stream the events were made from), each delta also carries the rows of
     the tokens taken since the previous delta."""
-    given = 0
+    given: list[TokenProb] = []  # rows already handed out with deltas: copied to the host once
     for event in events:
         if isinstance(event, GenerationResult):
-            rows = recorder.results(tokenizer)[: event.completion_tokens]
-            event = dataclasses.replace(event, token_probs=rows)
-        elif counted is not None and counted.taken > given:
+            rows = (*given, *recorder.results(tokenizer, len(given)))
+            event = dataclasses.replace(event, token_probs=rows[: event.completion_tokens])
+        elif counted is not None and counted.taken > len(given):
             # a step generator may record one step ahead of the token it hands on: slice by tokens taken
-            event = dataclasses.replace(event, token_probs=recorder.results(tokenizer, given, counted.taken))
-            given = counted.taken
+            rows = recorder.results(tokenizer, len(given), counted.taken)
+            given += rows
+            event = dataclasses.replace(event, token_probs=rows)
         yield event
