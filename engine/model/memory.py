@@ -1,9 +1,9 @@
 """Will this model fit? Bytes a native load needs against what the device has, before loading.
 
 A load that runs out of memory half-way fails late and ugly (a RuntimeError from an allocator,
-or the kernel's OOM killer), so `check_fits` refuses it first with the numbers and what would
+or the kernel's OOM killer), so `fit_context` refuses it first with the numbers and what would
 fit; `allocation_errors` turns whatever allocation failure still happens into OutOfMemoryError.
-Where the caller left the context to the model and its full window's KV cache does not fit,
+Where the caller left the context to the model and only its full window's KV cache does not fit,
 `fit_context` shortens the window instead of refusing (and says so in `Model.load_notes`).
 """
 
@@ -116,39 +116,31 @@ MIN_FITTED_CONTEXT = 2048
 def fit_context(args: ModelArgs, *, dtype: torch.dtype, device: torch.device, context: int, chosen: bool,
                 name: str) -> tuple[int, str | None]:
     """The context window a load gets, and a note when it is not `context`. A window the caller
-    chose must fit whole (else OutOfMemoryError, as check_fits). The model's own window, when it
-    does not fit, is shortened to the longest (a multiple of 256, at least MIN_FITTED_CONTEXT)
-    whose full KV cache does, as llama.cpp's --fit does: a long chat then meets a clear "over the
-    context window" instead of running out of memory half-way."""
+    chose must fit whole, else OutOfMemoryError with the numbers and what would fit. The model's
+    own window, when it does not fit, is shortened to the longest (a multiple of 256, at least
+    MIN_FITTED_CONTEXT) whose full KV cache does, as llama.cpp's --fit does: a long chat then
+    meets a clear "over the context window" instead of running out of memory half-way."""
     need = estimate(args, dtype_bytes=dtype.itemsize, context=context)
     have = available_bytes(device)
     if have is None or need.total <= have:
         return context, None
-    room = have - (need.total - need.kv_cache)
+    room = have - (need.total - need.kv_cache)  # what the KV cache may take beside the rest
     fitted = min(room // kv_cache_bytes(args, 1, dtype.itemsize) // 256 * 256, context) if room > 0 else 0
     if chosen or fitted < MIN_FITTED_CONTEXT:
-        check_fits(args, dtype=dtype, device=device, context=context, name=name)  # raises, with the numbers
+        raise _too_big(args, need, have, fitted, dtype=dtype, device=device, context=context, name=name)
     return fitted, (f"{name}: context window set to {fitted} of the model's {context} tokens, the most whose "
                     f"KV cache fits in the {_size(have)} available on {device.type} (--ctx N chooses another)")
 
 
-def check_fits(args: ModelArgs, *, dtype: torch.dtype, device: torch.device, context: int, name: str) -> MemoryEstimate:
-    """Raise OutOfMemoryError, with the numbers and what would fit, where the load cannot."""
-    need = estimate(args, dtype_bytes=dtype.itemsize, context=context)
-    have = available_bytes(device)
-    if have is None or need.total <= have:
-        return need
+def _too_big(args: ModelArgs, need: MemoryEstimate, have: int, fitted: int, *, dtype: torch.dtype,
+             device: torch.device, context: int, name: str) -> OutOfMemoryError:
     hints = []
-    if dtype.itemsize > 2:
-        half = estimate(args, dtype_bytes=2, context=context)
-        if half.total <= have:
-            hints.append("--dtype bfloat16")
-    per_position = kv_cache_bytes(args, 1, dtype.itemsize)
-    room = have - (need.total - need.kv_cache)
-    if room > 0 and room // per_position >= 256:
-        hints.append(f"--ctx {min(room // per_position // 256 * 256, context)}")
+    if dtype.itemsize > 2 and estimate(args, dtype_bytes=2, context=context).total <= have:
+        hints.append("--dtype bfloat16")
+    if fitted >= 256:
+        hints.append(f"--ctx {fitted}")
     hints.append("a quantized model (a GGUF file on the llama.cpp backend, or `quant`)")
-    raise OutOfMemoryError(
+    return OutOfMemoryError(
         f"{name}: loading needs about {_size(need.total)} on {device.type} (weights {_size(need.weights)}, "
         f"KV cache for {context} tokens {_size(need.kv_cache)}, working memory {_size(need.transient + need.headroom)}) "
         f"but only {_size(have)} is available; try {' or '.join(hints)}"
