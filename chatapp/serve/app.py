@@ -126,7 +126,7 @@ class Server:
         ids = await asyncio.to_thread(self._encode,
                                       lambda: self.model.encode_chat(messages, tools=tools, reasoning=reasoning))
         params = self.params(req, self.fit(ids, req.reply_limit))
-        generation = await self._start(ids, params, reasoning, constraint, req)
+        generation = await self._start(ids, params, reasoning, constraint, probs=req if probs else None)
         if req.stream:
             return EventSourceResponse(self._chat_chunks(req, tools, generation, probs), ping=15)
         result, text = await _collect(generation, request)
@@ -140,7 +140,7 @@ class Server:
         tok = self.model.tokenizer
         ids = await asyncio.to_thread(self._encode, lambda: tok.encode(req.prompt, add_special=True, parse_special=True))
         params = self.params(req, self.fit(ids, req.reply_limit))
-        generation = await self._start(ids, params, request=req)
+        generation = await self._start(ids, params, probs=req if probs else None)
         # A completion is the raw continuation: a think block stays in its text, markers and all.
         generation = _RawText(generation, self.model.think_markers, req.prompt)
         if req.stream:
@@ -159,15 +159,15 @@ class Server:
             raise ApiError(400, str(e), param="messages") from None
 
     async def _start(self, ids: list[int], params, reasoning: Reasoning | None = None, constraint=None,
-                     request=None) -> Generation:
+                     probs=None) -> Generation:
+        """Queue the generation; `probs`: the request, when its logprobs are to be recorded."""
         try:
             await self.turns.take()
         except QueueFull as e:
             raise ApiError(429, str(e), "rate_limit_exceeded", code="queue_full") from None
         hooks = {"constraint": constraint} if constraint is not None else {}
-        if request is not None and request.token_probs is not None and self.model.records_token_probs:
-            # a stream sends each delta's rows with it
-            hooks.update(token_probs=request.token_probs, stream_probs=request.stream)
+        if probs is not None:  # a stream sends each delta's rows with it
+            hooks.update(token_probs=probs.token_probs, stream_probs=probs.stream)
         make = lambda should_stop: self.model.generate(ids, params, should_stop=should_stop, cache=self.cache,
                                                        reasoning=reasoning, **hooks)
         return Generation(make, self.turns)
